@@ -1,0 +1,634 @@
+"""Safe, lazy, torch-free reading of PyTorch and safetensors checkpoints.
+
+``read_state_dict(path)`` returns an ordered mapping ``key -> TensorRef``.  A
+``TensorRef`` knows its shape and numpy dtype; its bytes are only read from disk
+when ``TensorRef.read()`` is called.  The format is detected from the file's
+bytes, not from its name.
+
+The torch zip format (``torch.save`` since torch 1.6)
+-----------------------------------------------------
+A zip archive (entries normally stored uncompressed) whose entries all live in
+one top folder; the folder's name is arbitrary (``archive/`` in 2022-era torch,
+the file's stem in recent torch), so it is taken from ``<folder>/data.pkl``::
+
+    <folder>/data.pkl        pickle (protocol 2) of the state dict
+    <folder>/data/<key>      raw bytes of one storage, one entry per storage
+    <folder>/byteorder       optional, "little" or "big" (absent: little)
+    <folder>/version, .format_version, .storage_alignment, .data/serialization_id
+
+Inside ``data.pkl`` a tensor is ``torch._utils._rebuild_tensor_v2(storage,
+storage_offset, size, stride, requires_grad, backward_hooks[, metadata])``,
+optionally wrapped in ``torch._utils._rebuild_parameter[_with_state]``.  A
+storage is a pickle *persistent id*, the tuple ``('storage', torch.FloatStorage,
+key, location, numel)``, whose bytes are the zip entry ``<folder>/data/<key>``.
+The state dict is a ``collections.OrderedDict`` on which torch sets a
+``_metadata`` attribute (a pickle BUILD); the file may also hold a wrapper such
+as ``{"model": state_dict, "optimizer": ...}``.
+
+Safety model
+------------
+Checkpoints are untrusted.  Unpickling can call any importable callable, so
+``data.pkl`` is read by ``_RestrictedUnpickler``, whose ``find_class`` knows only
+an explicit allow-list of (module, name) pairs and maps each one to a harmless
+stand-in defined here: ``collections.OrderedDict`` to a dict subclass, the torch
+rebuild functions to objects that merely *record* storage/offset/size/stride,
+and the ``torch.*Storage`` classes to inert, non-callable dtype markers.  Every
+other global (``os.system``, ``builtins.eval``, ...) is refused before anything
+runs.  Stand-ins refuse pickle's BUILD (attribute setting), persistent ids must
+be well-formed storage tuples, and torch itself is never imported.  All
+metadata (storage entries present and large enough, tensor views within their
+storage, safetensors offsets within the file) is validated before
+``read_state_dict`` returns; every failure is a ``CheckpointError`` naming the
+file.  Legacy (pre-1.6, non-zip) torch files are refused: they can only be read
+by unpickling the whole file.
+
+safetensors
+-----------
+8-byte little-endian header length N, N bytes of JSON mapping each tensor name
+to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets relative to the
+data section that follows the header) plus an optional ``"__metadata__"``
+mapping of strings.  Parsed here directly so that a tensor read touches only
+its own byte range.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import pickle
+import struct
+import sys
+import zipfile
+from collections import OrderedDict
+from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+__all__ = ["CheckpointError", "TensorRef", "read_state_dict", "read_safetensors_metadata"]
+
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+# torch storage class name -> numpy dtype of its elements.  UntypedStorage
+# counts bytes, so it reads as uint8 (as torch itself does).
+_TORCH_STORAGE_DTYPES = {
+    "DoubleStorage": np.dtype(np.float64),
+    "FloatStorage": np.dtype(np.float32),
+    "HalfStorage": np.dtype(np.float16),
+    "BFloat16Storage": _BFLOAT16,
+    "LongStorage": np.dtype(np.int64),
+    "IntStorage": np.dtype(np.int32),
+    "ShortStorage": np.dtype(np.int16),
+    "CharStorage": np.dtype(np.int8),
+    "ByteStorage": np.dtype(np.uint8),
+    "BoolStorage": np.dtype(np.bool_),
+    "UntypedStorage": np.dtype(np.uint8),
+}
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.dtype(np.float64),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": _BFLOAT16,
+    "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8),
+    "U64": np.dtype(np.uint64),
+    "U32": np.dtype(np.uint32),
+    "U16": np.dtype(np.uint16),
+    "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+}
+
+_MAX_PICKLE_BYTES = 1 << 30  # a state dict pickle is a few MB even for huge models
+_MAX_SAFETENSORS_HEADER_BYTES = 100 << 20  # the limit the safetensors library uses
+_ZIP_LOCAL_HEADER_BYTES = 30
+_SNIFF_BYTES = 512
+_WRAPPER_KEYS = ("model", "state_dict")  # {"model": sd, "optimizer": ...} and the like
+
+
+class CheckpointError(ValueError):
+    """Raised for any unreadable/invalid/malicious checkpoint; str() always names the file path and what is wrong."""
+
+    def __init__(self, path, message):
+        self.path = os.fspath(path)
+        self.message = message
+        super().__init__(f"{self.path}: {message}")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.message))
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """One tensor of a checkpoint: its metadata now, its data on ``read()``."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    _source: _ZipTensorSource | _FileSpanSource = field(repr=False, compare=False)
+
+    def read(self) -> np.ndarray:
+        """Read only this tensor's bytes; returns a C-contiguous array of ``shape``/``dtype``."""
+        return self._source.load(self)
+
+
+def read_state_dict(path) -> dict[str, TensorRef]:
+    """Ordered dict key -> TensorRef. Detects the format from the file's bytes (not its extension):
+    torch zip (.pt/.pth written by torch.save >= 1.6) or safetensors. Nothing but the pickle / header is read eagerly."""
+    kind = _sniff_format(path)
+    if kind == "zip":
+        return _read_torch_zip(path)
+    refs, _metadata = _read_safetensors(path)
+    return refs
+
+
+def read_safetensors_metadata(path) -> dict[str, str]:
+    """The ``__metadata__`` mapping of a safetensors file ({} if it has none)."""
+    if _sniff_format(path) != "safetensors":
+        raise CheckpointError(path, "not a safetensors file")
+    _refs, metadata = _read_safetensors(path)
+    return metadata
+
+
+# --------------------------------------------------------------------------
+# Format detection
+
+
+def _sniff_format(path) -> str:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot open checkpoint: {exc.strerror or exc}") from exc
+    if not head:
+        raise CheckpointError(path, "file is empty")
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "zip"
+    if head[8:9] == b"{":
+        return "safetensors"
+    if head.startswith(b"\x80") or head[257:262] == b"ustar":
+        raise CheckpointError(
+            path,
+            "legacy (pre-1.6, non-zip) torch checkpoint format is not supported: it can only be "
+            "read by unpickling arbitrary objects; re-save it with a newer torch "
+            "(torch.save(torch.load(old), new) with torch >= 1.6)",
+        )
+    raise CheckpointError(
+        path, f"unrecognized format: neither a torch zip checkpoint nor safetensors (starts with {head[:8]!r})"
+    )
+
+
+# --------------------------------------------------------------------------
+# torch zip: archive access
+
+
+@contextmanager
+def _zip_errors(path, what: str):
+    """Turn the errors zipfile raises on damaged archives into CheckpointError."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
+        raise CheckpointError(path, f"{what}: {exc}") from exc
+
+
+def _read_torch_zip(path) -> dict[str, TensorRef]:
+    with _zip_errors(path, "not a readable zip archive (truncated or corrupt?)"):
+        zf = zipfile.ZipFile(path)
+    with zf:
+        archive = _TorchArchive(path, zf)
+        obj = archive.unpickle()
+    state_dict = _unwrap_state_dict(path, obj)
+    return OrderedDict((key, archive.tensor_ref(key, spec)) for key, spec in state_dict.items())
+
+
+@dataclass(frozen=True)
+class _Storage:
+    """A storage referenced by data.pkl: a zip entry holding ``numel`` elements."""
+
+    key: str
+    member: str
+    dtype: np.dtype
+    numel: int
+
+
+class _TorchArchive:
+    """The records of one torch zip checkpoint, checked as they are looked up."""
+
+    def __init__(self, path, zf: zipfile.ZipFile):
+        self.path = path
+        self.zf = zf
+        self.file_size = os.path.getsize(path)
+        self.prefix = self._find_prefix()
+        self.byteorder = self._read_byteorder()
+        self.storages: dict[str, _Storage] = {}
+
+    def _find_prefix(self) -> str:
+        pickles = [n for n in self.zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+        if not pickles:
+            names = ", ".join(self.zf.namelist()[:5]) or "none"
+            raise CheckpointError(
+                self.path, f"zip archive has no '<folder>/data.pkl' record, so it is not a torch checkpoint (entries: {names})"
+            )
+        if len(set(pickles)) > 1:
+            raise CheckpointError(self.path, f"zip archive has several data.pkl records: {sorted(set(pickles))}")
+        return pickles[0][: -len("data.pkl")]
+
+    def _read_byteorder(self) -> str:
+        name = self.prefix + "byteorder"
+        if self._info(name) is None:
+            return "little"
+        raw = self._read_record(name, limit=16)
+        value = raw.decode("ascii", "replace").strip()
+        if value not in ("little", "big"):
+            raise CheckpointError(self.path, f"byteorder record is {raw[:16]!r}, expected 'little' or 'big'")
+        return value
+
+    def _info(self, name: str) -> zipfile.ZipInfo | None:
+        try:
+            return self.zf.getinfo(name)
+        except KeyError:
+            return None
+
+    def _read_record(self, name: str, limit: int) -> bytes:
+        info = self.zf.getinfo(name)
+        if info.file_size > limit:
+            raise CheckpointError(self.path, f"record {name!r} is implausibly large ({info.file_size} bytes)")
+        with _zip_errors(self.path, f"cannot read record {name!r} (truncated or corrupt?)"):
+            return self.zf.read(info)
+
+    def unpickle(self):
+        data = self._read_record(self.prefix + "data.pkl", limit=_MAX_PICKLE_BYTES)
+        unpickler = _RestrictedUnpickler(data, self)
+        try:
+            return unpickler.load()
+        except _Refused as exc:
+            raise CheckpointError(self.path, f"data.pkl: {exc}") from None
+        except CheckpointError:
+            raise
+        except Exception as exc:  # any failure of a corrupt pickle stream
+            raise CheckpointError(self.path, f"data.pkl is not a valid pickle ({type(exc).__name__}: {exc})") from exc
+
+    def storage(self, key: str, dtype: np.dtype, numel: int) -> _Storage:
+        """Look up (and check, once) the zip entry holding storage ``key``."""
+        known = self.storages.get(key)
+        if known is not None:
+            if (known.dtype, known.numel) != (dtype, numel):
+                raise _Refused(f"storage {key!r} is referenced with conflicting types or sizes")
+            return known
+        member = f"{self.prefix}data/{key}"
+        info = self._info(member)
+        if info is None:
+            raise _Refused(f"storage {key!r} is referenced but its entry {member!r} is missing from the archive")
+        nbytes = numel * dtype.itemsize
+        if info.file_size != nbytes:
+            raise _Refused(
+                f"storage entry {member!r} holds {info.file_size} bytes but data.pkl declares "
+                f"{numel} x {dtype} = {nbytes} bytes"
+            )
+        data_end = info.header_offset + _ZIP_LOCAL_HEADER_BYTES + len(info.filename.encode()) + info.compress_size
+        if data_end > self.file_size:
+            raise _Refused(f"storage entry {member!r} extends past the end of the file (truncated?)")
+        storage = _Storage(key, member, dtype, numel)
+        self.storages[key] = storage
+        return storage
+
+    def tensor_ref(self, key: str, spec: _TensorSpec) -> TensorRef:
+        storage = spec.storage
+        needed = _elements_spanned(spec.offset, spec.shape, spec.stride)
+        if needed > storage.numel:
+            raise CheckpointError(
+                self.path,
+                f"tensor {key!r} (shape {spec.shape}, stride {spec.stride}, offset {spec.offset}) needs "
+                f"{needed} elements but its storage {storage.member!r} holds only {storage.numel}: storage too small",
+            )
+        source = _ZipTensorSource(self.path, storage.member, storage.numel, spec.offset, spec.stride, self.byteorder)
+        return TensorRef(key, spec.shape, storage.dtype, source)
+
+
+def _elements_spanned(offset: int, shape: tuple[int, ...], stride: tuple[int, ...]) -> int:
+    """Storage elements a strided view needs: one past its highest index."""
+    if any(n == 0 for n in shape):
+        return 0
+    return offset + 1 + sum((n - 1) * s for n, s in zip(shape, stride))
+
+
+@dataclass(frozen=True)
+class _ZipTensorSource:
+    path: str | os.PathLike
+    member: str
+    storage_numel: int
+    offset: int
+    stride: tuple[int, ...]
+    byteorder: str
+
+    def load(self, ref: TensorRef) -> np.ndarray:
+        raw = self._read_storage(ref.key, self.storage_numel * ref.dtype.itemsize)
+        itemsize = ref.dtype.itemsize
+        view = np.ndarray(
+            ref.shape, ref.dtype, buffer=raw, offset=self.offset * itemsize,
+            strides=tuple(s * itemsize for s in self.stride),
+        )  # bounds were checked by tensor_ref; numpy re-checks them
+        array = np.array(view, order="C", copy=True)
+        if self.byteorder != sys.byteorder:
+            array = _byteswapped(array)
+        return array
+
+    def _read_storage(self, key: str, nbytes: int) -> bytes:
+        # Reading the whole entry lets zipfile verify its CRC.
+        with _zip_errors(self.path, f"cannot read tensor {key!r} from {self.member!r} (truncated or corrupt?)"):
+            with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as entry:
+                raw = entry.read()
+        if len(raw) != nbytes:
+            raise CheckpointError(self.path, f"tensor {key!r}: entry {self.member!r} has {len(raw)} bytes, expected {nbytes}")
+        return raw
+
+
+def _byteswapped(array: np.ndarray) -> np.ndarray:
+    if array.dtype.itemsize == 1:
+        return array
+    return array.view(f"u{array.dtype.itemsize}").byteswap().view(array.dtype)
+
+
+# --------------------------------------------------------------------------
+# torch zip: the restricted unpickler and its stand-ins
+
+
+class _Refused(Exception):
+    """Something in data.pkl that this reader refuses; the message says what."""
+
+
+class _StandIn:
+    """Base of the objects the unpickler can reach: refuses pickle's BUILD."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        raise _Refused(f"refuses to set state on {type(self).__name__}")
+
+
+class _StateDict(OrderedDict):
+    """Stand-in for collections.OrderedDict; ignores torch's ``_metadata`` state."""
+
+    def __setstate__(self, state):
+        if not isinstance(state, dict):
+            raise _Refused("unexpected OrderedDict state")
+
+
+class _StorageType(_StandIn):
+    """Stand-in for a ``torch.*Storage`` class: only marks a dtype, not callable."""
+
+    __slots__ = ("name", "dtype")
+
+    def __init__(self, name: str, dtype: np.dtype):
+        self.name = name
+        self.dtype = dtype
+
+    def __repr__(self):
+        return self.name
+
+
+class _TensorSpec(_StandIn):
+    """What ``_rebuild_tensor_v2`` would build: a strided view of a storage."""
+
+    __slots__ = ("storage", "offset", "shape", "stride")
+
+    def __init__(self, storage: _Storage, offset: int, shape: tuple[int, ...], stride: tuple[int, ...]):
+        self.storage = storage
+        self.offset = offset
+        self.shape = shape
+        self.stride = stride
+
+
+def _is_count(value) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _as_counts(value, what: str) -> tuple[int, ...]:
+    if not isinstance(value, (tuple, list)) or not all(_is_count(v) for v in value):
+        raise _Refused(f"tensor {what} must be a tuple of non-negative ints, got {value!r:.80}")
+    return tuple(value)
+
+
+class _RebuildTensor(_StandIn):
+    """Stand-in for ``torch._utils._rebuild_tensor_v2``."""
+
+    __slots__ = ()
+
+    def __call__(self, *args):
+        if len(args) not in (6, 7):
+            raise _Refused(f"_rebuild_tensor_v2 takes 6 or 7 arguments, got {len(args)}")
+        storage, offset, size, stride = args[:4]
+        if not isinstance(storage, _Storage):
+            raise _Refused(f"_rebuild_tensor_v2 got {type(storage).__name__} instead of a storage")
+        if not _is_count(offset):
+            raise _Refused(f"tensor storage offset must be a non-negative int, got {offset!r:.80}")
+        shape = _as_counts(size, "size")
+        strides = _as_counts(stride, "stride")
+        if len(shape) != len(strides):
+            raise _Refused(f"tensor size {shape} and stride {strides} differ in length")
+        return _TensorSpec(storage, offset, shape, strides)
+
+
+class _RebuildParameter(_StandIn):
+    """Stand-in for ``torch._utils._rebuild_parameter[_with_state]``: a parameter is its tensor."""
+
+    __slots__ = ("n_args",)
+
+    def __init__(self, n_args: int):
+        self.n_args = n_args
+
+    def __call__(self, *args):
+        if len(args) != self.n_args or not isinstance(args[0], _TensorSpec):
+            raise _Refused("malformed _rebuild_parameter call")
+        return args[0]
+
+
+def _allowed_globals() -> dict[tuple[str, str], object]:
+    """The only globals data.pkl may name, mapped to fresh stand-ins."""
+    allowed = {
+        ("collections", "OrderedDict"): _StateDict,
+        ("torch._utils", "_rebuild_tensor_v2"): _RebuildTensor(),
+        ("torch._utils", "_rebuild_parameter"): _RebuildParameter(3),
+        ("torch._utils", "_rebuild_parameter_with_state"): _RebuildParameter(4),
+    }
+    for name, dtype in _TORCH_STORAGE_DTYPES.items():
+        allowed[("torch", name)] = _StorageType(f"torch.{name}", dtype)
+    return allowed
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, archive: _TorchArchive):
+        super().__init__(io.BytesIO(data))
+        self._archive = archive
+        self._globals = _allowed_globals()
+
+    def find_class(self, module, name):
+        stand_in = self._globals.get((module, name))
+        if stand_in is not None:
+            return stand_in
+        if module == "torch" and str(name).endswith("Storage"):
+            raise _Refused(f"unknown storage type 'torch.{name}'")
+        raise _Refused(
+            f"refuses to load global '{module}.{name}': a state dict may only contain tensors "
+            "and (ordered) dicts, so this checkpoint is malformed or malicious"
+        )
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise _Refused(f"unsupported persistent id {pid!r:.80}")
+        _, storage_type, key, _location, numel = pid
+        if not isinstance(storage_type, _StorageType):
+            raise _Refused(f"unknown storage type {storage_type!r:.80} for storage {key!r:.40}")
+        if not isinstance(key, str) or not key:
+            raise _Refused(f"storage key must be a non-empty string, got {key!r:.40}")
+        if not _is_count(numel):
+            raise _Refused(f"storage {key!r} has invalid size {numel!r:.40}")
+        return self._archive.storage(key, storage_type.dtype, numel)
+
+
+def _describe(value) -> str:
+    if isinstance(value, Mapping):
+        return "a nested mapping"
+    return f"a {type(value).__name__}"
+
+
+def _unwrap_state_dict(path, obj) -> Mapping[str, _TensorSpec]:
+    """Find the flat ``name -> tensor`` mapping in what data.pkl holds."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(path, f"data.pkl holds {_describe(obj)}, not a state dict")
+    for wrapper_key in _WRAPPER_KEYS:
+        inner = obj.get(wrapper_key)
+        if isinstance(inner, Mapping):
+            obj = inner
+            break
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise CheckpointError(path, f"state dict key {key!r:.80} is not a string")
+        if not isinstance(value, _TensorSpec):
+            raise CheckpointError(path, f"state dict entry {key!r} is {_describe(value)}, not a tensor")
+    return obj
+
+
+# --------------------------------------------------------------------------
+# safetensors
+
+
+def _read_safetensors(path) -> tuple[dict[str, TensorRef], dict[str, str]]:
+    header, data_start, data_size = _read_safetensors_header(path)
+    metadata = _safetensors_metadata(path, header.pop("__metadata__", {}))
+    refs = OrderedDict()
+    spans = []
+    for key, entry in header.items():
+        dtype, shape, (begin, end) = _parse_safetensors_entry(path, key, entry)
+        if end > data_size:
+            raise CheckpointError(
+                path, f"tensor {key!r}: data_offsets [{begin}, {end}] run past the {data_size}-byte data section "
+                "(truncated file or lying header)"
+            )
+        expected = math.prod(shape) * dtype.itemsize
+        if end - begin != expected:
+            raise CheckpointError(
+                path, f"tensor {key!r}: shape {shape} {dtype} needs {expected} bytes but data_offsets "
+                f"[{begin}, {end}] span {end - begin}"
+            )
+        spans.append((begin, end, key))
+        refs[key] = TensorRef(key, shape, dtype, _FileSpanSource(path, data_start + begin, end - begin))
+    _check_spans_tile(path, spans, data_size)
+    return refs, metadata
+
+
+def _read_safetensors_header(path) -> tuple[dict, int, int]:
+    """The parsed JSON header, where the data section starts and its size."""
+    try:
+        with open(path, "rb") as f:
+            file_size = os.fstat(f.fileno()).st_size
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise CheckpointError(path, "too short to be a safetensors file")
+            (header_size,) = struct.unpack("<Q", prefix)
+            if header_size > file_size - 8:
+                raise CheckpointError(
+                    path, f"safetensors header claims {header_size} bytes but only {file_size - 8} follow (truncated?)"
+                )
+            if header_size > _MAX_SAFETENSORS_HEADER_BYTES:
+                raise CheckpointError(path, f"safetensors header size {header_size} is implausibly large")
+            raw = f.read(header_size)
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot read safetensors header: {exc}") from exc
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(path, f"safetensors header is not valid JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(path, "safetensors header is not a JSON object")
+    return header, 8 + header_size, file_size - 8 - header_size
+
+
+def _safetensors_metadata(path, metadata) -> dict[str, str]:
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise CheckpointError(path, "safetensors __metadata__ must map strings to strings")
+    return dict(metadata)
+
+
+def _parse_safetensors_entry(path, key: str, entry) -> tuple[np.dtype, tuple[int, ...], tuple[int, int]]:
+    if not isinstance(entry, dict):
+        raise CheckpointError(path, f"safetensors entry {key!r} is not a JSON object")
+    dtype = _SAFETENSORS_DTYPES.get(entry.get("dtype"))
+    if dtype is None:
+        raise CheckpointError(path, f"tensor {key!r} has unsupported dtype {entry.get('dtype')!r:.40}")
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        raise CheckpointError(path, f"tensor {key!r} has invalid shape {shape!r:.80}")
+    offsets = entry.get("data_offsets")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)
+            and offsets[0] <= offsets[1]):
+        raise CheckpointError(path, f"tensor {key!r} has invalid data_offsets {offsets!r:.80}")
+    return dtype, tuple(shape), (offsets[0], offsets[1])
+
+
+def _check_spans_tile(path, spans: list[tuple[int, int, str]], data_size: int) -> None:
+    """Tensors must cover the data section exactly, without overlaps or gaps."""
+    position = 0
+    for begin, end, key in sorted(spans):
+        if begin != position:
+            problem = "overlaps the previous tensor" if begin < position else f"leaves a gap at byte {position}"
+            raise CheckpointError(path, f"tensor {key!r}: data_offsets [{begin}, {end}] {problem}")
+        position = end
+    if position != data_size:
+        raise CheckpointError(path, f"data section has {data_size} bytes but the tensors cover {position}")
+
+
+@dataclass(frozen=True)
+class _FileSpanSource:
+    path: str | os.PathLike
+    start: int
+    nbytes: int
+
+    def load(self, ref: TensorRef) -> np.ndarray:
+        buffer = bytearray(self.nbytes)
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.start)
+                got = f.readinto(buffer)
+        except OSError as exc:
+            raise CheckpointError(self.path, f"cannot read tensor {ref.key!r}: {exc}") from exc
+        if got != self.nbytes:
+            raise CheckpointError(
+                self.path, f"tensor {ref.key!r}: expected {self.nbytes} bytes at offset {self.start}, "
+                f"got {got} (truncated?)"
+            )
+        array = np.frombuffer(buffer, dtype=ref.dtype).reshape(ref.shape)
+        if sys.byteorder != "little":
+            array = _byteswapped(array)
+        return array
