@@ -15,6 +15,7 @@ SwinV2's `attn_mask` buffers (the model rebuilds the shifted-window masks).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import numpy as np
 
 from dpt_jax.config import PRESETS, BeitConfig, DPTConfig, SwinV2Config
 
-from .torch_zip import CheckpointError, TensorRef
+from .torch_zip import CheckpointError, TensorRef, read_safetensors_metadata, read_state_dict
 
 # How a PyTorch array becomes a Flax one.
 LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -272,6 +273,30 @@ def skipped_keys(state: Mapping, family: str) -> list[str]:
     return [k for k in state if any(r.fullmatch(k) for r in rx)]
 
 
+def check_state_dict(state: Mapping, config: DPTConfig, expected_shapes: Mapping[str, tuple]) -> list[str]:
+    """Every way `state` fails to fit the model (missing, unexpected, mis-shaped keys); reads no tensor data."""
+    table = key_table(config)
+    known = {e.source for e in table} | set(skipped_keys(state, config.family))
+    missing = [e.source for e in table if e.source not in state]
+    unexpected = [k for k in state if k not in known]
+    untargeted = sorted(set(expected_shapes) - {e.target for e in table})
+    mis_shaped = []
+    for e in table:
+        if e.source in state:
+            got = _SHAPE_OF[e.layout](tuple(state[e.source].shape))
+            want = tuple(expected_shapes.get(e.target, ()))
+            if got != want:
+                mis_shaped.append(f"{e.source}: shape {tuple(state[e.source].shape)} does not fit {e.target} {want}")
+    return [
+        f"{len(items)} {title}:\n    " + "\n    ".join(items)
+        for title, items in (
+            ("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped),
+            ("model parameters with no source", untargeted),
+        )
+        if items
+    ]
+
+
 def convert_state_dict(
     state: Mapping[str, TensorRef], config: DPTConfig, expected_shapes: Mapping[str, tuple], path="<state dict>"
 ) -> Conversion:
@@ -280,31 +305,10 @@ def convert_state_dict(
     Reads only the tensors the model uses. Raises ConversionError listing every missing,
     unexpected and mis-shaped key.
     """
-    table = key_table(config)
-    skipped = skipped_keys(state, config.family)
-    known = {e.source for e in table} | set(skipped)
-    missing = [e.source for e in table if e.source not in state]
-    unexpected = [k for k in state if k not in known]
-    targets = {e.target for e in table}
-    untargeted = sorted(set(expected_shapes) - targets)
-    mis_shaped = []
-    for e in table:
-        if e.source not in state:
-            continue
-        got = _SHAPE_OF[e.layout](tuple(state[e.source].shape))
-        want = tuple(expected_shapes.get(e.target, ()))
-        if got != want:
-            mis_shaped.append(f"{e.source}: shape {tuple(state[e.source].shape)} does not fit {e.target} {want}")
-    problems = []
-    for title, items in (
-        ("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped),
-        ("model parameters with no source", untargeted),
-    ):
-        if items:
-            problems.append(f"{len(items)} {title}:\n    " + "\n    ".join(items))
+    problems = check_state_dict(state, config, expected_shapes)
     if problems:
         raise ConversionError(path, f"does not fit {config.name} ({config.family}):\n  " + "\n  ".join(problems))
-
+    table = key_table(config)
     params: dict = {}
     for e in table:
         array = np.ascontiguousarray(LAYOUTS[e.layout](state[e.source].read()))
@@ -313,4 +317,107 @@ def convert_state_dict(
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = array
-    return Conversion(config=config, params=params, skipped=skipped)
+    return Conversion(config=config, params=params, skipped=skipped_keys(state, config.family))
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: original checkpoints in, converted safetensors out (and back in).
+
+FORMAT = "dpt-jax"  # value of the "format" metadata entry of converted files
+FORMAT_VERSION = "1"
+
+
+def convert_checkpoint(path, pretrained_window_sizes=None) -> Conversion:
+    """Read an original MiDaS `.pt` or `.safetensors` checkpoint and convert it (lazily: unused tensors stay on disk)."""
+    from dpt_jax.dpt import param_shapes
+
+    state = read_state_dict(path)
+    config = detect_config(state, path, pretrained_window_sizes)
+    return convert_state_dict(state, config, param_shapes(config), path)
+
+
+def is_converted(path) -> bool:
+    try:
+        return read_safetensors_metadata(path).get("format") == FORMAT
+    except CheckpointError:
+        return False
+
+
+def write_converted(path, config: DPTConfig, params: Mapping) -> None:
+    """Write params (nested dict of arrays) as safetensors with the config in the metadata, atomically."""
+    from flax import traverse_util
+
+    flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(dict(params), sep="/").items()}
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_json()}
+    write_safetensors(path, flat, metadata)
+
+
+def read_converted(path, pretrained_window_sizes=None) -> tuple[DPTConfig, dict]:
+    """Config and parameter tree of a converted file; every shape is checked against the model."""
+    from flax import traverse_util
+
+    from dpt_jax.dpt import param_shapes
+
+    meta = read_safetensors_metadata(path)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(path, "not a dpt-jax converted file (no 'format: dpt-jax' metadata)")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(path, f"converted with format version {meta.get('format_version')!r}; "
+                              f"this dpt-jax reads version {FORMAT_VERSION}: convert the original again")
+    try:
+        config = DPTConfig.from_json(meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(path, f"the config in its metadata is unreadable: {e}") from None
+    if pretrained_window_sizes is not None and config.family == "swinv2":
+        config = config.replace(encoder=dataclasses.replace(
+            config.encoder, pretrained_window_sizes=tuple(pretrained_window_sizes)))
+    state = read_state_dict(path)
+    want = param_shapes(config)
+    missing = sorted(set(want) - set(state))
+    unexpected = sorted(set(state) - set(want))
+    mis_shaped = [f"{k}: {tuple(state[k].shape)}, expected {want[k]}"
+                  for k in want if k in state and tuple(state[k].shape) != want[k]]
+    problems = [f"{len(v)} {t}:\n    " + "\n    ".join(v)
+                for t, v in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped)) if v]
+    if problems:
+        raise ConversionError(path, f"does not fit {config.name}:\n  " + "\n  ".join(problems))
+    params = traverse_util.unflatten_dict({k: state[k].read() for k in want}, sep="/")
+    return config, params
+
+
+_SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64",
+                       "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+
+def write_safetensors(path, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
+    """Stream `arrays` into a safetensors file, one array at a time, via a temporary file and a rename.
+
+    A crash or a full disk leaves no partial file at `path`.
+    """
+    import json
+    import os
+    import tempfile
+
+    header, offset = {}, 0
+    for key, a in arrays.items():
+        header[key] = {"dtype": _SAFETENSORS_DTYPES[a.dtype.name], "shape": list(a.shape),
+                       "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    header["__metadata__"] = dict(metadata)
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data section starts 8-byte aligned
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(len(blob).to_bytes(8, "little"))
+            f.write(blob)
+            for a in arrays.values():
+                f.write(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -73,6 +73,19 @@ class DPTConfig:
     def family(self) -> str:
         return self.encoder.family
 
+    @property
+    def input_multiple(self) -> int:
+        """Image sides must be multiples of this: the patch size (BEiT) or patch size x 2^3 merges (SwinV2)."""
+        return 16 if self.family == "beit" else 32
+
+    def check_input_size(self, height: int, width: int) -> None:
+        m = self.input_multiple
+        if height < m or width < m or height % m or width % m:
+            raise ValueError(
+                f"{self.name} takes images whose height and width are multiples of {m}; got {height}x{width} (HxW). "
+                "Resize the image first (model.predict does this for you)."
+            )
+
     # -- (de)serialisation, used for the metadata of converted files --------------------------
     def to_json(self) -> str:
         d = dataclasses.asdict(self)

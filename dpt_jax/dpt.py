@@ -10,8 +10,10 @@ names the reference fixtures use (hook1..4, reassemble1..4, rn1..4, fusion4..1, 
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import flax.linen as nn
+from flax import traverse_util
 
 from .beit import BeitEncoder
 from .config import DPTConfig
@@ -158,3 +160,11 @@ class DPT(nn.Module):
         maps = Reassemble(c, name="reassemble")(features, grid)  # 4 x (B, h_i, w_i, F), h_i = 4h, 2h, h, h/2
         fused = Fusion(name="fusion")(maps)  # (B, 8h, 8w, F)
         return DepthHead(c.fusion_features, c.head_features, name="head")(fused)  # (B, 16h, 16w)
+
+
+def param_shapes(config: DPTConfig) -> dict[str, tuple[int, ...]]:
+    """{"/"-joined path: shape} of every parameter of the model, without allocating any."""
+    h, w = config.native_size
+    abstract = jax.eval_shape(DPT(config).init, jax.random.PRNGKey(0), jnp.zeros((1, h, w, 3), jnp.float32))
+    flat = traverse_util.flatten_dict(abstract["params"], sep="/")
+    return {k: tuple(v.shape) for k, v in flat.items()}

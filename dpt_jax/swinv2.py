@@ -1,0 +1,358 @@
+"""SwinV2 encoder of the DPT model (timm 0.6 layout, as wired by MiDaS v3.1).
+
+    image (B, H, W, 3)
+      -> patch embedding: 4x4 stride-4 conv + LayerNorm                 (B, H/4, W/4, C)
+      -> stage 0: blocks -> hook 1 -> patch merging                     (B, H/8, W/8, 2C)
+      -> stage 1: blocks -> hook 2 -> patch merging                     (B, H/16, W/16, 4C)
+      -> stage 2: blocks -> hook 3 -> patch merging                     (B, H/32, W/32, 8C)
+      -> stage 3: blocks -> hook 4
+
+Every block is res-post-norm, `x = x + LN1(attn(x)); x = x + LN2(mlp(x))`, with windowed
+scaled-cosine attention: cos(q, k) * exp(min(logit_scale, ln 100)) + 16 * sigmoid(cpb),
+where the continuous position bias `cpb` is a small MLP of the log-spaced (dy, dx) offsets
+inside the window. Odd blocks see windows shifted by half a window (a cyclic roll of the
+token grid); tokens that the roll brought together from opposite borders get -100 added to
+their logits (the "shift mask").
+
+Window rule (any input size)
+----------------------------
+The original accepts only its native square size. Here any H, W that are multiples of 32
+work (the patch size 4 times the three 2x merges; anything else raises ValueError). For a
+stage whose token grid is (h, w) and a configured window W (`window_size`: 16 for
+swin2_tiny_256, 24 for swin2_base/large_384), each axis is treated on its own:
+
+* window  ws = min(W, g)                       for a grid axis of g tokens;
+* shift   s  = 0 if g <= W else W // 2         (odd blocks only; even blocks never shift);
+* padding: if g is not a multiple of ws, the tokens are padded at the bottom / right up to
+  the next multiple of ws; the padded tokens take part in no softmax (their keys get a
+  logit of -1e9, so every real query ignores them, and a padded query still has finite
+  weights); they are cropped away right after the attention, so the MLP, the norms, the
+  patch merging and the hooks only ever see real tokens;
+* the shifted blocks pad first, then roll the padded grid by -s, and label the positions of
+  that padded grid with the original's three slices per axis, [0, Gp-ws), [Gp-ws, Gp-s),
+  [Gp-s, Gp) (Gp = padded length): pairs with different labels get -100. Windows never
+  straddle the first boundary, so the only pairs separated are those the roll wrapped
+  around, exactly as in the original.
+
+At the native size no axis is padded, and windows, shifts and masks are those of the
+original (e.g. swin2_tiny_256: windows 16/16/16/8, shifts 8/8/0/0). Other sizes keep every
+stage's window at most W, so the cost stays linear in the number of tokens.
+
+Position bias: the table covers the actual window's offsets, dy in [-(ws_h-1), ws_h-1] and
+dx in [-(ws_w-1), ws_w-1], each divided by (pretrained window - 1) on its axis, times 8, then
+sign(t) log2(1 + |t|) / 3. A stage without a pretrained window (pretrained_window_sizes 0,
+as swin2_tiny_256) uses its native window, min(W, native grid), as the pretrained one. At the
+native size this is the original's "divide by the window's own size - 1"; at other sizes it
+keeps the bias of every offset what it was at the native size (as SwinV2 transfers its
+position bias to larger windows), instead of rescaling it with the window.
+
+Masks and biases are built from static shapes only: NumPy tables cached per window and
+grid (`functools.lru_cache`), per axis, so they cost O(h + w) memory; the (window, N, N)
+masks are formed inside the attention, where XLA fuses them into the logits.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import flax.linen as nn
+
+from .config import SwinV2Config
+from .layers import QKV, Mlp, attend, layer_norm, merge_heads
+
+Pair = tuple[int, int]
+
+SHIFT_MASK_VALUE = -100.0  # between tokens the shift brought together from opposite borders
+PAD_MASK_VALUE = -1e9  # for padded keys: exp underflows to exactly 0 next to any real key
+LOGIT_SCALE_MAX = math.log(100.0)  # the clamp on the learned temperature, 1 / 0.01
+
+
+# ---------------------------------------------------------------------------------------------
+# The window rule and the static tables it implies (NumPy, cached per shape).
+
+
+class WindowLayout(NamedTuple):
+    """How one stage's token grid is cut into windows."""
+
+    window: Pair  # (ws_h, ws_w)
+    shift: Pair  # (s_h, s_w) of the odd blocks
+    padded: Pair  # (Gp_h, Gp_w): the grid after bottom/right padding to whole windows
+
+
+def window_layout(grid: Pair, window_size: int) -> WindowLayout:
+    """Per axis: window min(W, g); shift 0 if g <= W else W // 2; pad g up to a multiple of the window."""
+    window = tuple(min(window_size, g) for g in grid)
+    shift = tuple(0 if g <= window_size else window_size // 2 for g in grid)
+    padded = tuple(-(-g // w) * w for g, w in zip(grid, window))
+    return WindowLayout(window, shift, padded)
+
+
+@functools.lru_cache(maxsize=None)
+def _axis_tokens(length: int, window: int, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shift label and validity of each position of one axis, after padding and rolling by -shift.
+
+    Returns two (num_windows, window) arrays. Labels follow the original's slices
+    [0, Gp-ws) -> 0, [Gp-ws, Gp-s) -> 1, [Gp-s, Gp) -> 2 of the padded length Gp (all 0 without
+    a shift); a position is valid when the real token rolled there is not padding.
+    """
+    padded = -(-length // window) * window
+    pos = np.arange(padded)
+    label = np.zeros(padded, np.int32)
+    if shift:
+        label += (pos >= padded - window).astype(np.int32) + (pos >= padded - shift).astype(np.int32)
+    valid = (pos + shift) % padded < length
+    return label.reshape(-1, window), valid.reshape(-1, window)
+
+
+def _window_tokens(grid: Pair, window: Pair, shift: Pair):
+    """Per axis, the label and validity of every token of every window: (rows: (nWh, N), cols: (nWw, N)).
+
+    Token n of a window sits at row n // ws_w and column n % ws_w of it (row-major).
+    """
+    (wh, ww) = window
+    rows, cols = np.divmod(np.arange(wh * ww), ww)
+    label_h, valid_h = _axis_tokens(grid[0], wh, shift[0])
+    label_w, valid_w = _axis_tokens(grid[1], ww, shift[1])
+    return (label_h[:, rows], valid_h[:, rows]), (label_w[:, cols], valid_w[:, cols])
+
+
+def shift_window_mask(grid_hw: Pair, window_hw: Pair, shift_hw: Pair) -> np.ndarray:
+    """The shifted-window mask (num_windows, N, N), float32: -100 between tokens of different regions, else 0.
+
+    Windows are enumerated row-major over the (padded) grid, N = ws_h * ws_w. At a native grid
+    this equals the original's `attn_mask` buffer. It holds only the shift mask: padded keys are
+    excluded separately (see `attention_mask`). The model never builds this array; it forms the
+    same comparisons per window inside the attention.
+    """
+    (lh, _), (lw, _) = _window_tokens(tuple(grid_hw), tuple(window_hw), tuple(shift_hw))
+    same = (lh[:, None, :, None] == lh[:, None, None, :]) & (lw[None, :, :, None] == lw[None, :, None, :])
+    mask = np.where(same, 0.0, SHIFT_MASK_VALUE).astype(np.float32)  # (nWh, nWw, N, N)
+    return mask.reshape(-1, *mask.shape[2:])
+
+
+def attention_mask(grid: Pair, window: Pair, shift: Pair) -> Optional[jnp.ndarray]:
+    """Additive mask (nWh, nWw, 1, N, N) or (nWh, nWw, 1, 1, N) for one block, or None when nothing is masked.
+
+    Built from per-axis labels, (nWh, N) and (nWw, N) integers; the comparisons broadcast to the
+    full size only inside the compiled attention.
+    """
+    (lh, vh), (lw, vw) = _window_tokens(tuple(grid), tuple(window), tuple(shift))
+    mask = None
+    if any(shift):
+        same = (jnp.asarray(lh)[:, None, :, None] == jnp.asarray(lh)[:, None, None, :]) & (
+            jnp.asarray(lw)[None, :, :, None] == jnp.asarray(lw)[None, :, None, :]
+        )  # (nWh, nWw, N, N)
+        mask = jnp.where(same, 0.0, SHIFT_MASK_VALUE)
+    if not (vh.all() and vw.all()):
+        valid = jnp.asarray(vh)[:, None, None, :] & jnp.asarray(vw)[None, :, None, :]  # (nWh, nWw, 1, N): keys
+        pad = jnp.where(valid, 0.0, PAD_MASK_VALUE)
+        mask = pad if mask is None else mask + pad
+    return None if mask is None else mask[:, :, None].astype(jnp.float32)  # heads axis
+
+
+@functools.lru_cache(maxsize=None)
+def relative_position_index(window: Pair) -> np.ndarray:
+    """(N, N) row of the (2ws_h-1)(2ws_w-1) offset table for each (query, key) pair of a window.
+
+    (y_i - y_j + ws_h - 1) * (2 ws_w - 1) + (x_i - x_j + ws_w - 1), as the original.
+    """
+    wh, ww = window
+    ys, xs = np.divmod(np.arange(wh * ww), ww)
+    return ((ys[:, None] - ys[None, :] + wh - 1) * (2 * ww - 1) + (xs[:, None] - xs[None, :] + ww - 1)).astype(
+        np.int32
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def relative_coords_table(window: Pair, divisor: Pair) -> np.ndarray:
+    """(2ws_h-1, 2ws_w-1, 2) log-spaced offsets (dy, dx) fed to the position-bias MLP, float32.
+
+    t = 8 * offset / divisor per axis, then sign(t) * log2(|t| + 1) / log2(8). Float32 steps in
+    the original's order.
+    """
+    wh, ww = window
+    dy = np.arange(-(wh - 1), wh, dtype=np.float32) / np.float32(divisor[0])
+    dx = np.arange(-(ww - 1), ww, dtype=np.float32) / np.float32(divisor[1])
+    t = np.stack(np.meshgrid(dy, dx, indexing="ij"), axis=-1) * np.float32(8)
+    return (np.sign(t) * np.log2(np.abs(t) + np.float32(1)) / np.float32(math.log2(8))).astype(np.float32)
+
+
+def position_divisor(config: SwinV2Config, stage: int) -> Pair:
+    """Per axis, what the stage's window offsets are divided by (before x8): pretrained window - 1.
+
+    A stage with no pretrained window (0) uses its native window, min(W, native grid), instead:
+    identical to the original at the native size, and independent of the input size.
+    """
+    pretrained = config.pretrained_window_sizes[stage]
+    if pretrained > 0:
+        base = (pretrained, pretrained)
+    else:
+        scale = config.patch_size * 2**stage
+        base = tuple(min(config.window_size, n // scale) for n in config.native_size)
+    return tuple(max(b - 1, 1) for b in base)  # a 1-wide window has only offset 0: avoid 0 / 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules
+
+
+class PatchEmbed(nn.Module):
+    """4x4 stride-4 conv with bias, then LayerNorm: (B, H, W, 3) -> (B, H/4, W/4, C)."""
+
+    config: SwinV2Config
+
+    @nn.compact
+    def __call__(self, images):
+        c = self.config
+        p = c.patch_size
+        x = nn.Conv(c.embed_dim, (p, p), strides=(p, p), padding="VALID", name="proj")(images)
+        return layer_norm(c.layer_norm_eps, "norm")(x)
+
+
+class ContinuousPositionBias(nn.Module):
+    """Linear(2 -> 512) -> ReLU -> Linear(512 -> heads, no bias) of the (dy, dx) offsets; 16 sigmoid of it.
+
+    Returns the (heads, N, N) bias of one window.
+    """
+
+    num_heads: int
+    hidden: int
+
+    @nn.compact
+    def __call__(self, window: Pair, divisor: Pair):
+        coords = jnp.asarray(relative_coords_table(tuple(window), tuple(divisor)))  # (2wh-1, 2ww-1, 2)
+        table = nn.Dense(self.num_heads, use_bias=False, name="fc2")(nn.relu(nn.Dense(self.hidden, name="fc1")(coords)))
+        table = table.reshape(-1, self.num_heads)  # ((2wh-1)(2ww-1), heads)
+        bias = table[relative_position_index(tuple(window))]  # (N, N, heads)
+        return 16.0 * jax.nn.sigmoid(jnp.transpose(bias, (2, 0, 1)).astype(jnp.float32))  # (heads, N, N)
+
+
+class WindowAttention(nn.Module):
+    """Scaled cosine attention inside each window, plus the position bias and the block's mask."""
+
+    num_heads: int
+    cpb_hidden: int
+
+    @nn.compact
+    def __call__(self, windows, window: Pair, divisor: Pair, mask):  # windows: (B, nWh, nWw, N, C)
+        logit_scale = self.param("logit_scale", nn.initializers.constant(math.log(10.0)), (self.num_heads, 1, 1))
+        q, k, v = QKV(self.num_heads, name="qkv")(windows)  # (B, nWh, nWw, heads, N, hd)
+        q = _l2_normalize(q) * jnp.exp(jnp.minimum(logit_scale.astype(jnp.float32), LOGIT_SCALE_MAX))
+        k = _l2_normalize(k)
+        bias = ContinuousPositionBias(self.num_heads, self.cpb_hidden, name="cpb_mlp")(window, divisor)  # (heads, N, N)
+        if mask is not None:
+            bias = bias + mask  # (nWh, nWw, heads, N, N)
+        out = merge_heads(attend(q, k, v, bias))  # (B, nWh, nWw, N, C)
+        return nn.Dense(windows.shape[-1], name="proj")(out)
+
+
+def _l2_normalize(x, eps=1e-12):
+    """x / max(|x|, eps) along the last axis, in float32 (torch.nn.functional.normalize)."""
+    x = x.astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def partition_windows(x, window: Pair):
+    """(B, Gh, Gw, C) -> (B, nWh, nWw, ws_h * ws_w, C), windows and their tokens row-major."""
+    b, gh, gw, c = x.shape
+    wh, ww = window
+    x = x.reshape(b, gh // wh, wh, gw // ww, ww, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, gh // wh, gw // ww, wh * ww, c)
+
+
+def merge_windows(windows, window: Pair):
+    """(B, nWh, nWw, ws_h * ws_w, C) -> (B, Gh, Gw, C); inverse of `partition_windows`."""
+    b, nh, nw, _, c = windows.shape
+    wh, ww = window
+    x = windows.reshape(b, nh, nw, wh, ww, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, nh * wh, nw * ww, c)
+
+
+class SwinV2Block(nn.Module):
+    """x + LN1(window attention(x)), then x + LN2(mlp(x)): res-post-norm."""
+
+    config: SwinV2Config
+    num_heads: int
+    shifted: bool  # odd blocks: the windows move by the layout's shift
+    divisor: Pair
+
+    @nn.compact
+    def __call__(self, x):  # (B, h, w, C)
+        c = self.config
+        _, h, w, dim = x.shape
+        layout = window_layout((h, w), c.window_size)
+        shift = layout.shift if self.shifted else (0, 0)
+        (ph, pw), (sh, sw) = layout.padded, shift
+
+        y = jnp.pad(x, ((0, 0), (0, ph - h), (0, pw - w), (0, 0)))  # (B, Gp_h, Gp_w, C)
+        if sh or sw:
+            y = jnp.roll(y, (-sh, -sw), axis=(1, 2))
+        y = partition_windows(y, layout.window)  # (B, nWh, nWw, N, C)
+        mask = attention_mask((h, w), layout.window, shift)
+        y = WindowAttention(self.num_heads, c.cpb_hidden, name="attn")(y, layout.window, self.divisor, mask)
+        y = merge_windows(y, layout.window)  # (B, Gp_h, Gp_w, C)
+        if sh or sw:
+            y = jnp.roll(y, (sh, sw), axis=(1, 2))
+        y = y[:, :h, :w]  # (B, h, w, C)
+
+        x = x + layer_norm(c.layer_norm_eps, "norm1")(y)
+        return x + layer_norm(c.layer_norm_eps, "norm2")(Mlp(dim * c.mlp_ratio, name="mlp")(x))
+
+
+class PatchMerging(nn.Module):
+    """Each 2x2 group of tokens -> one: concat (4C) -> Linear(4C -> 2C, no bias) -> LayerNorm(2C)."""
+
+    config: SwinV2Config
+
+    @nn.compact
+    def __call__(self, x):  # (B, h, w, C)
+        x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
+        x = nn.Dense(x.shape[-1] // 2, use_bias=False, name="reduction")(x)  # (B, h/2, w/2, 2C)
+        return layer_norm(self.config.layer_norm_eps, "norm")(x)
+
+
+class SwinV2Stage(nn.Module):
+    """The blocks of one stage, then (stages 0-2) the patch merging. Returns (last block's output, merged)."""
+
+    config: SwinV2Config
+    stage: int
+
+    @nn.compact
+    def __call__(self, x):  # (B, h, w, C)
+        c = self.config
+        divisor = position_divisor(c, self.stage)
+        for b in range(c.depths[self.stage]):
+            x = SwinV2Block(c, c.num_heads[self.stage], b % 2 == 1, divisor, name=f"blocks_{b}")(x)
+        merged = PatchMerging(c, name="downsample")(x) if self.stage < len(c.depths) - 1 else None
+        return x, merged  # (B, h, w, C), (B, h/2, w/2, 2C)
+
+
+class SwinV2Encoder(nn.Module):
+    """Images (B, H, W, 3) -> the four stage outputs (B, H/4, W/4, C), (B, H/8, W/8, 2C), ... , (B, H/32, W/32, 8C).
+
+    H and W must be multiples of 32; see the module docstring for the window rule.
+    """
+
+    config: SwinV2Config
+
+    @nn.compact
+    def __call__(self, images):
+        c = self.config
+        multiple = c.patch_size * 2 ** (len(c.depths) - 1)
+        height, width = images.shape[1:3]
+        if height <= 0 or width <= 0 or height % multiple or width % multiple:
+            raise ValueError(
+                f"SwinV2 needs image sides that are positive multiples of {multiple} "
+                f"(patch size {c.patch_size} and {len(c.depths) - 1} 2x patch merges); got {height}x{width} (HxW)"
+            )
+        x = PatchEmbed(c, name="patch_embed")(images)  # (B, H/4, W/4, C)
+        hooks = []
+        for s in range(len(c.depths)):
+            hook, x = SwinV2Stage(c, s, name=f"layers_{s}")(x)
+            hooks.append(hook)  # (B, h_s, w_s, C_s)
+        return hooks
