@@ -65,7 +65,6 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -141,7 +140,8 @@ class TensorRef:
 
 def read_state_dict(path) -> dict[str, TensorRef]:
     """Ordered dict key -> TensorRef. Detects the format from the file's bytes (not its extension):
-    torch zip (.pt/.pth written by torch.save >= 1.6) or safetensors. Nothing but the pickle / header is read eagerly."""
+    torch zip (.pt/.pth written by torch.save >= 1.6) or safetensors.
+    Nothing but the pickle / header is read eagerly."""
     kind = _sniff_format(path)
     if kind == "zip":
         return _read_torch_zip(path)
@@ -202,9 +202,10 @@ def _zip_errors(path, what: str):
 
 def _read_torch_zip(path) -> dict[str, TensorRef]:
     with _zip_errors(path, "not a readable zip archive (truncated or corrupt?)"):
+        file_size = os.path.getsize(path)
         zf = zipfile.ZipFile(path)
     with zf:
-        archive = _TorchArchive(path, zf)
+        archive = _TorchArchive(path, zf, file_size)
         obj = archive.unpickle()
     state_dict = _unwrap_state_dict(path, obj)
     return OrderedDict((key, archive.tensor_ref(key, spec)) for key, spec in state_dict.items())
@@ -223,10 +224,10 @@ class _Storage:
 class _TorchArchive:
     """The records of one torch zip checkpoint, checked as they are looked up."""
 
-    def __init__(self, path, zf: zipfile.ZipFile):
+    def __init__(self, path, zf: zipfile.ZipFile, file_size: int):
         self.path = path
         self.zf = zf
-        self.file_size = os.path.getsize(path)
+        self.file_size = file_size
         self.prefix = self._find_prefix()
         self.byteorder = self._read_byteorder()
         self.storages: dict[str, _Storage] = {}
@@ -236,7 +237,8 @@ class _TorchArchive:
         if not pickles:
             names = ", ".join(self.zf.namelist()[:5]) or "none"
             raise CheckpointError(
-                self.path, f"zip archive has no '<folder>/data.pkl' record, so it is not a torch checkpoint (entries: {names})"
+                self.path,
+                f"zip archive has no '<folder>/data.pkl' record, so it is not a torch checkpoint (entries: {names})",
             )
         if len(set(pickles)) > 1:
             raise CheckpointError(self.path, f"zip archive has several data.pkl records: {sorted(set(pickles))}")
@@ -331,6 +333,8 @@ class _ZipTensorSource:
     byteorder: str
 
     def load(self, ref: TensorRef) -> np.ndarray:
+        if math.prod(ref.shape) == 0:
+            return np.zeros(ref.shape, ref.dtype)
         raw = self._read_storage(ref.key, self.storage_numel * ref.dtype.itemsize)
         itemsize = ref.dtype.itemsize
         view = np.ndarray(
@@ -348,7 +352,9 @@ class _ZipTensorSource:
             with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as entry:
                 raw = entry.read()
         if len(raw) != nbytes:
-            raise CheckpointError(self.path, f"tensor {key!r}: entry {self.member!r} has {len(raw)} bytes, expected {nbytes}")
+            raise CheckpointError(
+                self.path, f"tensor {key!r}: entry {self.member!r} has {len(raw)} bytes, expected {nbytes}"
+            )
         return raw
 
 
