@@ -1,0 +1,98 @@
+"""MiDaS v3.1 input and output geometry.
+
+What `midas.model_loader.load_model` sets up for the DPT models and `run.py` does around the
+network, in JAX:
+  * the network input size: `midas.transforms.Resize` with resize_method="minimal" and
+    ensure_multiple_of=32 (`processed_size`);
+  * the input transform: cv2.resize(INTER_CUBIC) of the RGB image scaled to [0, 1], then
+    NormalizeImage(mean=0.5, std=0.5) (`normalize_and_resize`);
+  * the output transform: F.interpolate(mode="bicubic", align_corners=False) of the prediction
+    back to the picture's size (`resize_depth`).
+Sizes are (height, width) throughout; MiDaS's Resize takes and returns (width, height).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .resize import resize_bicubic
+
+
+def _constrain_to_multiple_of(x: float, multiple_of: int, min_val: int = 0, max_val: int | None = None) -> int:
+    """MiDaS's Resize.constrain_to_multiple_of: nearest multiple (np.round, so ties go to even),
+    floored if that exceeds max_val, ceiled if it falls below min_val."""
+    y = int(np.round(x / multiple_of) * multiple_of)
+    if max_val is not None and y > max_val:
+        y = int(np.floor(x / multiple_of) * multiple_of)
+    if y < min_val:
+        y = int(np.ceil(x / multiple_of) * multiple_of)
+    return y
+
+
+def processed_size(
+    height: int, width: int, *, target, keep_aspect_ratio: bool, multiple_of: int = 32
+) -> tuple[int, int]:
+    """(new_h, new_w) that MiDaS resizes a height x width picture to before the network.
+
+    Matches Resize.get_size with resize_method="minimal" (every DPT model of MiDaS v3.1):
+    scale_h = target_h / height and scale_w = target_w / width; with keep_aspect_ratio both axes
+    take whichever scale is closer to 1 (the height's on a tie); each side is then
+    round(scale * side / multiple_of) * multiple_of with NumPy's round-half-to-even.
+    `target` is (target_h, target_w) or one int for a square target.
+
+    E.g. a 480 x 640 picture for a 384 BEiT with keep_aspect_ratio -> (384, 512); any picture for
+    swin2_tiny_256 (keep_aspect_ratio=False) -> (256, 256).
+
+    Raises ValueError where MiDaS would produce a zero side (a side under multiple_of / 2 after
+    scaling, e.g. a very thin strip), which cv2.resize then rejects in MiDaS too.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"picture size must be positive, got {height} x {width}")
+    target_h, target_w = (target, target) if isinstance(target, int) else target
+    scale_h = target_h / height
+    scale_w = target_w / width
+    if keep_aspect_ratio:
+        if abs(1 - scale_w) < abs(1 - scale_h):
+            scale_h = scale_w
+        else:
+            scale_w = scale_h
+    # "minimal" constrains with the defaults min_val=0, max_val=None.
+    new_h = _constrain_to_multiple_of(scale_h * height, multiple_of)
+    new_w = _constrain_to_multiple_of(scale_w * width, multiple_of)
+    if new_h == 0 or new_w == 0:
+        raise ValueError(
+            f"a {height} x {width} picture maps to {new_h} x {new_w} for target {target_h} x {target_w}: "
+            "too thin to process at this size"
+        )
+    return new_h, new_w
+
+
+@functools.partial(jax.jit, static_argnames="size")
+def normalize_and_resize(images: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
+    """(B, h, w, 3) RGB pictures -> (B, H, W, 3) float32 network input, as MiDaS prepares them.
+
+    uint8 pictures are divided by 255; float pictures are taken to be in [0, 1] already. The
+    result is resized with OpenCV's bicubic convention (MiDaS resizes the [0, 1] image with
+    cv2.INTER_CUBIC before normalising; the output is not clipped, so it may overshoot slightly)
+    and normalised as (x - 0.5) / 0.5. `size` = (H, W), e.g. from `processed_size`.
+    """
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected (B, h, w, 3) RGB pictures, got shape {images.shape}")
+    x = images.astype(jnp.float32)
+    if images.dtype == jnp.uint8:
+        x = x / 255.0
+    x = resize_bicubic(x, tuple(size), convention="opencv", axes=(1, 2))
+    return (x - 0.5) / 0.5
+
+
+@functools.partial(jax.jit, static_argnames="size")
+def resize_depth(depth: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
+    """(B, h, w) predictions -> (B, H, W) float32, as run.py resizes them to the picture's size:
+    F.interpolate(prediction.unsqueeze(1), size=(H, W), mode="bicubic", align_corners=False)."""
+    if depth.ndim != 3:
+        raise ValueError(f"expected (B, h, w) predictions, got shape {depth.shape}")
+    return resize_bicubic(depth.astype(jnp.float32), tuple(size), convention="torch", axes=(1, 2))
