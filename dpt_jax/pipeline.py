@@ -1,0 +1,222 @@
+"""Depth for real pictures: reading, MiDaS preprocessing, batching by shape, and resizing back.
+
+    picture (h, w, 3) uint8/uint16/float
+      -> processed size (H, W): the variant's native size, sides rounded to multiples of 32,
+         MiDaS's "minimal" rule                                      (preprocess.processed_size)
+      -> bicubic resize as cv2.INTER_CUBIC, (x - 0.5) / 0.5       on device, compiled per (h, w)
+      -> DPT forward                                               on device, compiled per (B, H, W)
+      -> bicubic resize back to (h, w) as torch (align_corners=False)
+    = inverse depth (h, w) float32
+
+Pictures are grouped by processed size, so all the model programs a run compiles are one per
+distinct (batch, H, W): a folder of phone photos in two orientations compiles two (plus one for
+a smaller last batch, padded up to a power of two). The two resizes are small programs compiled
+per picture size. Pixels are decoded only when their batch runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence, Union
+
+import numpy as np
+
+from .preprocess import normalize_and_resize, processed_size, resize_depth
+
+#: Pictures with more pixels than this are refused before decoding (~100 MP: a 12000 x 8000 picture).
+MAX_PIXELS = 100_000_000
+
+ImageLike = Union[str, os.PathLike, np.ndarray, "PIL.Image.Image"]  # noqa: F821
+
+
+class ImageError(ValueError):
+    """A picture that cannot be used; the message names it and says what is wrong."""
+
+    def __init__(self, name, message):
+        self.name, self.message = str(name), message
+        super().__init__(f"{name}: {message}")
+
+
+def _as_rgb_array(img, name) -> np.ndarray:
+    """A PIL image -> (h, w, 3) uint8, or float32 in [0, 1] for 16-bit and float pictures."""
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img)  # phone photos: OpenCV's imread applies the EXIF rotation too
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        a = np.asarray(img, dtype=np.float32) / 65535.0
+    elif img.mode == "I":
+        a = np.asarray(img, dtype=np.float64)
+        a = (a / (65535.0 if a.max() <= 65535 else a.max())).astype(np.float32)
+    elif img.mode == "F":
+        a = np.asarray(img, dtype=np.float32)
+    else:
+        return np.asarray(img.convert("RGB"))  # grayscale, palette, RGBA (alpha dropped), CMYK, ...
+    return as_picture(a, name)
+
+
+def as_picture(a: np.ndarray, name="array") -> np.ndarray:
+    """Check and normalise an in-memory picture to (h, w, 3) uint8, or float32 in [0, 1]."""
+    a = np.asarray(a)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 3, 4) or min(a.shape[:2]) < 1:
+        raise ImageError(name, f"expected an (h, w), (h, w, 3) or (h, w, 4) picture; got shape {a.shape}")
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    a = a[..., :3]  # RGBA: alpha dropped
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.uint16:
+        return a.astype(np.float32) / 65535.0
+    if np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float32)
+        if not np.isfinite(a).all():
+            raise ImageError(name, "the picture has NaN or infinite values")
+        if a.min() < -1e-3 or a.max() > 1 + 1e-3:
+            raise ImageError(name, f"float pictures must be in [0, 1]; values span [{a.min():g}, {a.max():g}]")
+        return a
+    raise ImageError(name, f"unsupported pixel type {a.dtype}; use uint8, uint16 or float in [0, 1]")
+
+
+@dataclass
+class Source:
+    """One input picture: where it comes from and its size, known before its pixels are decoded."""
+
+    name: str
+    size: tuple[int, int]  # (h, w)
+    load: Callable[[], np.ndarray]
+
+
+def open_source(item: ImageLike, index: int = 0) -> Source:
+    """Read just enough of `item` to know its size; raises ImageError for anything unusable."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(item, (str, os.PathLike)):
+        path = Path(item)
+        name = str(path)
+        if not path.is_file():
+            raise ImageError(name, "no such file" if not path.exists() else "not a file")
+        if path.stat().st_size == 0:
+            raise ImageError(name, "the file is empty")
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+        except UnidentifiedImageError:
+            raise ImageError(name, "not an image file Pillow can read") from None
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise ImageError(name, f"cannot read image: {e}") from None
+        _check_pixels(name, h, w)
+
+        def load():
+            try:
+                with Image.open(path) as img:
+                    img.load()
+                    return _as_rgb_array(img, name)
+            except ImageError:
+                raise
+            except Exception as e:  # truncated or corrupt pixel data surfaces only when decoding
+                raise ImageError(name, f"cannot decode image: {e}") from None
+
+        return Source(name, (h, w), load)
+    if hasattr(item, "mode") and hasattr(item, "size"):  # a PIL image
+        name = f"image #{index}"
+        w, h = item.size
+        _check_pixels(name, h, w)
+        return Source(name, (h, w), lambda: _as_rgb_array(item, name))
+    name = f"array #{index}"
+    a = as_picture(item, name)
+    _check_pixels(name, *a.shape[:2])
+    return Source(name, a.shape[:2], lambda: a)
+
+
+def _check_pixels(name, h, w):
+    if h * w > MAX_PIXELS:
+        raise ImageError(name, f"{w}x{h} pixels is over the limit of {MAX_PIXELS:,} (pipeline.MAX_PIXELS); "
+                         "downscale it first")
+
+
+@dataclass
+class Result:
+    name: str
+    depth: np.ndarray | None = None  # (h, w) float32 inverse depth
+    error: str | None = None
+
+
+def batches_by_shape(sources: Sequence[Source], target_of: Callable[[tuple[int, int]], tuple[int, int]],
+                     batch_size: int) -> list[tuple[tuple[int, int], list[int]]]:
+    """[(processed size, indices)] with at most `batch_size` pictures each, grouped by processed size."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, s in enumerate(sources):
+        groups.setdefault(target_of(s.size), []).append(i)
+    return [(size, idx[k:k + batch_size]) for size, idx in groups.items() for k in range(0, len(idx), batch_size)]
+
+
+def padded_batch(n: int, batch_size: int, multiple: int = 1) -> int:
+    """Batch a group of n pictures runs with: n rounded up to a power of two (at most batch_size), then to `multiple`."""
+    b = 1
+    while b < n:
+        b *= 2
+    b = min(b, max(batch_size, n))
+    return -(-b // multiple) * multiple
+
+
+def run(model, items: Iterable[ImageLike], *, batch_size: int = 4, keep_aspect_ratio: bool | None = None,
+        on_result: Callable[[Result], None] | None = None) -> list[Result]:
+    """Predict every picture of `items`; a picture that fails is reported in its Result and the rest go on."""
+    import jax.numpy as jnp
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+    config = model.config
+    keep = config.keep_aspect_ratio if keep_aspect_ratio is None else keep_aspect_ratio
+
+    def target_of(size):
+        return processed_size(*size, target=config.native_size, keep_aspect_ratio=keep)
+
+    results: list[Result] = []
+    sources: list[Source] = []
+    slot: list[int] = []  # result index of each source
+    for i, item in enumerate(items):
+        name = str(item) if isinstance(item, (str, os.PathLike)) else f"#{i}"
+        results.append(Result(name))
+        try:
+            src = open_source(item, i)
+            target_of(src.size)
+        except ValueError as e:  # ImageError included
+            results[-1].error = getattr(e, "message", str(e))
+            _emit(on_result, results[-1])
+            continue
+        results[-1].name = src.name
+        sources.append(src)
+        slot.append(i)
+
+    for size, members in batches_by_shape(sources, target_of, batch_size):
+        prepared, ok = [], []
+        for m in members:
+            try:
+                picture = sources[m].load()
+            except ImageError as e:
+                results[slot[m]].error = e.message
+                _emit(on_result, results[slot[m]])
+                continue
+            prepared.append(normalize_and_resize(jnp.asarray(picture)[None], size))  # (1, H, W, 3) on device
+            ok.append(m)
+        if not ok:
+            continue
+        x = jnp.concatenate(prepared, axis=0)  # (n, H, W, 3)
+        b = padded_batch(len(ok), batch_size, model.num_devices)
+        if b > len(ok):  # pad so that a short last batch reuses a compiled program
+            x = jnp.concatenate([x, jnp.zeros((b - len(ok), *x.shape[1:]), x.dtype)], axis=0)
+        depth = model.apply(x)  # (b, H, W)
+        for row, m in enumerate(ok):
+            out = resize_depth(depth[row:row + 1], sources[m].size)[0]  # (h, w)
+            results[slot[m]].depth = np.asarray(out)
+            _emit(on_result, results[slot[m]])
+    return results
+
+
+def _emit(callback, result):
+    if callback is not None:
+        callback(result)
