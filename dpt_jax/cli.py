@@ -54,6 +54,80 @@ def cmd_info(args) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
+
+
+def expand_inputs(args: list[str]) -> list[str]:
+    """Files as given, folders as the pictures directly inside them (sorted), globs expanded (sorted)."""
+    import glob
+    from pathlib import Path
+
+    out = []
+    for a in args:
+        p = Path(a)
+        if p.is_dir():
+            out += sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif not p.exists() and glob.has_magic(a):
+            out += sorted(glob.glob(a, recursive=True)) or [a]  # a glob matching nothing is reported as missing
+        else:
+            out.append(a)
+    return out
+
+
+def output_paths(inputs: list[str], outdir, suffix: str) -> list:
+    """OUTDIR/<stem><suffix> for each input; a stem seen before gets -2, -3, ... appended."""
+    from pathlib import Path
+
+    seen: dict[str, int] = {}
+    paths = []
+    for name in inputs:
+        stem = Path(name).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        paths.append(Path(outdir) / (f"{stem}{suffix}" if seen[stem] == 1 else f"{stem}-{seen[stem]}{suffix}"))
+    return paths
+
+
+def cmd_predict(args) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from . import hub, load, output, pipeline
+
+    inputs = expand_inputs(args.inputs)
+    if not inputs:
+        raise ValueError("no input pictures found")
+    model = load(hub.resolve(args.model), dtype=args.dtype)
+    outdir = Path(args.output)
+    outdir.mkdir(parents=True, exist_ok=True)
+    targets = output_paths(inputs, outdir, output.FORMATS[args.format])
+    resolved_inputs = {Path(i).resolve() for i in inputs}
+    if clash := [str(t) for t in targets if t.resolve() in resolved_inputs]:
+        raise ValueError(f"refusing to overwrite input pictures with outputs: {', '.join(clash)}")
+    where = {name: t for name, t in zip(inputs, targets)}
+    failed = []
+    bar = tqdm(total=len(inputs), unit="img", disable=args.no_progress or not sys.stderr.isatty())
+
+    def on_result(r: pipeline.Result):
+        if r.error is None:
+            try:
+                output.write_depth(where[r.name], r.depth, args.format)
+            except (OSError, ValueError) as e:
+                r.error = f"cannot write {where[r.name]}: {e}"
+        if r.error is not None:
+            failed.append(r)
+            bar.write(f"{r.name}: {r.error}", file=sys.stderr)
+        bar.update(1)
+
+    pipeline.run(model, inputs, batch_size=args.batch_size, keep_aspect_ratio=args.keep_aspect_ratio,
+                 on_result=on_result)
+    bar.close()
+    done = len(inputs) - len(failed)
+    print(f"{done} depth map{'s' if done != 1 else ''} written to {outdir}"
+          + (f"; {len(failed)} failed" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpt-jax", description="MiDaS v3.1 DPT depth models in JAX")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="checkpoint path (original or converted)")
     p.add_argument("--pretrained-window-sizes", type=_windows, metavar="A,B,C,D")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("predict", help="write depth maps for pictures")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="picture files, folders or globs")
+    p.add_argument("-m", "--model", default=None,
+                   help="checkpoint path or official name (default: the smallest, dpt_swin2_tiny_256)")
+    p.add_argument("-o", "--output", default="depth", metavar="OUTDIR", help="output folder (default: ./depth)")
+    p.add_argument("--format", choices=["color", "png16", "npy"], default="color",
+                   help="color: colormapped PNG; png16: 16-bit PNG of the normalized inverse depth; "
+                        "npy: raw float32 inverse depth at the picture's size")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--keep-aspect-ratio", action=argparse.BooleanOptionalAction, default=None,
+                   help="resize keeping the aspect ratio (default: as MiDaS, on for BEiT, off for SwinV2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal anyway)")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

@@ -104,12 +104,36 @@ class DepthModel:
         midas.write_converted(path, self.config, params32)
 
 
-def load(path, *, dtype: str = "float32", pretrained_window_sizes=None, devices=None) -> DepthModel:
+def configure_compilation_cache(directory=None) -> str | None:
+    """Turn on JAX's persistent compilation cache, so a second process does not compile again.
+
+    `directory`: where to keep it; default `$DPT_JAX_COMPILATION_CACHE`, else `<cache dir>/xla`
+    (see `hub.cache_dir`). "off" (as argument or variable) leaves JAX as it is, and so does a
+    cache directory the user configured in JAX already. Returns the directory in use.
+    """
+    from . import hub
+
+    current = jax.config.jax_compilation_cache_dir
+    if current:
+        return current
+    directory = directory or os.environ.get("DPT_JAX_COMPILATION_CACHE") or str(hub.cache_dir() / "xla")
+    if str(directory).lower() == "off":
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return str(directory)
+
+
+def load(path, *, dtype: str = "float32", pretrained_window_sizes=None, devices=None,
+         compilation_cache=None) -> DepthModel:
     """Load an original MiDaS v3.1 checkpoint (.pt or .safetensors) or a dpt-jax converted file.
 
     `pretrained_window_sizes` overrides the SwinV2 value that checkpoints do not store (the
     three official SwinV2 checkpoints are recognised and need no override).
+    `compilation_cache`: directory of the persistent compilation cache, or "off"
+    (see `configure_compilation_cache`).
     """
+    configure_compilation_cache(compilation_cache)
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(path, "no such file" if not os.path.exists(path) else "not a regular file")
