@@ -2,9 +2,47 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
+
+_MATMUL_DTYPE: contextvars.ContextVar = contextvars.ContextVar("matmul_dtype", default=None)
+
+
+@contextlib.contextmanager
+def mixed_precision(dtype):
+    """Trace the model with `dtype` (bfloat16) matmul operands and float32 everywhere else.
+
+    Inside, every nn.Dense and nn.Conv takes its input cast to `dtype` and hands back float32,
+    and `attend` multiplies in `dtype` with float32 accumulation. The residual stream, norms,
+    softmax, position biases and resizes stay float32. Parameters of Dense/Conv layers are
+    expected in `dtype` already (see `matmul_params`). A trace-time setting, like
+    jax.default_matmul_precision: it applies to what is traced inside the block.
+    """
+
+    def cast_matmul_io(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and isinstance(context.module, (nn.Dense, nn.Conv)):
+            return next_fun(args[0].astype(dtype), *args[1:], **kwargs).astype(jnp.float32)
+        return next_fun(*args, **kwargs)
+
+    token = _MATMUL_DTYPE.set(dtype)
+    try:
+        with nn.intercept_methods(cast_matmul_io):
+            yield
+    finally:
+        _MATMUL_DTYPE.reset(token)
+
+
+def matmul_params(params, dtype):
+    """Cast the kernels and biases of Dense/Conv layers (dicts holding a "kernel") to `dtype`; keep the rest."""
+    if isinstance(params, dict) or hasattr(params, "items"):
+        if "kernel" in params:
+            return {k: (v.astype(dtype) if k in ("kernel", "bias") else v) for k, v in params.items()}
+        return {k: matmul_params(v, dtype) for k, v in params.items()}
+    return params
 
 
 def gelu(x):
@@ -48,11 +86,18 @@ class QKV(nn.Module):
         return qkv[..., 0, :, :, :], qkv[..., 1, :, :, :], qkv[..., 2, :, :, :]
 
 
-def attend(q, k, v, bias):
-    """softmax(q k^T + bias) v over (..., heads, N, hd); the softmax runs in float32."""
-    logits = jnp.einsum("...qd,...kd->...qk", q, k).astype(jnp.float32) + bias
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("...qk,...kd->...qd", weights, v)
+def attend(q, k, v, bias, *, float32_logits: bool = False):
+    """softmax(q k^T + bias) v over (..., heads, N, hd); logits and softmax in float32.
+
+    `float32_logits`: also multiply q k^T in float32 (SwinV2's scaled cosine attention, where
+    logits are cosines times up to 100 and bfloat16 operands would cost ~0.4 in every logit).
+    """
+    dtype = _MATMUL_DTYPE.get() or q.dtype
+    qk_dtype = jnp.float32 if float32_logits else dtype
+    q, k, v = q.astype(qk_dtype), k.astype(qk_dtype), v.astype(dtype)
+    logits = jnp.einsum("...qd,...kd->...qk", q, k, preferred_element_type=jnp.float32) + bias
+    weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    return jnp.einsum("...qk,...kd->...qd", weights, v, preferred_element_type=jnp.float32)
 
 
 def merge_heads(x):

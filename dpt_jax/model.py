@@ -14,6 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from . import pipeline
 from .config import DPTConfig
 from .dpt import DPT
+from .layers import matmul_params, mixed_precision
 from .convert import midas
 from .convert.torch_zip import CheckpointError
 
@@ -45,14 +46,19 @@ class DepthModel:
         self._mesh = Mesh(np.array(devices), ("batch",))
         replicated = NamedSharding(self._mesh, PartitionSpec())
         self._batch_sharding = NamedSharding(self._mesh, PartitionSpec("batch"))
-        self.params = jax.device_put(jax.tree_util.tree_map(lambda a: np.asarray(a).astype(compute), self.params),
-                                     replicated)
-        # float32 means float32: no TF32/bf16 passes on accelerators (they cost ~1e-3 relative error).
-        precision = "highest" if self.dtype == "float32" else "default"
+        params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), self.params)
+        if compute != jnp.float32:
+            params = matmul_params(params, compute)
+        self.params = jax.device_put(params, replicated)
 
         def forward(params, images):
-            with jax.default_matmul_precision(precision):
-                return module.apply({"params": params}, images.astype(compute)).astype(jnp.float32)
+            images = images.astype(jnp.float32)
+            if compute == jnp.float32:
+                # float32 means float32: no TF32/bf16 passes on accelerators (they cost ~1e-3 relative error).
+                with jax.default_matmul_precision("highest"):
+                    return module.apply({"params": params}, images)
+            with mixed_precision(compute):  # matmuls in bfloat16, everything else float32
+                return module.apply({"params": params}, images)
 
         self._apply = jax.jit(forward, out_shardings=self._batch_sharding)
 

@@ -1,0 +1,565 @@
+"""The six official MiDaS v3.1 checkpoints: where they are published, and a local cache of them.
+
+    >>> from dpt_jax import hub
+    >>> path = hub.resolve("swin2_tiny_256")   # downloaded on first use, then taken from the cache
+    >>> path = hub.resolve("my/own/file.pt")   # an existing file is returned as it is
+
+Registry
+--------
+``REGISTRY`` maps each model name (the preset names of ``dpt_jax.config.PRESETS``) to a
+``ModelEntry``: its public release URL, the configuration the file must hold, and its size,
+*approximately* (the byte total of its tensors; the file is slightly larger because of the
+pickle and the zip headers). Short names without the ``dpt_`` prefix work everywhere a name is
+taken. No checksums are published for these files; what makes a download trustworthy is the
+check described below. ``register()`` adds an entry (a mirror, a fine-tuned checkpoint, a test
+fixture).
+
+Cache
+-----
+``cache_dir()`` is ``$DPT_JAX_CACHE`` when set, else ``$XDG_CACHE_HOME/dpt-jax`` (when that is
+an absolute path), else ``~/.cache/dpt-jax``. It holds, per model:
+
+- ``<name>.pt``: the checkpoint; only ever a complete file that passed the check below;
+- ``<name>.pt.verified``: a small stamp (size and modification time of the checked file), so
+  later uses skip the check; a file that changed since is checked again;
+- while downloading, ``<name>.pt.partial`` and ``<name>.pt.partial.json`` (the URL and the
+  server's ETag/Last-Modified of the partial bytes): an interrupted download resumes from
+  there with an HTTP Range request (with If-Range, so a file that changed on the server is
+  fetched again from the start instead of being spliced).
+
+Downloads into one cache directory are serialised with a lock on the directory (POSIX), so
+two processes asking for the same model download it once.
+
+Check
+-----
+A download is complete when its byte count equals the server's Content-Length. It is then
+read as a checkpoint (``read_state_dict``, which also refuses unsafe pickles), its
+architecture detected from its keys and shapes must be exactly the registry entry's
+configuration, every key must fit the model (``check_state_dict``: nothing missing,
+unexpected or mis-shaped) and, for torch zip files, every archive member must match its
+CRC-32. Only then is it renamed to ``<name>.pt``. A file that fails is deleted and a
+``CheckpointError`` says what was wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import PRESETS, DPTConfig
+from .convert.torch_zip import CheckpointError
+
+__all__ = [
+    "DEFAULT_MODEL", "REGISTRY", "RELEASE_URL", "DownloadError", "ModelEntry", "UnknownModelError",
+    "cache_dir", "cached_path", "download", "get_entry", "known_names", "register", "resolve",
+    "unregister", "verify",
+]
+
+RELEASE_URL = "https://github.com/isl-org/MiDaS/releases/download/v3_1/{name}.pt"
+DEFAULT_MODEL = "dpt_swin2_tiny_256"  # the smallest (about 172 MB) and fastest of the six
+
+_CHUNK = 1 << 20
+_USER_AGENT = "dpt-jax (+https://github.com/isl-org/MiDaS checkpoints)"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One downloadable checkpoint."""
+
+    name: str  # registry name; also the cache file's stem
+    url: str  # where it is published
+    config: DPTConfig  # the architecture the file must hold (detect_config must return exactly this)
+    approx_bytes: int | None = None  # approximate file size (tensor bytes); only for messages and progress
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.pt"
+
+
+# Tensor byte totals of the released files (each file is a little larger).
+_APPROX_BYTES = {
+    "dpt_beit_large_512": 1_581_777_764,
+    "dpt_beit_large_384": 1_441_276_772,
+    "dpt_beit_base_384": 478_087_940,
+    "dpt_swin2_large_384": 880_189_556,
+    "dpt_swin2_base_384": 436_057_732,
+    "dpt_swin2_tiny_256": 172_048_204,
+}
+
+REGISTRY: dict[str, ModelEntry] = {
+    name: ModelEntry(name, RELEASE_URL.format(name=name), PRESETS[name], _APPROX_BYTES[name]) for name in PRESETS
+}
+
+
+class UnknownModelError(ValueError):
+    """A model name that is neither in the registry nor an existing file."""
+
+
+class DownloadError(OSError):
+    """A download that failed (network, HTTP status, timeout, disk space); str() names the URL."""
+
+    def __init__(self, url: str, message: str):
+        self.url = url
+        self.message = message
+        super().__init__(f"cannot download {url}: {message}")
+
+    def __str__(self):
+        return self.args[0]
+
+    def __reduce__(self):
+        return (type(self), (self.url, self.message))
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+
+
+_NAME_RX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def register(entry: ModelEntry, *, replace: bool = False) -> ModelEntry:
+    """Add `entry` to the registry (`replace=True` to overwrite an entry of the same name)."""
+    if not _NAME_RX.fullmatch(entry.name):
+        raise ValueError(f"model names are letters, digits, '_', '.' and '-'; got {entry.name!r}")
+    if entry.name in REGISTRY and not replace:
+        raise ValueError(f"{entry.name!r} is already registered (pass replace=True to overwrite it)")
+    REGISTRY[entry.name] = entry
+    return entry
+
+
+def unregister(name: str) -> None:
+    REGISTRY.pop(name, None)
+
+
+def known_names() -> list[str]:
+    return list(REGISTRY)
+
+
+def _lookup(name: str) -> ModelEntry | None:
+    if name in REGISTRY:
+        return REGISTRY[name]
+    return REGISTRY.get(f"dpt_{name}")
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry of `name` (short forms without "dpt_" work too)."""
+    entry = _lookup(name)
+    if entry is None:
+        raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(REGISTRY)} "
+                                "(the 'dpt_' prefix may be left out)")
+    return entry
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache
+
+
+def cache_dir() -> Path:
+    """`$DPT_JAX_CACHE`, else `$XDG_CACHE_HOME/dpt-jax` (absolute paths only), else `~/.cache/dpt-jax`."""
+    explicit = os.environ.get("DPT_JAX_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):  # the XDG spec says relative values are to be ignored
+        return Path(xdg) / "dpt-jax"
+    return Path.home() / ".cache" / "dpt-jax"
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(path.name + ".verified")
+
+
+def _stamp_ok(path: Path, entry: ModelEntry) -> bool:
+    try:
+        st = path.stat()
+        stamp = json.loads(_stamp_path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(stamp, dict)
+        and stamp.get("model") == entry.name
+        and stamp.get("size") == st.st_size
+        and stamp.get("mtime_ns") == st.st_mtime_ns
+    )
+
+
+def _write_stamp(path: Path, entry: ModelEntry, url: str | None) -> None:
+    st = path.stat()
+    stamp = {"model": entry.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "url": url,
+             "config": entry.config.name}
+    _atomic_write_text(_stamp_path(path), json.dumps(stamp, indent=1))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _unlink(*paths: Path) -> None:
+    for p in paths:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def cached_path(name: str, *, cache=None) -> Path | None:
+    """The cached file of model `name` if the cache holds a checked copy, else None (no network, no check run)."""
+    entry = get_entry(name)
+    path = (Path(cache) if cache is not None else cache_dir()) / entry.filename
+    return path if _stamp_ok(path, entry) else None
+
+
+@contextlib.contextmanager
+def _locked(directory: Path, progress: bool):
+    """An exclusive lock on the cache directory for the duration of a download (POSIX; elsewhere a no-op)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - a directory that cannot be opened for locking
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                print(f"dpt-jax: waiting for another process downloading into {directory}", file=sys.stderr)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # pragma: no cover - file systems without flock
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# ---------------------------------------------------------------------------------------------
+# Check
+
+
+@functools.lru_cache(maxsize=16)
+def _param_shapes(config: DPTConfig) -> dict[str, tuple[int, ...]]:
+    from .dpt import param_shapes
+
+    return param_shapes(config)
+
+
+def _config_differences(got: DPTConfig, want: DPTConfig) -> list[str]:
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    a, b = flat(dataclasses.asdict(got)), flat(dataclasses.asdict(want))
+    return [f"{k}: {a.get(k)!r}, expected {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k != "name" and a.get(k) != b.get(k)]
+
+
+def verify(path, model) -> DPTConfig:
+    """Check that the file at `path` is the checkpoint of `model` (a name or a ModelEntry); returns its config.
+
+    Raises CheckpointError (naming `path`) when the file is unreadable, holds another
+    architecture, has missing/unexpected/mis-shaped keys, or (torch zip) fails its CRC-32s.
+    """
+    from .convert.midas import check_state_dict, detect_config
+    from .convert.torch_zip import read_state_dict
+
+    entry = model if isinstance(model, ModelEntry) else get_entry(model)
+    path = os.fspath(path)
+    state = read_state_dict(path)
+    config = detect_config(state, path)
+    if config != entry.config:
+        if config.family != entry.config.family:
+            what = f"a {config.family} model, not the {entry.config.family} model {entry.name}"
+        else:
+            diffs = _config_differences(config, entry.config)
+            what = f"another {config.family} architecture than {entry.name} (" + "; ".join(diffs) + ")"
+        raise CheckpointError(path, f"holds {what}")
+    problems = check_state_dict(state, config, _param_shapes(config))
+    if problems:
+        raise CheckpointError(path, f"does not fit {entry.name}:\n  " + "\n  ".join(problems))
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as e:
+            raise CheckpointError(path, f"damaged zip archive: {e}") from None
+        if bad is not None:
+            raise CheckpointError(path, f"damaged data: archive member {bad!r} does not match its CRC-32")
+    return config
+
+
+def _verify_and_stamp(path: Path, entry: ModelEntry, url: str | None) -> None:
+    verify(path, entry)
+    _write_stamp(path, entry, url)
+
+
+# ---------------------------------------------------------------------------------------------
+# Download
+
+
+class _Interrupted(Exception):
+    """A transfer that stopped early but can be resumed (connection lost, timeout)."""
+
+
+class _Restart(Exception):
+    """The partial bytes cannot be continued; start over from byte 0."""
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "unknown size"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _content_range(value: str | None) -> tuple[int | None, int | None]:
+    """(first byte, total) of a Content-Range header ("bytes 100-199/200" or "bytes */200")."""
+    m = re.fullmatch(r"\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)\s*", value or "")
+    if not m:
+        return None, None
+    first = int(m.group(1)) if m.group(1) is not None else None
+    total = int(m.group(2)) if m.group(2) != "*" else None
+    return first, total
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _open(url: str, headers: dict, timeout: float):
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        return urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError:
+        raise
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, (TimeoutError, socket.timeout)):
+            raise _Interrupted(f"no answer within {timeout:g} s") from None
+        if isinstance(e.reason, (ConnectionResetError, ConnectionAbortedError)):
+            raise _Interrupted(f"connection lost ({e.reason})") from None
+        raise DownloadError(url, f"{e.reason} (check the network connection, or download the file "
+                                 "yourself and pass its path)") from None
+    except (TimeoutError, socket.timeout):
+        raise _Interrupted(f"no answer within {timeout:g} s") from None
+    except (http.client.HTTPException, ConnectionError) as e:
+        raise _Interrupted(f"connection lost ({type(e).__name__}: {e})") from None
+    except ValueError as e:  # malformed URL
+        raise DownloadError(url, str(e)) from None
+
+
+def _fetch_once(url: str, partial: Path, meta_path: Path, *, desc: str, approx: int | None,
+                show_bar: bool, timeout: float) -> None:
+    """One request: continue `partial` (or start it) until it is complete; raises _Interrupted/_Restart."""
+    have = partial.stat().st_size if partial.exists() else 0
+    meta = _read_meta(meta_path)
+    if have and meta.get("url") != url:  # partial bytes of unknown or other origin
+        _unlink(partial, meta_path)
+        have, meta = 0, {}
+    headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+        etag = meta.get("etag")
+        validator = etag if etag and not etag.startswith("W/") else meta.get("last_modified")
+        if validator:
+            headers["If-Range"] = validator
+    try:
+        response = _open(url, headers, timeout)
+    except urllib.error.HTTPError as e:
+        with contextlib.closing(e):
+            if e.code == 416 and have:  # nothing left to send: complete already, or a stale partial
+                _, total = _content_range(e.headers.get("Content-Range"))
+                if total is None:
+                    total = meta.get("total")
+                if total == have:
+                    return
+                raise _Restart(f"the server refused to continue at byte {have}") from None
+            reason = f" {e.reason}" if e.reason else ""
+            raise DownloadError(url, f"HTTP {e.code}{reason}") from None
+
+    with response:
+        if response.status == 206:
+            first, total = _content_range(response.headers.get("Content-Range"))
+            if first != have or (meta.get("total") is not None and total != meta.get("total")):
+                raise _Restart(f"the server answered the request for bytes {have}- with "
+                               f"{response.headers.get('Content-Range')!r}")
+            mode = "ab"
+        elif response.status == 200:  # a fresh start, or a server that ignores Range / a changed file
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            have, mode = 0, "wb"
+            meta = {"url": url, "total": total, "etag": response.headers.get("ETag"),
+                    "last_modified": response.headers.get("Last-Modified")}
+            _atomic_write_text(meta_path, json.dumps(meta))
+        else:
+            raise DownloadError(url, f"unexpected HTTP status {response.status} {response.reason}")
+
+        if total is not None:
+            free = shutil.disk_usage(partial.parent).free
+            if free < total - have:
+                raise DownloadError(url, f"{_human(total - have)} still to download but only {_human(free)} "
+                                         f"free in {partial.parent} (set DPT_JAX_CACHE to use another directory)")
+
+        from tqdm import tqdm
+
+        with open(partial, mode) as f, tqdm(
+            total=total if total is not None else approx, initial=have, unit="B", unit_scale=True,
+            unit_divisor=1024, desc=desc, file=sys.stderr, disable=not show_bar, leave=False,
+        ) as bar:
+            try:
+                while True:
+                    chunk = response.read(_CHUNK)
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    have += len(chunk)
+                    bar.update(len(chunk))
+            except (TimeoutError, socket.timeout):
+                raise _Interrupted(f"no data for {timeout:g} s after {have} bytes") from None
+            except (http.client.HTTPException, OSError) as e:
+                raise _Interrupted(f"connection lost after {have} bytes ({type(e).__name__}: {e})") from None
+            finally:
+                f.flush()
+            os.fsync(f.fileno())
+
+    if total is not None and have != total:
+        if have > total:
+            raise _Restart(f"received {have} bytes, more than the announced {total}")
+        raise _Interrupted(f"the connection closed after {have} of {total} bytes")
+
+
+def _fetch(url: str, partial: Path, *, desc: str, approx: int | None, progress: bool,
+           timeout: float, retries: int) -> None:
+    meta_path = partial.with_name(partial.name + ".json")
+    show_bar = progress and sys.stderr.isatty()
+    failures = restarts = 0
+    while True:
+        try:
+            _fetch_once(url, partial, meta_path, desc=desc, approx=approx, show_bar=show_bar, timeout=timeout)
+            _unlink(meta_path)
+            return
+        except _Restart as e:
+            _unlink(partial, meta_path)
+            restarts += 1
+            if restarts > 2:
+                raise DownloadError(url, f"{e}; giving up after restarting twice") from None
+        except _Interrupted as e:
+            failures += 1
+            if failures > retries:
+                kept = partial.stat().st_size if partial.exists() else 0
+                hint = (f"; the {kept} bytes received are kept in {partial} and the next attempt resumes there"
+                        if kept else "")
+                raise DownloadError(url, f"{e} (tried {failures} time{'s' * (failures > 1)}){hint}") from None
+            if progress:
+                print(f"dpt-jax: {desc}: {e}; resuming", file=sys.stderr)
+            time.sleep(min(0.25 * 2 ** (failures - 1), 8.0))
+
+
+def download(name: str, *, cache=None, progress: bool = True, url: str | None = None,
+             timeout: float = 60.0, retries: int = 3) -> Path:
+    """The path of the checked checkpoint of model `name` in the cache, downloading it if needed.
+
+    - `cache`: the cache directory (default: `cache_dir()`).
+    - `progress`: report on stderr (a progress bar when stderr is a terminal, one line otherwise).
+    - `url`: download from here instead of the registry's URL (a mirror); the file must still
+      be the registry's model. A cached copy is used without any network access, whatever `url`.
+    - `timeout`: seconds without an answer or data before a request counts as failed.
+    - `retries`: how many times a lost connection or a timeout is retried (each retry resumes
+      where the previous one stopped); HTTP errors are not retried.
+
+    Raises DownloadError (naming the URL) when the file cannot be fetched (partial bytes are
+    kept for the next attempt to resume from), and CheckpointError when the fetched file is not
+    the model's checkpoint (it is then deleted).
+    """
+    entry = get_entry(name)
+    url = url or entry.url
+    directory = Path(cache) if cache is not None else cache_dir()
+    dest = directory / entry.filename
+    if _stamp_ok(dest, entry):
+        return dest
+    directory.mkdir(parents=True, exist_ok=True)
+    with _locked(directory, progress):
+        if _stamp_ok(dest, entry):  # another process finished it while we waited
+            return dest
+        if dest.is_file():  # put there by hand, or the stamp is stale: check it instead of fetching
+            try:
+                _verify_and_stamp(dest, entry, None)
+                return dest
+            except CheckpointError as e:
+                if progress:
+                    print(f"dpt-jax: the cached {dest} is damaged ({e.message.splitlines()[0]}); "
+                          "downloading it again", file=sys.stderr)
+                _unlink(dest, _stamp_path(dest))
+        _unlink(_stamp_path(dest))
+
+        partial = dest.with_name(dest.name + ".partial")
+        if progress and not sys.stderr.isatty():
+            print(f"dpt-jax: downloading {entry.name} (about {_human(entry.approx_bytes)}) from {url} to {dest}",
+                  file=sys.stderr)
+        _fetch(url, partial, desc=entry.name, approx=entry.approx_bytes, progress=progress,
+               timeout=timeout, retries=retries)
+        try:
+            verify(partial, entry)
+        except CheckpointError as e:
+            _unlink(partial)
+            raise CheckpointError(
+                dest,
+                f"the file downloaded from {url} is not a valid {entry.name} checkpoint and was deleted: "
+                f"{e.message}\nRun the download again; if it fails the same way, the file at that URL is not "
+                f"the {entry.name} checkpoint.",
+            ) from None
+        os.replace(partial, dest)
+        _write_stamp(dest, entry, url)
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# Names or paths
+
+
+def resolve(model=None, *, cache=None, progress: bool = True) -> Path:
+    """The checkpoint file for `model`: an existing file path (returned as it is), or a registry name
+    (short forms work), downloaded on first use and taken from the cache afterwards.
+
+    `None` means DEFAULT_MODEL. Anything else raises UnknownModelError listing the known names.
+    """
+    if model is None:
+        model = DEFAULT_MODEL
+    text = os.fspath(model)
+    if os.path.isfile(text):
+        return Path(text)
+    if os.path.exists(text):
+        raise UnknownModelError(f"{text!r} is not a checkpoint file (it is a directory or a special file)")
+    if isinstance(model, str) and _lookup(model) is not None:
+        return download(model, cache=cache, progress=progress)
+    looks_like_path = os.sep in text or "/" in text or text.endswith((".pt", ".pth", ".safetensors"))
+    what = "no such file, and not" if looks_like_path else "neither an existing file nor"
+    raise UnknownModelError(f"{text!r}: {what} a known model name; known models: {', '.join(REGISTRY)} "
+                            "(the 'dpt_' prefix may be left out)")
