@@ -42,7 +42,9 @@ def _leaves(tree):
 def cmd_info(args) -> int:
     from . import load
 
-    model = load(args.model, pretrained_window_sizes=args.pretrained_window_sizes)
+    from . import hub
+
+    model = load(hub.resolve(args.model), pretrained_window_sizes=args.pretrained_window_sizes)
     c = model.config
     h, w = c.native_size
     print(f"model:      {c.name} ({c.family})")
@@ -128,6 +130,14 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_download(args) -> int:
+    from . import hub
+
+    path = hub.download(args.name, progress=not args.no_progress)
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpt-jax", description="MiDaS v3.1 DPT depth models in JAX")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resize keeping the aspect ratio (default: as MiDaS, on for BEiT, off for SwinV2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal anyway)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("download", help="fetch an official MiDaS v3.1 checkpoint into the cache and check it")
+    p.add_argument("name", help="dpt_beit_large_512, dpt_beit_large_384, dpt_beit_base_384, dpt_swin2_large_384, "
+                                "dpt_swin2_base_384 or dpt_swin2_tiny_256 (the dpt_ prefix is optional)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("bench", help="benchmark against PyTorch (see benchmarks/README.md)", add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda args: __import__("dpt_jax.bench", fromlist=["main"]).main(args.bench_args))
     return parser
 
 
