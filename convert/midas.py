@@ -23,6 +23,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from dpt_jax.atomic import atomic_write
 from dpt_jax.config import PRESETS, BeitConfig, DPTConfig, SwinV2Config
 
 from .torch_zip import CheckpointError, TensorRef, read_safetensors_metadata, read_state_dict
@@ -395,8 +396,6 @@ def write_safetensors(path, arrays: Mapping[str, np.ndarray], metadata: Mapping[
     A crash or a full disk leaves no partial file at `path`.
     """
     import json
-    import os
-    import tempfile
 
     header, offset = {}, 0
     for key, a in arrays.items():
@@ -406,18 +405,8 @@ def write_safetensors(path, arrays: Mapping[str, np.ndarray], metadata: Mapping[
     header["__metadata__"] = dict(metadata)
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the data section starts 8-byte aligned
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(len(blob).to_bytes(8, "little"))
-            f.write(blob)
-            for a in arrays.values():
-                f.write(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, ".safetensors") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for a in arrays.values():
+            f.write(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False).tobytes())

@@ -60,6 +60,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import atomic_write
 from .config import PRESETS, DPTConfig
 from .convert.torch_zip import CheckpointError
 
@@ -205,9 +206,8 @@ def _write_stamp(path: Path, entry: ModelEntry, url: str | None) -> None:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(text.encode())
 
 
 def _unlink(*paths: Path) -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import atomic_write
 
 # The "inferno" colormap (perceptually uniform; by Nathaniel J. Smith and Stefan van der Walt,
 # released under CC0), sampled at 256 levels as 8-bit RGB.
@@ -55,19 +55,11 @@ def write_depth(path, depth: np.ndarray, fmt: str) -> Path:
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=FORMATS[fmt], dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if fmt == "npy":
-                np.save(f, np.asarray(depth, np.float32))
-            elif fmt == "png16":
-                Image.fromarray(np.round(normalized(depth) * 65535).astype(np.uint16)).save(f, format="PNG")
-            else:
-                Image.fromarray(colorize(depth)).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_write(path, FORMATS[fmt]) as f:
+        if fmt == "npy":
+            np.save(f, np.asarray(depth, np.float32))
+        elif fmt == "png16":
+            Image.fromarray(np.round(normalized(depth) * 65535).astype(np.uint16)).save(f, format="PNG")
+        else:
+            Image.fromarray(colorize(depth)).save(f, format="PNG")
+    return Path(path)

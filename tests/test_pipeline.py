@@ -216,3 +216,14 @@ def test_bfloat16_error_against_float32():
     mean_error, max_error = np.abs(d16 - d32).mean() / span, np.abs(d16 - d32).max() / span
     print(f"mini_beit bfloat16: mean error {mean_error:.2e}, max {max_error:.2e} of the depth range")
     assert 1e-4 < mean_error < 0.01 and max_error < 0.05
+
+
+def test_outputs_get_ordinary_file_permissions(tmp_path):
+    from dpt_jax.output import write_depth
+
+    umask = os.umask(0o022)
+    try:
+        path = write_depth(tmp_path / "d.png", np.arange(12.0).reshape(3, 4), "color")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
