@@ -11,6 +11,10 @@ import flax.linen as nn
 
 _MATMUL_DTYPE: contextvars.ContextVar = contextvars.ContextVar("matmul_dtype", default=None)
 
+#: Modules whose Dense layers stay float32 under mixed precision (SwinV2's position-bias MLP:
+#: its output is squashed by 16 * sigmoid and added to logits scaled up to 100x).
+FLOAT32_MODULES = frozenset({"cpb_mlp"})
+
 
 @contextlib.contextmanager
 def mixed_precision(dtype):
@@ -25,6 +29,8 @@ def mixed_precision(dtype):
 
     def cast_matmul_io(next_fun, args, kwargs, context):
         if context.method_name == "__call__" and isinstance(context.module, (nn.Dense, nn.Conv)):
+            if getattr(context.module.parent, "name", None) in FLOAT32_MODULES:
+                return next_fun(*args, **kwargs)
             return next_fun(args[0].astype(dtype), *args[1:], **kwargs).astype(jnp.float32)
         return next_fun(*args, **kwargs)
 
@@ -37,11 +43,14 @@ def mixed_precision(dtype):
 
 
 def matmul_params(params, dtype):
-    """Cast the kernels and biases of Dense/Conv layers (dicts holding a "kernel") to `dtype`; keep the rest."""
+    """Cast the kernels and biases of Dense/Conv layers (dicts holding a "kernel") to `dtype`; keep the rest.
+
+    Layers inside FLOAT32_MODULES keep float32, as `mixed_precision` runs them.
+    """
     if isinstance(params, dict) or hasattr(params, "items"):
         if "kernel" in params:
             return {k: (v.astype(dtype) if k in ("kernel", "bias") else v) for k, v in params.items()}
-        return {k: matmul_params(v, dtype) for k, v in params.items()}
+        return {k: (v if k in FLOAT32_MODULES else matmul_params(v, dtype)) for k, v in params.items()}
     return params
 
 

@@ -17,45 +17,49 @@ their logits (the "shift mask").
 Window rule (any input size)
 ----------------------------
 The original accepts only its native square size. Here any H, W that are multiples of 32
-work (the patch size 4 times the three 2x merges; anything else raises ValueError). For a
-stage whose token grid is (h, w) and a configured window W (`window_size`: 16 for
-swin2_tiny_256, 24 for swin2_base/large_384), each axis is treated on its own:
+work (patch size 4 times three 2x patch merges); anything else raises ValueError. Each
+stage's token grid (h, w) = (H, W) / (4 * 2^s) is cut into windows by a fixed rule, per axis,
+with W the configured window (`window_size`: 16 for swin2_tiny_256, 24 for
+swin2_base/large_384) and g the number of tokens along the axis:
 
-* window  ws = min(W, g)                       for a grid axis of g tokens;
-* shift   s  = 0 if g <= W else W // 2         (odd blocks only; even blocks never shift);
-* padding: if g is not a multiple of ws, the tokens are padded at the bottom / right up to
-  the next multiple of ws; the padded tokens take part in no softmax (their keys get a
-  logit of -1e9, so every real query ignores them, and a padded query still has finite
-  weights); they are cropped away right after the attention, so the MLP, the norms, the
-  patch merging and the hooks only ever see real tokens;
-* the shifted blocks pad first, then roll the padded grid by -s, and label the positions of
-  that padded grid with the original's three slices per axis, [0, Gp-ws), [Gp-ws, Gp-s),
-  [Gp-s, Gp) (Gp = padded length): pairs with different labels get -100. Windows never
-  straddle the first boundary, so the only pairs separated are those the roll wrapped
-  around, exactly as in the original.
+* window:  ws = min(W, g);
+* shift:   s = 0 if g <= W, else W // 2 (odd blocks only; even blocks never shift);
+* padding: g is padded at the bottom / right up to Gp, the next multiple of ws. Padded
+  tokens are zeros that no real token attends to (their keys get -1e9 added to the logits;
+  a query that is itself padding still gets finite weights), and they are cropped off right
+  after the attention: norms, MLPs, patch merging and the hooks only see real tokens;
+* shifted blocks pad first, then roll the padded grid by -s, and give every position of the
+  rolled, padded axis one of the original's three labels, [0, Gp-ws), [Gp-ws, Gp-s),
+  [Gp-s, Gp); token pairs of one window whose labels differ on either axis get -100 added
+  to their logits. No window straddles Gp-ws, so this separates exactly the tokens the roll
+  wrapped around from those they landed next to. Windows are enumerated row-major.
 
-At the native size no axis is padded, and windows, shifts and masks are those of the
-original (e.g. swin2_tiny_256: windows 16/16/16/8, shifts 8/8/0/0). Other sizes keep every
-stage's window at most W, so the cost stays linear in the number of tokens.
+At the native size nothing is padded and windows, shifts and masks are the original's
+(swin2_tiny_256: windows 16/16/16/8, shifts 8/8/0/0; base/large 384: 24/24/24/12,
+12/12/0/0). At other sizes no window exceeds W, so the cost stays linear in the tokens.
+Examples, swin2_tiny_256 at 256x384 (grids 64x96, 32x48, 16x24, 8x12): stage 2 uses 16x16
+windows shifted by (0, 8) on a 16x32 padded grid; stage 3 uses one 8x12 window, no shift.
 
-Position bias: the table covers the actual window's offsets, dy in [-(ws_h-1), ws_h-1] and
-dx in [-(ws_w-1), ws_w-1], each divided by (pretrained window - 1) on its axis, times 8, then
-sign(t) log2(1 + |t|) / 3. A stage without a pretrained window (pretrained_window_sizes 0,
-as swin2_tiny_256) uses its native window, min(W, native grid), as the pretrained one. At the
-native size this is the original's "divide by the window's own size - 1"; at other sizes it
-keeps the bias of every offset what it was at the native size (as SwinV2 transfers its
-position bias to larger windows), instead of rescaling it with the window.
+Position bias: the MLP sees the actual window's offsets, dy in [-(ws_h-1), ws_h-1] and
+dx in [-(ws_w-1), ws_w-1], each divided on its own axis by (pretrained window - 1), times
+8, then sign(t) log2(1 + |t|) / 3. A stage with no pretrained window (0, as in
+swin2_tiny_256) takes its native window, min(W, native grid), as the pretrained one. At the
+native size that is the original's "divide by the window's own size - 1"; at other sizes
+it keeps the bias of every offset what it was at the native size (the way SwinV2 transfers
+a position bias to other windows) instead of stretching it with the window.
 
-Masks and biases are built from static shapes only: NumPy tables cached per window and
-grid (`functools.lru_cache`), per axis, so they cost O(h + w) memory; the (window, N, N)
-masks are formed inside the attention, where XLA fuses them into the logits.
+Masks and biases come from static shapes only: NumPy tables cached per shape
+(`functools.lru_cache`): the (N, N) offset index and the offsets of each window size, and
+per-axis region labels and padding flags ((nWh, N) and (nWw, N) integers), so nothing grows
+with the image area; the (windows, N, N) masks are formed inside the compiled attention,
+where XLA fuses them into the logits. `shift_window_mask` builds the full array for tests.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -85,7 +89,7 @@ class WindowLayout(NamedTuple):
 
 
 def window_layout(grid: Pair, window_size: int) -> WindowLayout:
-    """Per axis: window min(W, g); shift 0 if g <= W else W // 2; pad g up to a multiple of the window."""
+    """The window rule: per axis, window min(W, g); shift 0 if g <= W else W // 2; pad g up to whole windows."""
     window = tuple(min(window_size, g) for g in grid)
     shift = tuple(0 if g <= window_size else window_size // 2 for g in grid)
     padded = tuple(-(-g // w) * w for g, w in zip(grid, window))
@@ -93,14 +97,15 @@ def window_layout(grid: Pair, window_size: int) -> WindowLayout:
 
 
 @functools.lru_cache(maxsize=None)
-def _axis_tokens(length: int, window: int, shift: int) -> tuple[np.ndarray, np.ndarray]:
+def _axis_tokens(length: int, padded: int, window: int, shift: int) -> tuple[np.ndarray, np.ndarray]:
     """Shift label and validity of each position of one axis, after padding and rolling by -shift.
 
     Returns two (num_windows, window) arrays. Labels follow the original's slices
     [0, Gp-ws) -> 0, [Gp-ws, Gp-s) -> 1, [Gp-s, Gp) -> 2 of the padded length Gp (all 0 without
-    a shift); a position is valid when the real token rolled there is not padding.
+    a shift); a position is valid when the token rolled there is a real one, not padding.
     """
-    padded = -(-length // window) * window
+    if padded % window or padded < length:
+        raise ValueError(f"padded length {padded} is not a multiple of the window {window} covering {length}")
     pos = np.arange(padded)
     label = np.zeros(padded, np.int32)
     if shift:
@@ -109,15 +114,15 @@ def _axis_tokens(length: int, window: int, shift: int) -> tuple[np.ndarray, np.n
     return label.reshape(-1, window), valid.reshape(-1, window)
 
 
-def _window_tokens(grid: Pair, window: Pair, shift: Pair):
+def _window_tokens(grid: Pair, padded: Pair, window: Pair, shift: Pair):
     """Per axis, the label and validity of every token of every window: (rows: (nWh, N), cols: (nWw, N)).
 
     Token n of a window sits at row n // ws_w and column n % ws_w of it (row-major).
     """
     (wh, ww) = window
     rows, cols = np.divmod(np.arange(wh * ww), ww)
-    label_h, valid_h = _axis_tokens(grid[0], wh, shift[0])
-    label_w, valid_w = _axis_tokens(grid[1], ww, shift[1])
+    label_h, valid_h = _axis_tokens(grid[0], padded[0], wh, shift[0])
+    label_w, valid_w = _axis_tokens(grid[1], padded[1], ww, shift[1])
     return (label_h[:, rows], valid_h[:, rows]), (label_w[:, cols], valid_w[:, cols])
 
 
@@ -129,19 +134,21 @@ def shift_window_mask(grid_hw: Pair, window_hw: Pair, shift_hw: Pair) -> np.ndar
     excluded separately (see `attention_mask`). The model never builds this array; it forms the
     same comparisons per window inside the attention.
     """
-    (lh, _), (lw, _) = _window_tokens(tuple(grid_hw), tuple(window_hw), tuple(shift_hw))
+    padded = tuple(-(-g // w) * w for g, w in zip(grid_hw, window_hw))
+    (lh, _), (lw, _) = _window_tokens(tuple(grid_hw), padded, tuple(window_hw), tuple(shift_hw))
     same = (lh[:, None, :, None] == lh[:, None, None, :]) & (lw[None, :, :, None] == lw[None, :, None, :])
     mask = np.where(same, 0.0, SHIFT_MASK_VALUE).astype(np.float32)  # (nWh, nWw, N, N)
     return mask.reshape(-1, *mask.shape[2:])
 
 
-def attention_mask(grid: Pair, window: Pair, shift: Pair) -> Optional[jnp.ndarray]:
+def attention_mask(grid: Pair, layout: WindowLayout, shift: Pair) -> Optional[jnp.ndarray]:
     """Additive mask (nWh, nWw, 1, N, N) or (nWh, nWw, 1, 1, N) for one block, or None when nothing is masked.
 
-    Built from per-axis labels, (nWh, N) and (nWw, N) integers; the comparisons broadcast to the
-    full size only inside the compiled attention.
+    -100 between shift regions (when `shift` is non-zero), -1e9 on padded keys. Built from
+    per-axis labels, (nWh, N) and (nWw, N) integers; the comparisons broadcast to the full size
+    only inside the compiled attention.
     """
-    (lh, vh), (lw, vw) = _window_tokens(tuple(grid), tuple(window), tuple(shift))
+    (lh, vh), (lw, vw) = _window_tokens(tuple(grid), tuple(layout.padded), tuple(layout.window), tuple(shift))
     mask = None
     if any(shift):
         same = (jnp.asarray(lh)[:, None, :, None] == jnp.asarray(lh)[:, None, None, :]) & (
@@ -247,7 +254,7 @@ class WindowAttention(nn.Module):
         bias = ContinuousPositionBias(self.num_heads, self.cpb_hidden, name="cpb_mlp")(window, divisor)  # (heads, N, N)
         if mask is not None:
             bias = bias + mask  # (nWh, nWw, heads, N, N)
-        out = merge_heads(attend(q, k, v, bias))  # (B, nWh, nWw, N, C)
+        out = merge_heads(attend(q, k, v, bias, float32_logits=True))  # (B, nWh, nWw, N, C)
         return nn.Dense(windows.shape[-1], name="proj")(out)
 
 
@@ -273,6 +280,9 @@ def merge_windows(windows, window: Pair):
     return x.reshape(b, nh * wh, nw * ww, c)
 
 
+WindowRule = Callable[[Pair, int], WindowLayout]
+
+
 class SwinV2Block(nn.Module):
     """x + LN1(window attention(x)), then x + LN2(mlp(x)): res-post-norm."""
 
@@ -280,12 +290,13 @@ class SwinV2Block(nn.Module):
     num_heads: int
     shifted: bool  # odd blocks: the windows move by the layout's shift
     divisor: Pair
+    window_rule: WindowRule = window_layout
 
     @nn.compact
     def __call__(self, x):  # (B, h, w, C)
         c = self.config
         _, h, w, dim = x.shape
-        layout = window_layout((h, w), c.window_size)
+        layout = self.window_rule((h, w), c.window_size)
         shift = layout.shift if self.shifted else (0, 0)
         (ph, pw), (sh, sw) = layout.padded, shift
 
@@ -293,7 +304,7 @@ class SwinV2Block(nn.Module):
         if sh or sw:
             y = jnp.roll(y, (-sh, -sw), axis=(1, 2))
         y = partition_windows(y, layout.window)  # (B, nWh, nWw, N, C)
-        mask = attention_mask((h, w), layout.window, shift)
+        mask = attention_mask((h, w), layout, shift)
         y = WindowAttention(self.num_heads, c.cpb_hidden, name="attn")(y, layout.window, self.divisor, mask)
         y = merge_windows(y, layout.window)  # (B, Gp_h, Gp_w, C)
         if sh or sw:
@@ -321,13 +332,15 @@ class SwinV2Stage(nn.Module):
 
     config: SwinV2Config
     stage: int
+    window_rule: WindowRule = window_layout
 
     @nn.compact
     def __call__(self, x):  # (B, h, w, C)
         c = self.config
         divisor = position_divisor(c, self.stage)
         for b in range(c.depths[self.stage]):
-            x = SwinV2Block(c, c.num_heads[self.stage], b % 2 == 1, divisor, name=f"blocks_{b}")(x)
+            shifted = b % 2 == 1
+            x = SwinV2Block(c, c.num_heads[self.stage], shifted, divisor, self.window_rule, name=f"blocks_{b}")(x)
         merged = PatchMerging(c, name="downsample")(x) if self.stage < len(c.depths) - 1 else None
         return x, merged  # (B, h, w, C), (B, h/2, w/2, 2C)
 
@@ -336,9 +349,12 @@ class SwinV2Encoder(nn.Module):
     """Images (B, H, W, 3) -> the four stage outputs (B, H/4, W/4, C), (B, H/8, W/8, 2C), ... , (B, H/32, W/32, 8C).
 
     H and W must be multiples of 32; see the module docstring for the window rule.
+    `window_rule` maps (stage grid, window_size) to the stage's WindowLayout; the default is that
+    rule (tests swap in variants, e.g. one that pads more than needed, to check the padding).
     """
 
     config: SwinV2Config
+    window_rule: WindowRule = window_layout
 
     @nn.compact
     def __call__(self, images):
@@ -353,6 +369,6 @@ class SwinV2Encoder(nn.Module):
         x = PatchEmbed(c, name="patch_embed")(images)  # (B, H/4, W/4, C)
         hooks = []
         for s in range(len(c.depths)):
-            hook, x = SwinV2Stage(c, s, name=f"layers_{s}")(x)
+            hook, x = SwinV2Stage(c, s, self.window_rule, name=f"layers_{s}")(x)
             hooks.append(hook)  # (B, h_s, w_s, C_s)
         return hooks
