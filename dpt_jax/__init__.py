@@ -1,5 +1,17 @@
 """dpt-jax: MiDaS v3.1 DPT depth models (BEiT and SwinV2 encoders) in JAX/Flax."""
 
+import os as _os
+
+# The converter's source is the top-level folder convert/, installed as dpt_jax.convert (see the
+# README). When Python imports this package straight from a source checkout (e.g. `python -c ...`
+# run in the repository root, which puts the checkout ahead of the installed copy), let
+# dpt_jax.convert resolve to that folder too.
+_checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if not _os.path.isdir(_os.path.join(__path__[0], "convert")) and _os.path.isfile(
+    _os.path.join(_checkout, "convert", "torch_zip.py")
+):
+    __path__.append(_checkout)
+
 from .config import PRESETS, BeitConfig, DPTConfig, SwinV2Config, get_config
 from .convert.torch_zip import CheckpointError
 from .model import DepthModel, load
