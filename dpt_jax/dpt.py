@@ -98,15 +98,20 @@ class ResidualConvUnit(nn.Module):
 
 
 class FusionBlock(nn.Module):
-    """(x + RCU(skip)) -> RCU -> bilinear resize (align_corners=True) -> 1x1 conv."""
+    """(x + RCU(skip)) -> RCU -> bilinear resize (align_corners=True) -> 1x1 conv.
+
+    The original resizes first. A 1x1 conv and a bilinear resize commute (one mixes channels, the
+    other pixels, and the interpolation weights sum to 1, so the bias passes through unchanged),
+    so the conv runs before the resize here, on 4x fewer pixels; only float rounding differs.
+    """
 
     @nn.compact
     def __call__(self, x, skip, size):
         if skip is not None:
             x = x + ResidualConvUnit(name="rcu1")(skip)
         x = ResidualConvUnit(name="rcu2")(x)
-        x = resize_bilinear(x, size, align_corners=True)
-        return nn.Conv(x.shape[-1], (1, 1), name="out_conv")(x)
+        x = nn.Conv(x.shape[-1], (1, 1), name="out_conv")(x)
+        return resize_bilinear(x, size, align_corners=True)
 
 
 class Fusion(nn.Module):
