@@ -49,8 +49,8 @@ def relative_position_bias(table: jnp.ndarray, native_grid, grid) -> jnp.ndarray
     offsets = table[:-3].reshape(2 * gh - 1, 2 * gw - 1, heads)
     offsets = resize_bilinear(offsets, (2 * h - 1, 2 * w - 1), align_corners=False, axes=(0, 1))
     table = jnp.concatenate([offsets.reshape(-1, heads), table[-3:]], axis=0)  # ((2h-1)(2w-1) + 3, heads)
-    bias = table[relative_position_index(h, w)]  # (N, N, heads)
-    return jnp.transpose(bias, (2, 0, 1))
+    # Gathering from the transposed table gives (heads, N, N) directly: no (N, N, heads) copy to transpose.
+    return jnp.take(table.T, jnp.asarray(relative_position_index(h, w)), axis=1)  # (heads, N, N)
 
 
 class Attention(nn.Module):
