@@ -173,7 +173,8 @@ class FlopCount:
         return "\n".join(lines)
 
 
-def flop_count(config: DPTConfig, height: int, width: int, batch: int = 1, *, padding_taps: bool = False) -> FlopCount:
+def flop_count(config: DPTConfig, height: int, width: int, batch: int = 1, *, padding_taps: bool = False,
+               original_order: bool = False) -> FlopCount:
     """Analytic FLOP count (2 x MACs) of DPT(config) on a (batch, height, width, 3) input, per component.
 
     Counted: every Dense / 1x1 conv (2 x tokens x in x out), every convolution (2 x out channels x
@@ -182,7 +183,9 @@ def flop_count(config: DPTConfig, height: int, width: int, batch: int = 1, *, pa
     convolutions of the BEiT reassembly (2 x h x w x in x out x k^2), and both attention
     products (q k^T and weights v: 2 x 2 x tokens x keys x channels). SwinV2 attention is
     counted on the padded window grid the model actually computes, and the continuous position
-    bias MLP once per block (it does not depend on the batch).
+    bias MLP once per block (it does not depend on the batch). The fusion blocks' 1x1 out_conv is
+    counted before the resize, where dpt-jax runs it; `original_order=True` counts it after the
+    resize, as MiDaS and transformers run it (4x the pixels for the x2 blocks).
 
     Not counted (they are not multiply-accumulates): norms, softmax, GELU/ReLU, residual and
     bias adds, layer scale, the bilinear resizes (gathers and a 2-tap blend per axis), the
@@ -259,7 +262,8 @@ def flop_count(config: DPTConfig, height: int, width: int, batch: int = 1, *, pa
         for _ in range(2 if i == 4 else 4):
             conv("fusion.residual_units", size, F, F, 3, pad=1)
         out = maps[i - 2] if i > 1 else (2 * size[0], 2 * size[1])
-        add("fusion.out_conv", 2 * B * out[0] * out[1] * F * F)
+        at = out if original_order else size  # dpt-jax convolves before resizing (they commute)
+        add("fusion.out_conv", 2 * B * at[0] * at[1] * F * F)
     size = (2 * maps[0][0], 2 * maps[0][1])
     conv("head.conv1", size, F, F // 2, 3, pad=1)
     size = (2 * size[0], 2 * size[1])
@@ -869,8 +873,8 @@ def torch_flop_count(config: DPTConfig, height: int, width: int, batch: int = 1)
 
     The model is built on the meta device (shapes only: instant, no memory) and run once. torch
     counts every matmul, convolution (the dense out_h x out_w x k x k taps, padding included) and
-    attention product, so this equals `flop_count(..., padding_taps=True)` when both models do
-    the same work. None without torch/transformers.
+    attention product, so this equals `flop_count(..., padding_taps=True, original_order=True)`
+    when both models do the same work. None without torch/transformers.
     """
     if not torch_status()[0]:
         return None
@@ -998,7 +1002,8 @@ def _finish_row(spec: RowSpec, raw: dict, info: dict, peaks: dict) -> dict:
     row["jax_compile_minus_run_s"] = j["compile_s"] - j["latency_median_s"]  # ~ tracing + compilation alone
     row["jax_throughput_ips"] = spec.batch / j["latency_median_s"]
     row["jax_gflops"] = flops.total / j["latency_median_s"] / 1e9
-    row["flops_padding_taps"] = flop_count(spec.config, spec.height, spec.width, spec.batch, padding_taps=True).total
+    row["flops_padding_taps"] = flop_count(spec.config, spec.height, spec.width, spec.batch, padding_taps=True,
+                                           original_order=True).total  # what torch's counter sees
     if j.get("xla_flops_lowered"):
         row["xla_flops_lowered_vs_analytic"] = j["xla_flops_lowered"] / flops.total - 1.0
     if "latency_median_s" in t:
@@ -1532,9 +1537,9 @@ def cmd_flops(args) -> int:
         ok, why = torch_status()
         if ok:
             tf = torch_flop_count(config, h, w, args.batch)
-            dense = flop_count(config, h, w, args.batch, padding_taps=True).total
+            dense = flop_count(config, h, w, args.batch, padding_taps=True, original_order=True).total
             print(f"  torch FlopCounterMode on transformers' DPT: {tf / 1e9:.3f} GFLOP "
-                  f"({100 * (tf / dense - 1):+.3f} % vs the analytic count with padding taps)")
+                  f"({100 * (tf / dense - 1):+.3f} % vs the analytic count of the original's order, padding taps)")
         else:
             print(f"  torch FLOP count skipped: {why}")
     return 0
@@ -1589,14 +1594,9 @@ def main(argv: Optional[list] = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"run": cmd_run, "flops": cmd_flops, "startup": cmd_startup,
                "convert-memory": cmd_convert_memory, "peak": cmd_peak}[args.command]
-    try:
-        return handler(args)
-    except (ValueError, RuntimeError, OSError) as e:
-        print(f"dpt-jax bench {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"dpt-jax bench {args.command}: interrupted", file=sys.stderr)
-        return 130
+    from .cli import run_reporting_errors
+
+    return run_reporting_errors(f"bench {args.command}", handler, args)
 
 
 if __name__ == "__main__":

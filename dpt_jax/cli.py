@@ -182,18 +182,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    from .convert.torch_zip import CheckpointError
-
-    args = build_parser().parse_args(argv)
+def run_reporting_errors(command: str, fn, *args) -> int:
+    """fn(*args), with the errors a user can cause turned into one line on stderr and an exit status."""
     try:
-        return args.func(args)
-    except (CheckpointError, ValueError, OSError) as e:
-        print(f"dpt-jax {args.command}: error: {e}", file=sys.stderr)
+        return fn(*args)
+    except (ValueError, RuntimeError, OSError) as e:  # CheckpointError and ImageError are ValueErrors
+        print(f"dpt-jax {command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"dpt-jax {args.command}: interrupted", file=sys.stderr)
+        print(f"dpt-jax {command}: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_reporting_errors(args.command, args.func, args)
 
 
 if __name__ == "__main__":

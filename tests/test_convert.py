@@ -149,3 +149,45 @@ def test_write_is_atomic_when_interrupted(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         midas.write_safetensors(tmp_path / "out.safetensors", arrays, {})
     assert os.listdir(tmp_path) == []
+
+
+def test_conversion_reads_only_the_tensors_the_model_uses():
+    state = read_state_dict(FIXTURES / "mini_beit.pt")
+    read = []
+
+    class Counting:
+        def __init__(self, ref):
+            self.ref, self.shape = ref, ref.shape
+
+        def read(self):
+            read.append(self.ref.key)
+            return self.ref.read()
+
+    config = midas.detect_config(state)
+    midas.convert_state_dict({k: Counting(v) for k, v in state.items()}, config, param_shapes(config))
+    assert set(read) == {e.source for e in midas.key_table(config)}
+    assert not [k for k in read if "relative_position_index" in k or "head." in k or "fc_norm" in k]
+
+
+def test_cli_convert_records_overridden_pretrained_windows(tmp_path, capsys):
+    out = tmp_path / "pw.safetensors"
+    src = str(FIXTURES / "mini_swin2_pw.pt")
+    assert cli.main(["convert", src, "-o", str(out), "--pretrained-window-sizes", "4,4,4,2"]) == 0
+    assert "pretrained window sizes: (4, 4, 4, 2)" in capsys.readouterr().out
+    model = dpt_jax.load(out)  # no override needed any more: it is in the file's config
+    assert model.config.encoder.pretrained_window_sizes == (4, 4, 4, 2)
+    reference = np.load(FIXTURES / "mini_swin2_pw.npz")
+    depth = model.apply(nchw_to_nhwc(reference["native__input"]))
+    err = np.abs(np.asarray(depth) - reference["native__depth"]).max() / np.abs(reference["native__depth"]).max()
+    assert err < 2e-3
+    # Without the override, an unknown SwinV2 checkpoint is converted with zeros, and is visibly wrong.
+    plain = dpt_jax.load(src)
+    assert plain.config.encoder.pretrained_window_sizes == (0, 0, 0, 0)
+
+
+def test_cli_rejects_malformed_window_sizes(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["convert", str(FIXTURES / "mini_swin2_pw.pt"), "-o", str(tmp_path / "x.safetensors"),
+                  "--pretrained-window-sizes", "4,x"])
+    assert exit_.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
