@@ -102,7 +102,7 @@ def open_source(item: ImageLike, index: int = 0) -> Source:
             raise ImageError(name, "the file is empty")
         try:
             with Image.open(path) as img:
-                w, h = img.size
+                h, w = _displayed_size(img)
         except UnidentifiedImageError:
             raise ImageError(name, "not an image file Pillow can read") from None
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -122,13 +122,23 @@ def open_source(item: ImageLike, index: int = 0) -> Source:
         return Source(name, (h, w), load)
     if hasattr(item, "mode") and hasattr(item, "size"):  # a PIL image
         name = f"image #{index}"
-        w, h = item.size
+        h, w = _displayed_size(item)
         _check_pixels(name, h, w)
         return Source(name, (h, w), lambda: _as_rgb_array(item, name))
     name = f"array #{index}"
     a = as_picture(item, name)
     _check_pixels(name, *a.shape[:2])
     return Source(name, a.shape[:2], lambda: a)
+
+
+def _displayed_size(img) -> tuple[int, int]:
+    """(h, w) of a PIL image as shown: EXIF orientations 5-8 (rotated by 90 degrees) swap the sides."""
+    w, h = img.size
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block: the pixels are still usable, as decoding will show
+        orientation = 1
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
 def _check_pixels(name, h, w):
@@ -193,7 +203,7 @@ def run(model, items: Iterable[ImageLike], *, batch_size: int = 4, keep_aspect_r
         slot.append(i)
 
     for size, members in batches_by_shape(sources, target_of, batch_size):
-        prepared, ok = [], []
+        pictures: dict[tuple, list[tuple[int, np.ndarray]]] = {}  # (picture size, dtype) -> [(source, pixels)]
         for m in members:
             try:
                 picture = sources[m].load()
@@ -201,19 +211,25 @@ def run(model, items: Iterable[ImageLike], *, batch_size: int = 4, keep_aspect_r
                 results[slot[m]].error = e.message
                 _emit(on_result, results[slot[m]])
                 continue
-            prepared.append(normalize_and_resize(jnp.asarray(picture)[None], size))  # (1, H, W, 3) on device
-            ok.append(m)
-        if not ok:
+            pictures.setdefault((picture.shape[:2], picture.dtype.str), []).append((m, picture))
+        if not pictures:
             continue
-        x = jnp.concatenate(prepared, axis=0)  # (n, H, W, 3)
-        b = padded_batch(len(ok), batch_size, model.num_devices)
-        if b > len(ok):  # pad so that a short last batch reuses a compiled program
-            x = jnp.concatenate([x, jnp.zeros((b - len(ok), *x.shape[1:]), x.dtype)], axis=0)
+        # One resize call per distinct picture size (and pixel type), not one per picture.
+        groups = list(pictures.values())
+        x = jnp.concatenate([normalize_and_resize(jnp.asarray(np.stack([p for _, p in g])), size) for g in groups])
+        n = x.shape[0]  # (n, H, W, 3)
+        b = padded_batch(n, batch_size, model.num_devices)
+        if b > n:  # pad so that a short last batch reuses a compiled program
+            x = jnp.concatenate([x, jnp.zeros((b - n, *x.shape[1:]), x.dtype)], axis=0)
         depth = model.apply(x)  # (b, H, W)
-        for row, m in enumerate(ok):
-            out = resize_depth(depth[row:row + 1], sources[m].size)[0]  # (h, w)
-            results[slot[m]].depth = np.asarray(out)
-            _emit(on_result, results[slot[m]])
+        start = 0
+        for g in groups:
+            picture_size = g[0][1].shape[:2]
+            back = np.asarray(resize_depth(depth[start:start + len(g)], picture_size))  # (len(g), h, w)
+            start += len(g)
+            for (m, _), d in zip(g, back):
+                results[slot[m]].depth = d
+                _emit(on_result, results[slot[m]])
     return results
 
 

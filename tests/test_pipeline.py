@@ -227,3 +227,18 @@ def test_outputs_get_ordinary_file_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_exif_rotated_photo_gets_depth_at_its_displayed_size(model, tmp_path):
+    upright = smooth_picture(96, 64)  # portrait as displayed
+    stored = np.ascontiguousarray(np.rot90(upright, k=1))  # stored landscape (64 x 96), EXIF says rotate back
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(path, exif=exif, quality=98)
+    assert pipeline.open_source(path).size == (96, 64)
+    depth = model.predict(path)
+    assert depth.shape == (96, 64)
+    displayed = np.asarray(Image.open(path).transpose(Image.Transpose.ROTATE_270))
+    assert displayed.shape[:2] == (96, 64)
+    np.testing.assert_allclose(depth, model.predict(displayed), atol=1e-5 * np.abs(depth).max())
