@@ -75,18 +75,31 @@ class ConversionError(CheckpointError):
 # Key tables
 
 
-def _linear(src, dst, bias=True):
-    out = [Entry(f"{src}.weight", f"{dst}/kernel", "linear")]
-    return out + ([Entry(f"{src}.bias", f"{dst}/bias", "copy")] if bias else [])
-
-
-def _conv(src, dst, bias=True, layout="conv"):
+def _weights(src, dst, layout, bias=True):
+    """A Linear or Conv: weight -> kernel (re-laid out), bias -> bias."""
     out = [Entry(f"{src}.weight", f"{dst}/kernel", layout)]
     return out + ([Entry(f"{src}.bias", f"{dst}/bias", "copy")] if bias else [])
 
 
+def _linear(src, dst, bias=True):
+    return _weights(src, dst, "linear", bias)
+
+
+def _conv(src, dst, bias=True, layout="conv"):
+    return _weights(src, dst, layout, bias)
+
+
 def _norm(src, dst):
     return [Entry(f"{src}.weight", f"{dst}/scale", "copy"), Entry(f"{src}.bias", f"{dst}/bias", "copy")]
+
+
+def _qkv_and_mlp(s, d):
+    """The pieces both encoders' blocks share: layers.QKV and layers.Mlp."""
+    return [
+        Entry(f"{s}.attn.q_bias", f"{d}/attn/qkv/q_bias", "copy"),
+        Entry(f"{s}.attn.v_bias", f"{d}/attn/qkv/v_bias", "copy"),
+        Entry(f"{s}.attn.qkv.weight", f"{d}/attn/qkv/qkv/kernel", "linear"),
+    ] + _linear(f"{s}.mlp.fc1", f"{d}/mlp/fc1") + _linear(f"{s}.mlp.fc2", f"{d}/mlp/fc2")
 
 
 def _beit_encoder(c: BeitConfig) -> list[Entry]:
@@ -96,14 +109,8 @@ def _beit_encoder(c: BeitConfig) -> list[Entry]:
         s, d = f"pretrained.model.blocks.{i}", f"encoder/blocks_{i}"
         t += [Entry(f"{s}.gamma_1", f"{d}/gamma_1", "copy"), Entry(f"{s}.gamma_2", f"{d}/gamma_2", "copy")]
         t += _norm(f"{s}.norm1", f"{d}/norm1") + _norm(f"{s}.norm2", f"{d}/norm2")
-        t += [
-            Entry(f"{s}.attn.q_bias", f"{d}/attn/qkv/q_bias", "copy"),
-            Entry(f"{s}.attn.v_bias", f"{d}/attn/qkv/v_bias", "copy"),
-            Entry(f"{s}.attn.qkv.weight", f"{d}/attn/qkv/qkv/kernel", "linear"),
-            Entry(f"{s}.attn.relative_position_bias_table", f"{d}/attn/relative_position_bias_table", "copy"),
-        ]
-        t += _linear(f"{s}.attn.proj", f"{d}/attn/proj")
-        t += _linear(f"{s}.mlp.fc1", f"{d}/mlp/fc1") + _linear(f"{s}.mlp.fc2", f"{d}/mlp/fc2")
+        t.append(Entry(f"{s}.attn.relative_position_bias_table", f"{d}/attn/relative_position_bias_table", "copy"))
+        t += _qkv_and_mlp(s, d) + _linear(f"{s}.attn.proj", f"{d}/attn/proj")
     return t
 
 
@@ -114,17 +121,12 @@ def _swinv2_encoder(c: SwinV2Config) -> list[Entry]:
         stage_s, stage_d = f"pretrained.model.layers.{s_i}", f"encoder/layers_{s_i}"
         for b in range(depth):
             s, d = f"{stage_s}.blocks.{b}", f"{stage_d}/blocks_{b}"
-            t += [
-                Entry(f"{s}.attn.logit_scale", f"{d}/attn/logit_scale", "copy"),
-                Entry(f"{s}.attn.q_bias", f"{d}/attn/qkv/q_bias", "copy"),
-                Entry(f"{s}.attn.v_bias", f"{d}/attn/qkv/v_bias", "copy"),
-                Entry(f"{s}.attn.qkv.weight", f"{d}/attn/qkv/qkv/kernel", "linear"),
-            ]
+            t.append(Entry(f"{s}.attn.logit_scale", f"{d}/attn/logit_scale", "copy"))
+            t += _qkv_and_mlp(s, d)
             t += _linear(f"{s}.attn.cpb_mlp.0", f"{d}/attn/cpb_mlp/fc1")
             t += _linear(f"{s}.attn.cpb_mlp.2", f"{d}/attn/cpb_mlp/fc2", bias=False)
             t += _linear(f"{s}.attn.proj", f"{d}/attn/proj")
             t += _norm(f"{s}.norm1", f"{d}/norm1") + _norm(f"{s}.norm2", f"{d}/norm2")
-            t += _linear(f"{s}.mlp.fc1", f"{d}/mlp/fc1") + _linear(f"{s}.mlp.fc2", f"{d}/mlp/fc2")
         if s_i < len(c.depths) - 1:  # timm 0.6 layout: the merge closes stages 0-2
             t += _linear(f"{stage_s}.downsample.reduction", f"{stage_d}/downsample/reduction", bias=False)
             t += _norm(f"{stage_s}.downsample.norm", f"{stage_d}/downsample/norm")
@@ -155,7 +157,7 @@ def _reassemble_fusion_head(c: DPTConfig) -> list[Entry]:
 
 
 def key_table(config: DPTConfig) -> list[Entry]:
-    """Every source key the model needs, in checkpoint order."""
+    """Every source key the model needs, with its target path and layout."""
     enc = _beit_encoder(config.encoder) if config.family == "beit" else _swinv2_encoder(config.encoder)
     return enc + _reassemble_fusion_head(config)
 

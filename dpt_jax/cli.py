@@ -17,11 +17,13 @@ def _windows(text: str | None):
 
 
 def cmd_convert(args) -> int:
+    from flax import traverse_util
+
     from .convert import midas
 
     conversion = midas.convert_checkpoint(args.src, args.pretrained_window_sizes)
     config = conversion.config
-    count = sum(a.size for a in _leaves(conversion.params))
+    count = sum(a.size for a in traverse_util.flatten_dict(conversion.params).values())
     midas.write_converted(args.output, config, conversion.params)
     print(f"variant:    {config.name} ({config.family})")
     print(f"parameters: {count:,}")
@@ -32,11 +34,6 @@ def cmd_convert(args) -> int:
         print(f"  {k}")
     print(f"wrote       {args.output}")
     return 0
-
-
-def _leaves(tree):
-    for v in tree.values():
-        yield from _leaves(v) if isinstance(v, dict) else (v,)
 
 
 def cmd_info(args) -> int:

@@ -41,7 +41,7 @@ class ImageError(ValueError):
 
 def _as_rgb_array(img, name) -> np.ndarray:
     """A PIL image -> (h, w, 3) uint8, or float32 in [0, 1] for 16-bit and float pictures."""
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     img = ImageOps.exif_transpose(img)  # phone photos: OpenCV's imread applies the EXIF rotation too
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):

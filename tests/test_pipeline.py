@@ -16,7 +16,7 @@ from PIL import Image
 import dpt_jax
 from dpt_jax import cli, pipeline
 from dpt_jax.preprocess import normalize_and_resize, processed_size, resize_depth
-from helpers import FIXTURES, nchw_to_nhwc, rel_err
+from helpers import FIXTURES, nchw_to_nhwc
 
 
 @pytest.fixture(scope="module")
