@@ -1,4 +1,4 @@
-"""dpt-jax: MiDaS v3.1 DPT depth models (BEiT and SwinV2 encoders) in JAX/Flax."""
+"""dpt-jax: DPT depth models (MiDaS v3.1 BEiT and SwinV2 encoders) in JAX/Flax."""
 
 import os as _os
 
@@ -12,9 +12,13 @@ if not _os.path.isdir(_os.path.join(__path__[0], "convert")) and _os.path.isfile
 ):
     __path__.append(_checkout)
 
-from .config import PRESETS, BeitConfig, DPTConfig, SwinV2Config, get_config
+from .beit import BeitConfig
+from .config import DPTConfig
 from .convert.torch_zip import CheckpointError
-from .model import DepthModel, load
+from .model import DepthModel, forward, load
+from .registry import FAMILIES, PRESETS, get_config
+from .swinv2 import SwinV2Config
 
-__all__ = ["PRESETS", "BeitConfig", "CheckpointError", "DPTConfig", "DepthModel", "SwinV2Config", "get_config", "load"]
+__all__ = ["FAMILIES", "PRESETS", "BeitConfig", "CheckpointError", "DPTConfig", "DepthModel", "SwinV2Config",
+           "forward", "get_config", "load"]
 __version__ = "0.1.0"

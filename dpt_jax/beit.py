@@ -9,14 +9,40 @@ multiples of 16 works.
 from __future__ import annotations
 
 import functools
+import math
+import re
+from dataclasses import dataclass
 
 import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
-from .config import BeitConfig
+from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, Pair, bounded, checked_fields, require
+from .convert import keys, midas
+from .convert.keys import ConversionError, Entry, Skip
+from .family import EncoderFamily
 from .layers import QKV, Mlp, attend, layer_norm, merge_heads
 from .resize import resize_bilinear
+
+
+@dataclass(frozen=True)
+class BeitConfig:
+    """BEiT encoder: a plain ViT with pre-norm blocks, layer scale and a relative position bias per block."""
+
+    embed_dim: int = bounded(1, MAX_WIDTH)
+    depth: int = bounded(1, 64)
+    num_heads: int = bounded(1, 256)
+    mlp_hidden: int = bounded(1, 4 * MAX_WIDTH)
+    hooks: tuple[int, int, int, int] = bounded(0, 63)  # indices of the blocks whose outputs feed the four DPT stages
+    native_grid: Pair = bounded(1, MAX_SIDE // 16)  # patch grid the relative position tables were made for
+    patch_size: int = bounded(1, 64, default=16)
+    layer_norm_eps: float = bounded(1e-12, 1e-2, default=1e-6)
+
+    def __post_init__(self):
+        checked_fields(self)
+        require(self.embed_dim % self.num_heads == 0, "embed_dim must be a multiple of num_heads")
+        require(list(self.hooks) == sorted(set(self.hooks)) and max(self.hooks) < self.depth,
+                "hooks must be increasing block indices below depth")
 
 
 @functools.lru_cache(maxsize=None)
@@ -108,3 +134,126 @@ class BeitEncoder(nn.Module):
             if i == max(c.hooks):
                 break  # blocks after the last hook do not contribute to the depth
         return hooks
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets: the three MiDaS v3.1 BEiT checkpoints.
+
+
+def _preset(name, *, size, embed_dim, depth, num_heads, hooks, reassembly):
+    return DPTConfig(
+        name=name,
+        encoder=BeitConfig(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_hidden=4 * embed_dim,
+                           hooks=hooks, native_grid=(size // 16, size // 16)),
+        reassembly_features=reassembly,
+        reassemble_factors=(4, 2, 1, 0.5),
+        readout="project",
+        native_size=(size, size),
+        keep_aspect_ratio=True,
+    )
+
+
+PRESETS = (
+    _preset("dpt_beit_large_512", size=512, embed_dim=1024, depth=24, num_heads=16,
+            hooks=(5, 11, 17, 23), reassembly=(256, 512, 1024, 1024)),
+    _preset("dpt_beit_large_384", size=384, embed_dim=1024, depth=24, num_heads=16,
+            hooks=(5, 11, 17, 23), reassembly=(256, 512, 1024, 1024)),
+    _preset("dpt_beit_base_384", size=384, embed_dim=768, depth=12, num_heads=12,
+            hooks=(2, 5, 8, 11), reassembly=(96, 192, 384, 768)),
+)
+
+#: The real wiring at toy sizes, for smoke runs and tests.
+MINI = DPTConfig(
+    name="mini_beit",
+    encoder=BeitConfig(embed_dim=128, depth=4, num_heads=4, mlp_hidden=512, hooks=(0, 1, 2, 3), native_grid=(8, 8)),
+    reassembly_features=(32, 64, 128, 128), reassemble_factors=(4, 2, 1, 0.5), readout="project",
+    native_size=(128, 128), keep_aspect_ratio=True, fusion_features=64,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# MiDaS checkpoints: key table, recognition, configuration
+
+
+def key_table(config: DPTConfig) -> list[Entry]:
+    c = config.encoder
+    t = [Entry("pretrained.model.cls_token", "encoder/cls_token", "copy")]
+    t += keys.conv("pretrained.model.patch_embed.proj", "encoder/patch_embed")
+    for i in range(max(c.hooks) + 1):
+        s, d = f"pretrained.model.blocks.{i}", f"encoder/blocks_{i}"
+        t += [Entry(f"{s}.gamma_1", f"{d}/gamma_1", "copy"), Entry(f"{s}.gamma_2", f"{d}/gamma_2", "copy")]
+        t += keys.norm(f"{s}.norm1", f"{d}/norm1") + keys.norm(f"{s}.norm2", f"{d}/norm2")
+        t.append(Entry(f"{s}.attn.relative_position_bias_table", f"{d}/attn/relative_position_bias_table", "copy"))
+        t += keys.biased_qkv_and_mlp(s, d) + keys.linear(f"{s}.attn.proj", f"{d}/attn/proj")
+    return t + midas.neck_table(config)
+
+
+def skipped(config: DPTConfig) -> list[Skip]:
+    return [
+        Skip(r"pretrained\.model\.blocks\.\d+\.attn\.relative_position_index",
+             "a buffer of constants: the model computes the index itself (never read from disk)"),
+        Skip(r"pretrained\.model\.fc_norm\.(weight|bias)", "the classifier's norm of the pretraining (timm)"),
+    ] + midas.NECK_SKIPS + midas.unused_fusion_units(config, "scratch.refinenet{i}")
+
+
+def recognises(state) -> bool:
+    return "pretrained.model.blocks.0.attn.relative_position_bias_table" in state
+
+
+def _count(state, pattern: str) -> int:
+    rx = re.compile(pattern)
+    return len({m.group(1) for k in state if (m := rx.fullmatch(k))})
+
+
+def detect_config(state, path, **options) -> DPTConfig:
+    """The configuration of a MiDaS BEiT checkpoint, read off its keys and shapes."""
+    shape = lambda key: midas.shape(state, key, path)  # noqa: E731
+    embed = shape("pretrained.model.cls_token")[-1]
+    depth = _count(state, r"pretrained\.model\.blocks\.(\d+)\..*")
+    rows, heads = shape("pretrained.model.blocks.0.attn.relative_position_bias_table")
+    side = math.isqrt(max(rows - 3, 0))
+    if side * side != rows - 3 or side % 2 == 0:
+        raise ConversionError(path, f"relative_position_bias_table has {rows} rows, not (2G-1)^2 + 3")
+    grid = (side + 1) // 2
+    hooks = tuple(depth * q // 4 - 1 for q in (1, 2, 3, 4))  # the last block of each quarter
+    encoder = BeitConfig(
+        embed_dim=embed, depth=depth, num_heads=heads, mlp_hidden=shape("pretrained.model.blocks.0.mlp.fc1.weight")[0],
+        hooks=hooks, native_grid=(grid, grid),
+    )
+    return DPTConfig(
+        name="custom_beit", encoder=encoder,
+        reassembly_features=tuple(shape(f"pretrained.act_postprocess{i}.3.weight")[0] for i in range(1, 5)),
+        reassemble_factors=(4, 2, 1, 0.5), readout="project", native_size=(grid * 16, grid * 16),
+        keep_aspect_ratio=True, **midas.neck_widths(state, path),
+    )
+
+
+def encoder_flops(c: BeitConfig, height: int, width: int, batch: int, add) -> Pair:
+    """Adds the encoder's FLOPs (2 x MACs) to `add(component, flops)`; returns the patch grid the neck gets."""
+    p = c.patch_size
+    h, w = height // p, width // p
+    T, C = h * w, c.embed_dim
+    N = T + 1  # with the cls token
+    blocks = max(c.hooks) + 1  # the encoder stops after the last hooked block
+    add("encoder.patch_embed", 2 * batch * T * 3 * p * p * C)
+    add("encoder.qkv_proj", blocks * (2 * batch * N * C * 3 * C + 2 * batch * N * C * C))
+    add("encoder.attention", blocks * 2 * (2 * batch * N * N * C))
+    add("encoder.mlp", blocks * 2 * (2 * batch * N * C * c.mlp_hidden))
+    return h, w
+
+
+FAMILY = EncoderFamily(
+    name="beit",
+    config_class=BeitConfig,
+    encoder=BeitEncoder,
+    outputs_tokens=True,
+    presets=PRESETS,
+    minis=(MINI,),
+    input_multiple=lambda c: c.patch_size,
+    recognises=recognises,
+    detect_config=detect_config,
+    key_table=key_table,
+    skipped=skipped,
+    encoder_flops=encoder_flops,
+    options={},
+)

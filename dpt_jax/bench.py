@@ -57,7 +57,11 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .config import PRESETS, BeitConfig, DPTConfig, SwinV2Config, get_config
+from .beit import BeitConfig
+from .config import DPTConfig
+from . import registry
+from .registry import PRESETS, get_config
+from .swinv2 import SwinV2Config
 
 ROW_MARKER = "DPT_JAX_BENCH_RESULT: "  # children print their JSON result on a line starting with this
 DEFAULT_RESULTS_DIR = Path("benchmarks") / "results"
@@ -66,25 +70,7 @@ DTYPES = ("float32", "bfloat16")
 # ---------------------------------------------------------------------------------------------
 # Small configurations: the real wiring at toy sizes, for smoke runs and tests.
 
-MINI_CONFIGS: dict[str, DPTConfig] = {
-    "mini_beit": DPTConfig(
-        name="mini_beit",
-        encoder=BeitConfig(embed_dim=128, depth=4, num_heads=4, mlp_hidden=512, hooks=(0, 1, 2, 3), native_grid=(8, 8)),
-        reassembly_features=(32, 64, 128, 128),
-        native_size=(128, 128),
-        keep_aspect_ratio=True,
-        fusion_features=64,
-    ),
-    "mini_swin2": DPTConfig(
-        name="mini_swin2",
-        encoder=SwinV2Config(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(2, 4, 8, 16), window_size=8,
-                             pretrained_window_sizes=(0, 0, 0, 0), native_size=(128, 128)),
-        reassembly_features=(32, 64, 128, 256),
-        native_size=(128, 128),
-        keep_aspect_ratio=False,
-        fusion_features=64,
-    ),
-}
+MINI_CONFIGS = registry.MINI_CONFIGS
 
 
 def resolve_config(name: str) -> DPTConfig:
@@ -209,7 +195,7 @@ def flop_count(config: DPTConfig, height: int, width: int, batch: int = 1, *, pa
 
     F = config.fusion_features
     maps: list[tuple[int, int]] = []
-    if config.family == "beit":
+    if config.family.name == "beit":
         e = config.encoder
         p = e.patch_size
         h, w = height // p, width // p
@@ -690,7 +676,7 @@ class RowSpec:
     @classmethod
     def from_json(cls, text: str) -> "RowSpec":
         d = json.loads(text)
-        d["config"] = DPTConfig.from_json(d["config"])
+        d["config"] = registry.config_from_json(d["config"])
         return cls(**d)
 
 
@@ -792,7 +778,7 @@ def hf_attn_implementation(config: DPTConfig, requested: str = "auto") -> str:
     """transformers' attention implementation to use: "auto" is its default where it has a choice (sdpa, for
     BEiT) and eager for SwinV2, whose transformers backbone supports nothing else (cosine attention)."""
     if requested == "auto":
-        return "sdpa" if config.family == "beit" else "eager"
+        return "sdpa" if config.family.name == "beit" else "eager"
     return requested
 
 
@@ -803,7 +789,7 @@ def hf_dpt_config(config: DPTConfig, attn_implementation: str = "auto"):
     attn_implementation = hf_attn_implementation(config, attn_implementation)
 
     e = config.encoder
-    if config.family == "beit":
+    if config.family.name == "beit":
         from transformers import BeitConfig as HFBeitConfig
 
         backbone = HFBeitConfig(
@@ -993,7 +979,7 @@ def _finish_row(spec: RowSpec, raw: dict, info: dict, peaks: dict) -> dict:
         "machine": machine_label(info), "cpu": info["cpu"], "cores": info["cores"], "gpu": info.get("gpu"),
         "backend": info["backend"], "jax_version": info["jax"], "torch_version": info.get("torch"),
         "transformers_version": info.get("transformers"),
-        "model": spec.model, "family": spec.config.family, "height": spec.height, "width": spec.width,
+        "model": spec.model, "family": spec.config.family.name, "height": spec.height, "width": spec.width,
         "batch": spec.batch, "dtype": spec.dtype, "repeats": spec.repeats, "warmup": spec.warmup,
         "flops": flops.total, "gflop_per_image": flops.per_image / 1e9,
         "peak_gflops": peaks.get(spec.dtype), "peak_gflops_float32": peaks.get("float32"),
@@ -1058,9 +1044,9 @@ if spec["cache_dir"]:
 import numpy as np
 import dpt_jax
 from dpt_jax.bench import random_params
-from dpt_jax.config import DPTConfig
+from dpt_jax.registry import config_from_json
 t_import = time.perf_counter()
-config = DPTConfig.from_json(spec["config"])
+config = config_from_json(spec["config"])
 model = dpt_jax.DepthModel(config, random_params(config), dtype=spec["dtype"])
 x = np.zeros((spec["batch"], spec["height"], spec["width"], 3), np.float32)
 jax.block_until_ready(model.params)
@@ -1192,13 +1178,13 @@ _CONVERT_CHILD = r"""
 import json, resource, sys, time
 from dpt_jax.bench import _status_kb, current_rss_mb
 import dpt_jax
-from dpt_jax.convert import midas
+from dpt_jax.checkpoint import read_checkpoint, write_converted
 src, dst = sys.argv[1], sys.argv[2]
 rss_import = current_rss_mb()
 t0 = time.perf_counter()
-conversion = midas.convert_checkpoint(src)
+conversion = read_checkpoint(src)
 t1 = time.perf_counter()
-midas.write_converted(dst, conversion.config, conversion.params)
+write_converted(dst, conversion.config, conversion.params)
 t2 = time.perf_counter()
 def leaves(t):
     for v in t.values():

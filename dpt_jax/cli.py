@@ -17,20 +17,18 @@ def _windows(text: str | None):
 
 
 def cmd_convert(args) -> int:
-    from flax import traverse_util
+    from .checkpoint import read_checkpoint, write_converted
 
-    from .convert import midas
-
-    conversion = midas.convert_checkpoint(args.src, args.pretrained_window_sizes)
-    config = conversion.config
-    count = sum(a.size for a in traverse_util.flatten_dict(conversion.params).values())
-    midas.write_converted(args.output, config, conversion.params)
-    print(f"variant:    {config.name} ({config.family})")
-    print(f"parameters: {count:,}")
-    if config.family == "swinv2":
-        print(f"pretrained window sizes: {config.encoder.pretrained_window_sizes}")
-    print(f"skipped:    {len(conversion.skipped)} keys the original forward does not use")
-    for k in conversion.skipped if args.verbose else []:
+    options = {} if args.pretrained_window_sizes is None else {"pretrained_window_sizes": args.pretrained_window_sizes}
+    checkpoint = read_checkpoint(args.src, **options)
+    config = checkpoint.config
+    write_converted(args.output, config, checkpoint.params)
+    print(f"variant:    {config.name} ({config.family.name})")
+    print(f"parameters: {checkpoint.num_params:,}")
+    for option in config.family.options:
+        print(f"{option.replace('_', ' ')}: {getattr(config.encoder, option)}")
+    print(f"skipped:    {len(checkpoint.skipped)} keys the original forward does not use")
+    for k in checkpoint.skipped if args.verbose else []:
         print(f"  {k}")
     print(f"wrote       {args.output}")
     return 0
@@ -44,7 +42,7 @@ def cmd_info(args) -> int:
     model = load(hub.resolve(args.model), pretrained_window_sizes=args.pretrained_window_sizes)
     c = model.config
     h, w = c.native_size
-    print(f"model:      {c.name} ({c.family})")
+    print(f"model:      {c.name} ({c.family.name})")
     print(f"source:     {model.source}")
     print(f"parameters: {model.num_params:,}")
     print(f"input:      native {h}x{w} (HxW), sides multiples of {c.input_multiple}, "

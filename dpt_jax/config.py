@@ -1,82 +1,160 @@
-"""Model configurations: one frozen dataclass per encoder, one for the whole DPT, and named presets.
+"""The DPT model configuration: one frozen dataclass for the neck and head, one per encoder family.
 
-The six presets describe the released MiDaS v3.1 checkpoints. Every number here is an
-architectural fact of those files (read back from the modules the original code builds);
-nothing is learned or guessed at run time.
+`DPTConfig` holds what every DPT depth model shares (reassembly, fusion, head, the input and
+output geometry) as data; `encoder` is the config of an encoder family (`BeitConfig` in beit.py,
+`SwinV2Config` in swinv2.py), and `registry.py` knows which family a config belongs to. Every
+config validates its fields when it is built (`checked_fields`): a converted file whose metadata
+was tampered with is refused field by field instead of allocating or tracing what it declares.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
-from typing import Union
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any
 
 Pair = tuple[int, int]
 
-
-@dataclass(frozen=True)
-class BeitConfig:
-    """BEiT encoder: a plain ViT with pre-norm blocks, layer scale and a relative position bias per block."""
-
-    embed_dim: int
-    depth: int
-    num_heads: int
-    mlp_hidden: int
-    hooks: tuple[int, ...]  # indices of the blocks whose outputs feed the four DPT stages
-    native_grid: Pair  # patch grid the relative position tables were made for (img_size // 16)
-    patch_size: int = 16
-    layer_norm_eps: float = 1e-6
-
-    family = "beit"
+#: The largest input side any config may declare as native (pixels), and the widest layer.
+MAX_SIDE = 4096
+MAX_WIDTH = 16384
 
 
-@dataclass(frozen=True)
-class SwinV2Config:
-    """SwinV2 encoder: windowed scaled-cosine attention, res-post-norm blocks, patch merging."""
-
-    embed_dim: int
-    depths: tuple[int, ...]
-    num_heads: tuple[int, ...]
-    window_size: int
-    # Not stored in checkpoints: (12, 12, 12, 6) for base/large 384, zeros for tiny 256.
-    pretrained_window_sizes: tuple[int, ...]
-    native_size: Pair  # (H, W) the original was built for
-    patch_size: int = 4
-    mlp_ratio: int = 4
-    cpb_hidden: int = 512
-    layer_norm_eps: float = 1e-5
-
-    family = "swinv2"
-
-    @property
-    def stage_dims(self) -> tuple[int, ...]:
-        return tuple(self.embed_dim * 2**i for i in range(len(self.depths)))
+class ConfigError(ValueError):
+    """A config field of the wrong type or out of range; the message names the field."""
 
 
-EncoderConfig = Union[BeitConfig, SwinV2Config]
+def bounded(lo, hi, **kw):
+    """A dataclass field whose value (or each element, for tuples) must lie in [lo, hi]."""
+    return field(metadata={"range": (lo, hi)}, **kw)
+
+
+def choice(*options, **kw):
+    """A dataclass field whose value must be one of `options`."""
+    return field(metadata={"choices": options}, **kw)
+
+
+def _check_value(name: str, value, hint, meta) -> None:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            raise ConfigError(f"{name} must be a list of values; got {type(value).__name__}")
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            items = [(f"{name}[{i}]", v, args[0]) for i, v in enumerate(value)]
+        else:
+            if len(value) != len(args):
+                raise ConfigError(f"{name} must have {len(args)} values; got {len(value)}")
+            items = [(f"{name}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args))]
+        if len(items) > 64:
+            raise ConfigError(f"{name} has {len(items)} values; at most 64 are allowed")
+        for n, v, a in items:
+            _check_value(n, v, a, meta)
+        return
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            if len(args) == len(typing.get_args(hint)):
+                raise ConfigError(f"{name} must not be null")
+            return
+        hint = args[0]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false; got {type(value).__name__}")
+        return
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer; got {type(value).__name__}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number; got {value if isinstance(value, (int, float)) else type(value).__name__}")
+    elif hint is str:
+        if not isinstance(value, str) or len(value) > 200:
+            raise ConfigError(f"{name} must be a short string; got {type(value).__name__}")
+    if "range" in meta:
+        lo, hi = meta["range"]
+        if not lo <= value <= hi:
+            raise ConfigError(f"{name} = {value} is outside [{lo}, {hi}]")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, meta['choices']))}; got {value!r}")
+
+
+def checked_fields(config) -> None:
+    """Check every field of a config dataclass against its type hint and its `bounded`/`choice` metadata.
+
+    Nested config dataclasses are checked when they are built, so only their type is checked here.
+    """
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, hint):
+                raise ConfigError(f"{f.name} must be a {hint.__name__}; got {type(value).__name__}")
+            continue
+        if hint is Any:
+            continue
+        _check_value(f.name, value, hint, f.metadata)
+
+
+def require(condition: bool, message: str) -> None:
+    """A cross-field rule of a config (checked after the fields one by one)."""
+    if not condition:
+        raise ConfigError(message)
 
 
 @dataclass(frozen=True)
 class DPTConfig:
-    """A whole DPT depth model: encoder, reassembly widths, fusion width and head."""
+    """A whole DPT depth model: an encoder, then the neck and head of figure 1 of the DPT paper, as data.
+
+    Neck: each of the four encoder outputs is reassembled into a map (readout of the cls token,
+    1x1 projection to `reassembly_features[i]`, resampling by `reassemble_factors[i]`: 4 and 2 by
+    transposed convolution, 1 kept, 0.5 by a strided 3x3 conv), projected to `fusion_features`,
+    then fused coarse to fine; `fusion_residual[i]` says whether fusion block i+1 takes its own map
+    through a residual unit (the deepest block has none: its map is its input).
+    Head: `head` names the layout ("midas": 3x3 conv, x2 upsampling, 3x3 conv, ReLU, 1x1 conv;
+    "depth_anything": the same convs, the upsampling to the input's size); `depth_activation` is
+    "relu" (relative inverse depth) or "sigmoid" (times `max_depth`: metric depth in metres).
+    """
 
     name: str
-    encoder: EncoderConfig
-    reassembly_features: tuple[int, ...]  # channels of the four reassembled maps (before the fusion projections)
-    native_size: Pair  # (H, W) of the preprocessing target
-    keep_aspect_ratio: bool  # MiDaS preprocessing: BEiT keeps the aspect ratio, SwinV2 resizes to a square
-    fusion_features: int = 256
-    head_features: int = 32
+    encoder: Any  # an encoder family's config (its class names its family)
+    reassembly_features: tuple[int, int, int, int] = bounded(1, MAX_WIDTH)
+    reassemble_factors: tuple[float, float, float, float] = choice(4, 2, 1, 0.5)
+    readout: str = choice("project", "ignore", "none")  # the cls token: projected in (BEiT), dropped, or absent
+    native_size: Pair = bounded(14, MAX_SIDE)  # (H, W) of the preprocessing target
+    keep_aspect_ratio: bool = True  # MiDaS: BEiT keeps the aspect ratio, SwinV2 resizes to a square
+    fusion_features: int = bounded(1, MAX_WIDTH, default=256)
+    fusion_residual: tuple[bool, bool, bool, bool] = (True, True, True, False)
+    head: str = choice("midas", "depth_anything", default="midas")
+    head_features: int = bounded(1, MAX_WIDTH, default=32)
+    depth_activation: str = choice("relu", "sigmoid", default="relu")
+    max_depth: float = bounded(0.0, 1e6, default=0.0)  # metres, for depth_activation="sigmoid"
+
+    def __post_init__(self):
+        checked_fields(self)
+        require(self.fusion_residual[3] is False,
+                "fusion_residual[3] must be false: the deepest fusion block has no input before it")
+        require(self.depth_activation == "relu" or self.max_depth > 0,
+                "a metric model (depth_activation 'sigmoid') needs max_depth > 0")
 
     @property
-    def family(self) -> str:
-        return self.encoder.family
+    def family(self):
+        """The encoder family (an `EncoderFamily`, see family.py): each family marks its config class."""
+        return type(self.encoder).family
 
     @property
     def input_multiple(self) -> int:
-        """Image sides must be multiples of this: the patch size (BEiT) or patch size x 2^3 merges (SwinV2)."""
-        return 16 if self.family == "beit" else 32
+        """Image sides must be multiples of this (16 for BEiT, 32 for SwinV2, 14 for DINOv2)."""
+        return self.family.input_multiple(self.encoder)
+
+    @property
+    def is_metric(self) -> bool:
+        """Metric depth in metres (True) or relative inverse depth (False)."""
+        return self.depth_activation == "sigmoid"
 
     def check_input_size(self, height: int, width: int) -> None:
         m = self.input_multiple
@@ -86,90 +164,32 @@ class DPTConfig:
                 "Resize the image first (model.predict does this for you)."
             )
 
-    # -- (de)serialisation, used for the metadata of converted files --------------------------
-    def to_json(self) -> str:
-        d = dataclasses.asdict(self)
-        d["encoder"]["family"] = self.family
-        return json.dumps(d, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "DPTConfig":
-        d = json.loads(text)
-        enc = dict(d.pop("encoder"))
-        family = enc.pop("family")
-        enc_cls = {"beit": BeitConfig, "swinv2": SwinV2Config}[family]
-        enc = enc_cls(**{k: _tuplify(v) for k, v in enc.items()})
-        return cls(encoder=enc, **{k: _tuplify(v) for k, v in d.items()})
-
     def replace(self, **changes) -> "DPTConfig":
         return dataclasses.replace(self, **changes)
 
-
-def _tuplify(v):
-    return tuple(_tuplify(x) for x in v) if isinstance(v, list) else v
-
-
-# ---------------------------------------------------------------------------------------------
-# Presets: the six MiDaS v3.1 checkpoints.
+    # -- (de)serialisation, used for the metadata of converted files (registry.config_from_json reads it)
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["encoder"]["family"] = self.family.name
+        return json.dumps(d, sort_keys=True)
 
 
-def _beit(name, *, size, embed_dim, depth, num_heads, hooks, reassembly):
-    return DPTConfig(
-        name=name,
-        encoder=BeitConfig(
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_hidden=4 * embed_dim,
-            hooks=hooks,
-            native_grid=(size // 16, size // 16),
-        ),
-        reassembly_features=reassembly,
-        native_size=(size, size),
-        keep_aspect_ratio=True,
-    )
+def from_dict(cls, d: dict, where: str = "config"):
+    """Build config dataclass `cls` from a JSON-like dict: unknown or missing fields and bad values raise ConfigError."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} must be an object; got {type(d).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    if unknown := sorted(set(d) - names):
+        raise ConfigError(f"{where} has unknown fields: {', '.join(map(str, unknown[:10]))}")
+    try:
+        return cls(**{k: _tuplify(v) for k, v in d.items()})
+    except (TypeError, ConfigError) as e:  # a missing required field, or a bad value
+        raise ConfigError(f"{where}: {e}") from None
 
 
-def _swin2(name, *, size, embed_dim, depths, num_heads, window, pretrained_windows):
-    enc = SwinV2Config(
-        embed_dim=embed_dim,
-        depths=depths,
-        num_heads=num_heads,
-        window_size=window,
-        pretrained_window_sizes=pretrained_windows,
-        native_size=(size, size),
-    )
-    return DPTConfig(
-        name=name,
-        encoder=enc,
-        reassembly_features=enc.stage_dims,
-        native_size=(size, size),
-        keep_aspect_ratio=False,
-    )
-
-
-PRESETS: dict[str, DPTConfig] = {
-    c.name: c
-    for c in [
-        _beit("dpt_beit_large_512", size=512, embed_dim=1024, depth=24, num_heads=16,
-              hooks=(5, 11, 17, 23), reassembly=(256, 512, 1024, 1024)),
-        _beit("dpt_beit_large_384", size=384, embed_dim=1024, depth=24, num_heads=16,
-              hooks=(5, 11, 17, 23), reassembly=(256, 512, 1024, 1024)),
-        _beit("dpt_beit_base_384", size=384, embed_dim=768, depth=12, num_heads=12,
-              hooks=(2, 5, 8, 11), reassembly=(96, 192, 384, 768)),
-        _swin2("dpt_swin2_large_384", size=384, embed_dim=192, depths=(2, 2, 18, 2),
-               num_heads=(6, 12, 24, 48), window=24, pretrained_windows=(12, 12, 12, 6)),
-        _swin2("dpt_swin2_base_384", size=384, embed_dim=128, depths=(2, 2, 18, 2),
-               num_heads=(4, 8, 16, 32), window=24, pretrained_windows=(12, 12, 12, 6)),
-        _swin2("dpt_swin2_tiny_256", size=256, embed_dim=96, depths=(2, 2, 6, 2),
-               num_heads=(3, 6, 12, 24), window=16, pretrained_windows=(0, 0, 0, 0)),
-    ]
-}
-
-
-def get_config(name: str) -> DPTConfig:
-    """A preset by name; accepts the short form too ("beit_large_512" for "dpt_beit_large_512")."""
-    key = name if name in PRESETS else f"dpt_{name}"
-    if key not in PRESETS:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(PRESETS)}")
-    return PRESETS[key]
+def _tuplify(v, depth=0):
+    if isinstance(v, list):
+        if depth > 2 or len(v) > 64:
+            raise ConfigError("config lists are at most 64 values, two levels deep")
+        return tuple(_tuplify(x, depth + 1) for x in v)
+    return v

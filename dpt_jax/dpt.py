@@ -15,11 +15,9 @@ import jax.numpy as jnp
 import flax.linen as nn
 from flax import traverse_util
 
-from .beit import BeitEncoder
 from .config import DPTConfig
 from .layers import gelu
 from .resize import resize_bilinear
-from .swinv2 import SwinV2Encoder
 
 
 class ConvTransposeNonOverlapping(nn.Module):
@@ -55,8 +53,9 @@ class ReadoutProject(nn.Module):
 class Reassemble(nn.Module):
     """Turns the four encoder outputs into four image-like maps of `fusion_features` channels.
 
-    BEiT: readout projection, tokens -> (h, w) map, 1x1 conv, then resample by 4, 2, 1 or 1/2.
-    SwinV2: the encoder already gives maps at four scales; nothing but the projection is left.
+    Token encoders (BEiT, DINOv2): readout of the cls token (`config.readout`), tokens -> (h, w)
+    map, 1x1 conv, then resampling by `config.reassemble_factors` (x4, x2, x1, x1/2).
+    Map encoders (SwinV2) already give maps at four scales: nothing but the last conv is left.
     Each map ends with a 3x3 conv without bias to the shared fusion width (`scratch.layerX_rn`).
     """
 
@@ -66,24 +65,30 @@ class Reassemble(nn.Module):
     def __call__(self, features, grid):
         c = self.config
         outputs = []
-        for i, x in enumerate(features, start=1):
-            if c.family == "beit":
-                x = ReadoutProject(name=f"readout_{i}")(x)  # (B, h*w, C)
+        for i, (x, factor) in enumerate(zip(features, c.reassemble_factors), start=1):
+            if c.family.outputs_tokens:
+                if c.readout == "project":
+                    x = ReadoutProject(name=f"readout_{i}")(x)  # (B, h*w, C)
+                else:
+                    x = x[:, 1:]  # the cls token is not used: (B, h*w, C)
                 x = x.reshape(x.shape[0], *grid, x.shape[-1])  # (B, h, w, C)
                 d = c.reassembly_features[i - 1]
                 x = nn.Conv(d, (1, 1), name=f"project_{i}")(x)
-                if i == 1:
-                    x = ConvTransposeNonOverlapping(d, 4, name=f"resample_{i}")(x)  # (B, 4h, 4w, d)
-                elif i == 2:
-                    x = ConvTransposeNonOverlapping(d, 2, name=f"resample_{i}")(x)  # (B, 2h, 2w, d)
-                elif i == 4:
-                    x = nn.Conv(d, (3, 3), strides=2, padding=((1, 1), (1, 1)), name=f"resample_{i}")(x)
-                    # (B, ceil(h/2), ceil(w/2), d)
+                x = Resample(d, factor, name=f"resample_{i}")(x)  # (B, factor*h, factor*w, d)
             self.sow("intermediates", f"reassemble{i}", x)
             x = nn.Conv(c.fusion_features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name=f"to_fusion_{i}")(x)
             self.sow("intermediates", f"rn{i}", x)
             outputs.append(x)  # (B, h_i, w_i, F)
         return outputs
+
+
+def Resample(features: int, factor: float, name: str):
+    """x4 / x2: transposed conv with kernel = stride; x1: nothing; x1/2: 3x3 conv with stride 2 (ceil(h/2))."""
+    if factor > 1:
+        return ConvTransposeNonOverlapping(features, int(factor), name=name)
+    if factor < 1:
+        return nn.Conv(features, (3, 3), strides=int(round(1 / factor)), padding=((1, 1), (1, 1)), name=name)
+    return lambda x: x
 
 
 class ResidualConvUnit(nn.Module):
@@ -115,14 +120,20 @@ class FusionBlock(nn.Module):
 
 
 class Fusion(nn.Module):
-    """Fuses the four maps from coarse to fine; each block resizes to the next finer map's exact size."""
+    """Fuses the four maps from coarse to fine; each block resizes to the next finer map's exact size.
+
+    `residual[i]`: block i+1 adds its own map through a residual unit to the previous block's
+    output; a block without (the deepest) takes its own map as its input.
+    """
+
+    residual: tuple[bool, ...]
 
     @nn.compact
     def __call__(self, maps):
         x = None
         for i in (4, 3, 2, 1):
             skip = maps[i - 1]
-            if x is None:  # the deepest block has no input from a previous block: its own map is the input
+            if not self.residual[i - 1]:
                 x, skip = skip, None
             size = maps[i - 2].shape[1:3] if i > 1 else (2 * skip.shape[1], 2 * skip.shape[2])
             x = FusionBlock(name=f"block_{i}")(x, skip, size)
@@ -131,19 +142,25 @@ class Fusion(nn.Module):
 
 
 class DepthHead(nn.Module):
-    """3x3 conv (F -> F/2) -> bilinear x2 -> 3x3 conv (-> 32) -> ReLU -> 1x1 conv (-> 1) -> ReLU."""
+    """3x3 conv (F -> F/2) -> bilinear resize -> 3x3 conv (-> 32) -> ReLU -> 1x1 conv (-> 1) -> activation.
 
-    features: int
-    hidden: int
+    The resize (align_corners=True) goes to `size`: x2 in MiDaS, the input's size in Depth Anything.
+    Activation: ReLU (relative inverse depth) or max_depth * sigmoid (metric depth, metres).
+    """
+
+    config: DPTConfig
 
     @nn.compact
-    def __call__(self, x):  # (B, h, w, F)
-        x = nn.Conv(self.features // 2, (3, 3), padding=((1, 1), (1, 1)), name="conv1")(x)
-        x = resize_bilinear(x, (2 * x.shape[1], 2 * x.shape[2]), align_corners=True)
-        x = nn.relu(nn.Conv(self.hidden, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(x))
-        x = nn.Conv(1, (1, 1), name="conv3")(x)  # (B, 2h, 2w, 1)
+    def __call__(self, x, size):  # (B, h, w, F)
+        c = self.config
+        x = nn.Conv(c.fusion_features // 2, (3, 3), padding=((1, 1), (1, 1)), name="conv1")(x)
+        x = resize_bilinear(x, size, align_corners=True)
+        x = nn.relu(nn.Conv(c.head_features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(x))
+        x = nn.Conv(1, (1, 1), name="conv3")(x)  # (B, H, W, 1)
         self.sow("intermediates", "head_preact", x)
-        return nn.relu(x)[..., 0]  # (B, 2h, 2w): relative inverse depth
+        if c.depth_activation == "sigmoid":
+            return c.max_depth * jax.nn.sigmoid(x[..., 0])  # (B, H, W): metric depth
+        return nn.relu(x)[..., 0]  # (B, H, W): relative inverse depth
 
 
 class DPT(nn.Module):
@@ -154,22 +171,27 @@ class DPT(nn.Module):
     @nn.compact
     def __call__(self, images):
         c = self.config
-        if c.family == "beit":
-            features = BeitEncoder(c.encoder, name="encoder")(images)  # 4 x (B, 1 + h*w, C)
-            grid = (images.shape[1] // c.encoder.patch_size, images.shape[2] // c.encoder.patch_size)
-        else:
-            features = SwinV2Encoder(c.encoder, name="encoder")(images)  # 4 x (B, h_i, w_i, C_i)
-            grid = None
+        family = c.family
+        features = family.encoder(c.encoder, name="encoder")(images)  # 4 x (B, 1 + h*w, C) or (B, h_i, w_i, C_i)
         for i, f in enumerate(features, start=1):
             self.sow("intermediates", f"hook{i}", f)
-        maps = Reassemble(c, name="reassemble")(features, grid)  # 4 x (B, h_i, w_i, F), h_i = 4h, 2h, h, h/2
-        fused = Fusion(name="fusion")(maps)  # (B, 8h, 8w, F)
-        return DepthHead(c.fusion_features, c.head_features, name="head")(fused)  # (B, 16h, 16w)
+        grid = None
+        if family.outputs_tokens:
+            p = c.encoder.patch_size
+            grid = (images.shape[1] // p, images.shape[2] // p)
+        maps = Reassemble(c, name="reassemble")(features, grid)  # 4 x (B, h_i, w_i, F), e.g. h_i = 4h, 2h, h, h/2
+        fused = Fusion(c.fusion_residual, name="fusion")(maps)  # (B, 2 h_1, 2 w_1, F)
+        if c.head == "midas":
+            size = (2 * fused.shape[1], 2 * fused.shape[2])
+        else:  # Depth Anything: straight to the input's size
+            size = images.shape[1:3]
+        return DepthHead(c, name="head")(fused, size)  # (B, H, W)
 
 
 def param_shapes(config: DPTConfig) -> dict[str, tuple[int, ...]]:
-    """{"/"-joined path: shape} of every parameter of the model, without allocating any."""
-    h, w = config.native_size
-    abstract = jax.eval_shape(DPT(config).init, jax.random.PRNGKey(0), jnp.zeros((1, h, w, 3), jnp.float32))
+    """{"/"-joined path: shape} of every parameter of the model, without allocating any (not even an input)."""
+    m = config.input_multiple
+    images = jax.ShapeDtypeStruct((1, 2 * m, 2 * m, 3), jnp.float32)  # parameter shapes do not depend on the size
+    abstract = jax.eval_shape(DPT(config).init, jax.random.PRNGKey(0), images)
     flat = traverse_util.flatten_dict(abstract["params"], sep="/")
     return {k: tuple(v.shape) for k, v in flat.items()}

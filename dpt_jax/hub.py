@@ -6,7 +6,7 @@
 
 Registry
 --------
-``REGISTRY`` maps each model name (the preset names of ``dpt_jax.config.PRESETS``) to a
+``REGISTRY`` maps each model name (the preset names of ``dpt_jax.registry.PRESETS``) to a
 ``ModelEntry``: its public release URL, the configuration the file must hold, and its size,
 *approximately* (the byte total of its tensors; the file is slightly larger because of the
 pickle and the zip headers). Short names without the ``dpt_`` prefix work everywhere a name is
@@ -61,7 +61,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import atomic_write
-from .config import PRESETS, DPTConfig
+from .config import DPTConfig
+from .registry import PRESETS
 from .convert.torch_zip import CheckpointError
 
 __all__ = [
@@ -282,21 +283,26 @@ def verify(path, model) -> DPTConfig:
     Raises CheckpointError (naming `path`) when the file is unreadable, holds another
     architecture, has missing/unexpected/mis-shaped keys, or (torch zip) fails its CRC-32s.
     """
-    from .convert.midas import check_state_dict, detect_config
+    from .convert.keys import check_state_dict
     from .convert.torch_zip import read_state_dict
+    from .registry import detect_config, recognise
 
     entry = model if isinstance(model, ModelEntry) else get_entry(model)
     path = os.fspath(path)
     state = read_state_dict(path)
+    family = recognise(state)
+    if family is not None and family is not entry.config.family:
+        raise CheckpointError(path, f"holds a {family.name} model, not the {entry.config.family.name} model {entry.name}")
     config = detect_config(state, path)
     if config != entry.config:
-        if config.family != entry.config.family:
-            what = f"a {config.family} model, not the {entry.config.family} model {entry.name}"
+        if config.family is not entry.config.family:
+            what = f"a {config.family.name} model, not the {entry.config.family.name} model {entry.name}"
         else:
             diffs = _config_differences(config, entry.config)
-            what = f"another {config.family} architecture than {entry.name} (" + "; ".join(diffs) + ")"
+            what = f"another {config.family.name} architecture than {entry.name} (" + "; ".join(diffs) + ")"
         raise CheckpointError(path, f"holds {what}")
-    problems = check_state_dict(state, config, _param_shapes(config))
+    family = config.family
+    problems = check_state_dict(state, family.key_table(config), family.skipped(config), _param_shapes(config))
     if problems:
         raise CheckpointError(path, f"does not fit {entry.name}:\n  " + "\n  ".join(problems))
     if zipfile.is_zipfile(path):

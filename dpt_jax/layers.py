@@ -9,6 +9,9 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+#: The compute dtypes a model runs in, by the names the API and the CLI take.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
 _MATMUL_DTYPE: contextvars.ContextVar = contextvars.ContextVar("matmul_dtype", default=None)
 
 #: Modules whose Dense layers stay float32 under mixed precision (SwinV2's position-bias MLP:

@@ -1,4 +1,9 @@
-"""The loaded model: a config, its parameters and the compiled forward pass."""
+"""The model as a pure function, and the loaded model: a thin runner around it.
+
+    forward(config, params, images, dtype)   normalized (B, H, W, 3) -> depth (B, H, W); pure, unjitted
+    DepthModel                               config + params on devices + jit(forward) + predict()
+    load(path)                               a checkpoint file -> DepthModel
+"""
 
 from __future__ import annotations
 
@@ -12,13 +17,32 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from . import pipeline
+from .checkpoint import count_params, read_checkpoint, write_converted
 from .config import DPTConfig
 from .dpt import DPT
-from .layers import matmul_params, mixed_precision
-from .convert import midas
-from .convert.torch_zip import CheckpointError
+from .layers import COMPUTE_DTYPES, matmul_params, mixed_precision
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+def forward(config: DPTConfig, params, images, dtype: str = "float32"):
+    """Depth of normalized images (B, H, W, 3) -> (B, H, W): the whole model as a pure function.
+
+    float32 runs every matmul at full float32 precision (no TF32/bf16 passes on accelerators: they
+    cost ~1e-3 relative error); bfloat16 runs the matmuls in bfloat16 with float32 accumulation
+    and everything else in float32 (`layers.mixed_precision`), with `params` from `cast_params`.
+    """
+    module = DPT(config)
+    images = images.astype(jnp.float32)
+    if dtype == "float32":
+        with jax.default_matmul_precision("highest"):
+            return module.apply({"params": params}, images)
+    with mixed_precision(COMPUTE_DTYPES[dtype]):
+        return module.apply({"params": params}, images)
+
+
+def cast_params(params, dtype: str = "float32"):
+    """Parameters as `forward` takes them in `dtype`: float32, with matmul weights in bfloat16 for bfloat16."""
+    params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
+    return params if dtype == "float32" else matmul_params(params, COMPUTE_DTYPES[dtype])
 
 
 @dataclass
@@ -38,29 +62,15 @@ class DepthModel:
     _apply: object = field(init=False, repr=False)
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
-        compute = DTYPES[self.dtype]
-        module = DPT(self.config)
+        if self.dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(COMPUTE_DTYPES)}; got {self.dtype!r}")
         devices = list(self.devices or jax.local_devices())
         self._mesh = Mesh(np.array(devices), ("batch",))
-        replicated = NamedSharding(self._mesh, PartitionSpec())
         self._batch_sharding = NamedSharding(self._mesh, PartitionSpec("batch"))
-        params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), self.params)
-        if compute != jnp.float32:
-            params = matmul_params(params, compute)
-        self.params = jax.device_put(params, replicated)
-
-        def forward(params, images):
-            images = images.astype(jnp.float32)
-            if compute == jnp.float32:
-                # float32 means float32: no TF32/bf16 passes on accelerators (they cost ~1e-3 relative error).
-                with jax.default_matmul_precision("highest"):
-                    return module.apply({"params": params}, images)
-            with mixed_precision(compute):  # matmuls in bfloat16, everything else float32
-                return module.apply({"params": params}, images)
-
-        self._apply = jax.jit(forward, out_shardings=self._batch_sharding)
+        self.params = jax.device_put(cast_params(self.params, self.dtype), NamedSharding(self._mesh, PartitionSpec()))
+        config, dtype = self.config, self.dtype
+        self._apply = jax.jit(lambda params, images: forward(config, params, images, dtype),
+                              out_shardings=self._batch_sharding)
 
     @property
     def num_devices(self) -> int:
@@ -68,7 +78,7 @@ class DepthModel:
 
     @property
     def num_params(self) -> int:
-        return sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(self.params))
+        return count_params(self.params)
 
     def apply(self, images) -> jax.Array:
         images = jnp.asarray(images)
@@ -106,8 +116,7 @@ class DepthModel:
 
     def save(self, path) -> None:
         """Write a converted safetensors file (float32 parameters, config in the metadata)."""
-        params32 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), self.params)
-        midas.write_converted(path, self.config, params32)
+        write_converted(path, self.config, jax.device_get(self.params))
 
 
 def configure_compilation_cache(directory=None) -> str | None:
@@ -140,12 +149,6 @@ def load(path, *, dtype: str = "float32", pretrained_window_sizes=None, devices=
     (see `configure_compilation_cache`).
     """
     configure_compilation_cache(compilation_cache)
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(path, "no such file" if not os.path.exists(path) else "not a regular file")
-    if midas.is_converted(path):
-        config, params = midas.read_converted(path, pretrained_window_sizes)
-    else:
-        conversion = midas.convert_checkpoint(path, pretrained_window_sizes)
-        config, params = conversion.config, conversion.params
-    return DepthModel(config, params, dtype=dtype, source=path, devices=devices)
+    checkpoint = read_checkpoint(path, **({} if pretrained_window_sizes is None
+                                          else {"pretrained_window_sizes": pretrained_window_sizes}))
+    return DepthModel(checkpoint.config, checkpoint.params, dtype=dtype, source=os.fspath(path), devices=devices)

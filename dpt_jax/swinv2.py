@@ -59,6 +59,8 @@ from __future__ import annotations
 
 import functools
 import math
+import re
+from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -66,10 +68,45 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
-from .config import SwinV2Config
+from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, Pair, bounded, checked_fields, require
+from .convert import keys, midas
+from .convert.keys import ConversionError, Entry, Skip
+from .family import EncoderFamily
 from .layers import QKV, Mlp, attend, layer_norm, merge_heads
 
-Pair = tuple[int, int]
+
+@dataclass(frozen=True)
+class SwinV2Config:
+    """SwinV2 encoder: windowed scaled-cosine attention, res-post-norm blocks, patch merging."""
+
+    embed_dim: int = bounded(1, MAX_WIDTH)
+    depths: tuple[int, ...] = bounded(1, 64)
+    num_heads: tuple[int, ...] = bounded(1, 256)
+    window_size: int = bounded(1, 64)
+    # Not stored in checkpoints: (12, 12, 12, 6) for base/large 384, zeros for tiny 256.
+    pretrained_window_sizes: tuple[int, ...] = bounded(0, 64)
+    native_size: Pair = bounded(32, MAX_SIDE)  # (H, W) the original was built for
+    patch_size: int = bounded(1, 16, default=4)
+    mlp_ratio: int = bounded(1, 16, default=4)
+    cpb_hidden: int = bounded(1, 4096, default=512)
+    layer_norm_eps: float = bounded(1e-12, 1e-2, default=1e-5)
+
+    def __post_init__(self):
+        checked_fields(self)
+        require(len(self.num_heads) == len(self.depths) == len(self.pretrained_window_sizes),
+                f"depths, num_heads and pretrained_window_sizes must have one value per stage "
+                f"({len(self.depths)}); got {len(self.num_heads)} and {len(self.pretrained_window_sizes)}")
+        require(all(d % h == 0 for d, h in zip(self.stage_dims, self.num_heads)),
+                "every stage's width (embed_dim * 2^stage) must be a multiple of its num_heads")
+
+    @property
+    def stage_dims(self) -> tuple[int, ...]:
+        return tuple(self.embed_dim * 2**i for i in range(len(self.depths)))
+
+    @property
+    def input_multiple(self) -> int:
+        """patch size x 2^3 patch merges."""
+        return self.patch_size * 2 ** (len(self.depths) - 1)
 
 SHIFT_MASK_VALUE = -100.0  # between tokens the shift brought together from opposite borders
 PAD_MASK_VALUE = -1e9  # for padded keys: exp underflows to exactly 0 next to any real key
@@ -359,7 +396,7 @@ class SwinV2Encoder(nn.Module):
     @nn.compact
     def __call__(self, images):
         c = self.config
-        multiple = c.patch_size * 2 ** (len(c.depths) - 1)
+        multiple = c.input_multiple
         height, width = images.shape[1:3]
         if height <= 0 or width <= 0 or height % multiple or width % multiple:
             raise ValueError(
@@ -372,3 +409,164 @@ class SwinV2Encoder(nn.Module):
             hook, x = SwinV2Stage(c, s, self.window_rule, name=f"layers_{s}")(x)
             hooks.append(hook)  # (B, h_s, w_s, C_s)
         return hooks
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets: the three MiDaS v3.1 SwinV2 checkpoints.
+
+
+def _preset(name, *, size, embed_dim, depths, num_heads, window, pretrained_windows):
+    enc = SwinV2Config(embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=window,
+                       pretrained_window_sizes=pretrained_windows, native_size=(size, size))
+    return DPTConfig(name=name, encoder=enc, reassembly_features=enc.stage_dims, reassemble_factors=(1, 1, 1, 1),
+                     readout="none", native_size=(size, size), keep_aspect_ratio=False)
+
+
+PRESETS = (
+    _preset("dpt_swin2_large_384", size=384, embed_dim=192, depths=(2, 2, 18, 2),
+            num_heads=(6, 12, 24, 48), window=24, pretrained_windows=(12, 12, 12, 6)),
+    _preset("dpt_swin2_base_384", size=384, embed_dim=128, depths=(2, 2, 18, 2),
+            num_heads=(4, 8, 16, 32), window=24, pretrained_windows=(12, 12, 12, 6)),
+    _preset("dpt_swin2_tiny_256", size=256, embed_dim=96, depths=(2, 2, 6, 2),
+            num_heads=(3, 6, 12, 24), window=16, pretrained_windows=(0, 0, 0, 0)),
+)
+
+#: The real wiring at toy sizes, for smoke runs and tests.
+MINI = DPTConfig(
+    name="mini_swin2",
+    encoder=SwinV2Config(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(2, 4, 8, 16), window_size=8,
+                         pretrained_window_sizes=(0, 0, 0, 0), native_size=(128, 128)),
+    reassembly_features=(32, 64, 128, 256), reassemble_factors=(1, 1, 1, 1), readout="none",
+    native_size=(128, 128), keep_aspect_ratio=False, fusion_features=64,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# MiDaS checkpoints: key table, recognition, configuration
+
+
+def key_table(config: DPTConfig) -> list[Entry]:
+    c = config.encoder
+    t = keys.conv("pretrained.model.patch_embed.proj", "encoder/patch_embed/proj")
+    t += keys.norm("pretrained.model.patch_embed.norm", "encoder/patch_embed/norm")
+    for s_i, depth in enumerate(c.depths):
+        stage_s, stage_d = f"pretrained.model.layers.{s_i}", f"encoder/layers_{s_i}"
+        for b in range(depth):
+            s, d = f"{stage_s}.blocks.{b}", f"{stage_d}/blocks_{b}"
+            t.append(Entry(f"{s}.attn.logit_scale", f"{d}/attn/logit_scale", "copy"))
+            t += keys.biased_qkv_and_mlp(s, d)
+            t += keys.linear(f"{s}.attn.cpb_mlp.0", f"{d}/attn/cpb_mlp/fc1")
+            t += keys.linear(f"{s}.attn.cpb_mlp.2", f"{d}/attn/cpb_mlp/fc2", bias=False)
+            t += keys.linear(f"{s}.attn.proj", f"{d}/attn/proj")
+            t += keys.norm(f"{s}.norm1", f"{d}/norm1") + keys.norm(f"{s}.norm2", f"{d}/norm2")
+        if s_i < len(c.depths) - 1:  # timm 0.6 layout: the merge closes stages 0-2
+            t += keys.linear(f"{stage_s}.downsample.reduction", f"{stage_d}/downsample/reduction", bias=False)
+            t += keys.norm(f"{stage_s}.downsample.norm", f"{stage_d}/downsample/norm")
+    return t + midas.neck_table(config)
+
+
+def skipped(config: DPTConfig) -> list[Skip]:
+    return [
+        Skip(r"pretrained\.model\.layers\.\d+\.blocks\.\d+\.attn_mask",
+             "the shifted-window masks: the model builds them for the actual input size"),
+        Skip(r"pretrained\.model\.layers\.\d+\.blocks\.\d+\.attn\.(relative_coords_table|relative_position_index)",
+             "buffers of constants the model computes for the actual window"),
+        Skip(r"pretrained\.model\.norm\.(weight|bias)", "the final norm of the classifier (not on the hooks' path)"),
+    ] + midas.NECK_SKIPS + midas.unused_fusion_units(config, "scratch.refinenet{i}")
+
+
+def recognises(state) -> bool:
+    return "pretrained.model.layers.0.blocks.0.attn.cpb_mlp.0.weight" in state
+
+
+def _count(state, pattern: str) -> int:
+    rx = re.compile(pattern)
+    return len({m.group(1) for k in state if (m := rx.fullmatch(k))})
+
+
+def detect_config(state, path, *, pretrained_window_sizes=None, **options) -> DPTConfig:
+    """The configuration of a MiDaS SwinV2 checkpoint, read off its keys and shapes.
+
+    `pretrained_window_sizes` are not stored in checkpoints: they come from the preset with the
+    same architecture, or from the argument (which wins). A checkpoint that matches no preset
+    needs the argument: guessing wrong moves the hooks by 55-90 %.
+    """
+    shape = lambda key: midas.shape(state, key, path)  # noqa: E731
+    embed = shape("pretrained.model.patch_embed.proj.weight")[0]
+    stages = _count(state, r"pretrained\.model\.layers\.(\d+)\..*")
+    depths = tuple(_count(state, rf"pretrained\.model\.layers\.{s}\.blocks\.(\d+)\..*") for s in range(stages))
+    heads = tuple(shape(f"pretrained.model.layers.{s}.blocks.0.attn.logit_scale")[0] for s in range(stages))
+    # The first stage's shift mask (num_windows, ws*ws, ws*ws) gives the window and the native size.
+    mask_key = "pretrained.model.layers.0.blocks.1.attn_mask"
+    if mask_key not in state:
+        raise ConversionError(path, f"cannot tell the window size and native input size: {mask_key!r} is missing")
+    num_windows, ws2, _ = shape(mask_key)
+    window = math.isqrt(ws2)
+    size = window * math.isqrt(num_windows) * 4
+    architecture = (embed, depths, heads, window, (size, size))
+    preset = next((p for p in PRESETS if _architecture(p.encoder) == architecture), None)
+    windows = pretrained_window_sizes or (preset.encoder.pretrained_window_sizes if preset else None)
+    if windows is None:
+        raise ConversionError(path, (
+            f"a SwinV2 checkpoint of no released architecture (embed {embed}, depths {depths}, window {window}, "
+            f"{size}x{size}): its pretrained window sizes are not stored in the file and cannot be guessed "
+            f"(a wrong guess moves the features by 55-90 %). Pass them: pretrained_window_sizes=(a, b, c, d) "
+            f"to dpt_jax.load or --pretrained-window-sizes a,b,c,d (0 for 'the window itself', as swin2_tiny_256)"))
+    if len(windows) != stages:
+        raise ConversionError(path, f"pretrained_window_sizes has {len(windows)} values; this checkpoint has "
+                              f"{stages} stages: give one per stage")
+    encoder = SwinV2Config(embed_dim=embed, depths=depths, num_heads=heads, window_size=window,
+                           pretrained_window_sizes=tuple(windows), native_size=(size, size))
+    return DPTConfig(
+        name="custom_swinv2", encoder=encoder, reassembly_features=encoder.stage_dims,
+        reassemble_factors=(1, 1, 1, 1), readout="none", native_size=(size, size), keep_aspect_ratio=False,
+        **midas.neck_widths(state, path),
+    )
+
+
+def _architecture(c: SwinV2Config):
+    return c.embed_dim, c.depths, c.num_heads, c.window_size, c.native_size
+
+
+def encoder_flops(c: SwinV2Config, height: int, width: int, batch: int, add) -> list[Pair]:
+    """Adds the encoder's FLOPs (2 x MACs) to `add(component, flops)`; returns the four stage grids.
+
+    Attention is counted on the padded window grid the model computes; the position-bias MLP once
+    per block (it does not depend on the batch).
+    """
+    B = batch
+    h, w = height // c.patch_size, width // c.patch_size
+    add("encoder.patch_embed", 2 * B * h * w * 3 * c.patch_size**2 * c.embed_dim)
+    grids = []
+    for s, (depth, heads) in enumerate(zip(c.depths, c.num_heads)):
+        C = c.stage_dims[s]
+        layout = window_layout((h, w), c.window_size)
+        Np = layout.padded[0] * layout.padded[1]  # tokens of the padded grid the attention runs on
+        Nw = layout.window[0] * layout.window[1]  # tokens per window
+        K = (2 * layout.window[0] - 1) * (2 * layout.window[1] - 1)  # position-bias table rows
+        add("encoder.qkv_proj", depth * (2 * B * Np * C * 3 * C + 2 * B * Np * C * C))
+        add("encoder.attention", depth * 2 * (2 * B * Np * Nw * C))
+        add("encoder.mlp", depth * 2 * (2 * B * h * w * C * c.mlp_ratio * C))
+        add("encoder.cpb_mlp", depth * (2 * K * 2 * c.cpb_hidden + 2 * K * c.cpb_hidden * heads))
+        grids.append((h, w))
+        if s < len(c.depths) - 1:
+            add("encoder.patch_merging", 2 * B * (h // 2) * (w // 2) * (4 * C) * (2 * C))
+            h, w = h // 2, w // 2
+    return grids
+
+
+FAMILY = EncoderFamily(
+    name="swinv2",
+    config_class=SwinV2Config,
+    encoder=SwinV2Encoder,
+    outputs_tokens=False,
+    presets=PRESETS,
+    minis=(MINI,),
+    input_multiple=lambda c: c.input_multiple,
+    recognises=recognises,
+    detect_config=detect_config,
+    key_table=key_table,
+    skipped=skipped,
+    encoder_flops=encoder_flops,
+    options={"pretrained_window_sizes": "SwinV2: the pretrained window size of each stage (not stored in checkpoints)"},
+)

@@ -15,7 +15,8 @@ import math
 import pytest
 
 from dpt_jax import bench
-from dpt_jax.config import BeitConfig, DPTConfig
+from dpt_jax.beit import BeitConfig
+from dpt_jax.config import DPTConfig
 from dpt_jax.dpt import param_shapes
 from helpers import FIXTURES
 
@@ -26,7 +27,8 @@ XLA_EXCESS_MAX = 0.06
 # The real wiring at the smallest useful size, for the harness runs (compiles in about a second).
 TINY = DPTConfig(name="tiny_beit", encoder=BeitConfig(embed_dim=32, depth=4, num_heads=2, mlp_hidden=64,
                                                       hooks=(0, 1, 2, 3), native_grid=(4, 4)),
-                 reassembly_features=(8, 8, 16, 16), native_size=(64, 64), keep_aspect_ratio=True, fusion_features=16)
+                 reassembly_features=(8, 8, 16, 16), reassemble_factors=(4, 2, 1, 0.5), readout="project",
+                 native_size=(64, 64), keep_aspect_ratio=True, fusion_features=16)
 
 TORCH_OK, TORCH_WHY = bench.torch_status()
 needs_torch = pytest.mark.skipif(not TORCH_OK, reason=f"PyTorch side not checked: {TORCH_WHY}")

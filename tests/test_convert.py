@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 import dpt_jax
-from dpt_jax import cli
-from dpt_jax.config import PRESETS
-from dpt_jax.convert import midas
-from dpt_jax.convert.torch_zip import CheckpointError, read_state_dict
+from dpt_jax import checkpoint, cli
+from dpt_jax.convert import keys
+from dpt_jax.convert.keys import ConversionError
+from dpt_jax.convert.torch_zip import CheckpointError, read_safetensors_metadata, read_state_dict
+from dpt_jax.registry import PRESETS, detect_config
 from dpt_jax.dpt import param_shapes
 from helpers import FIXTURES, MANIFESTS, nchw_to_nhwc
 
@@ -27,6 +28,15 @@ class ShapeOnly:
         raise AssertionError("the manifest checks must not read tensor data")
 
 
+def check(state, config):
+    return keys.check_state_dict(state, config.family.key_table(config), config.family.skipped(config),
+                                 param_shapes(config))
+
+
+def skipped(state, config):
+    return keys.skipped_keys(state, config.family.skipped(config))
+
+
 def manifest_state(name):
     manifest = json.loads((MANIFESTS / f"{name}.json").read_text())
     return manifest, {e["key"]: ShapeOnly(e["shape"]) for e in manifest["state_dict"]}
@@ -35,15 +45,15 @@ def manifest_state(name):
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_manifest_detects_preset_and_fits_model(name):
     manifest, state = manifest_state(name)
-    config = midas.detect_config(state, name)
+    config = detect_config(state, name)
     assert config == PRESETS[name]
-    assert midas.check_state_dict(state, config, param_shapes(config)) == []
+    assert check(state, config) == []
     # What is skipped is exactly the unused parameters plus the buffers the manifest lists.
     buffers = {e["key"] for e in manifest["state_dict"] if e["kind"] == "buffer"}
-    assert set(midas.skipped_keys(state, config.family)) == set(manifest["unused_parameters_in_forward"]) | buffers
+    assert set(skipped(state, config)) == set(manifest["unused_parameters_in_forward"]) | buffers
     # The table covers every used parameter, and the model's parameter count is the original's minus the unused.
-    table = midas.key_table(config)
-    assert {e.source for e in table} == set(state) - set(midas.skipped_keys(state, config.family))
+    table = config.family.key_table(config)
+    assert {e.source for e in table} == set(state) - set(skipped(state, config))
     unused = sum(int(np.prod(state[k].shape)) for k in manifest["unused_parameters_in_forward"])
     count = sum(int(np.prod(s)) for s in param_shapes(config).values())
     assert count == manifest["parameter_count"] - unused
@@ -56,15 +66,15 @@ def test_manifest_problems_are_listed_together():
     del state["scratch.output_conv.4.weight"]
     state["pretrained.model.blocks.0.extra"] = ShapeOnly((3,))
     state["scratch.layer2_rn.weight"] = ShapeOnly((256, 191, 3, 3))
-    problems = "\n".join(midas.check_state_dict(state, config, param_shapes(config)))
+    problems = "\n".join(check(state, config))
     assert "2 missing" in problems and "blocks.3.mlp.fc1.bias" in problems and "output_conv.4.weight" in problems
     assert "1 unexpected" in problems and "blocks.0.extra" in problems
     assert "1 mis-shaped" in problems and "layer2_rn.weight" in problems
 
 
 def test_unknown_checkpoint_is_refused():
-    with pytest.raises(CheckpointError, match="not a MiDaS v3.1"):
-        midas.detect_config({"backbone.embeddings.cls_token": ShapeOnly((1, 1, 8))}, "x.pt")
+    with pytest.raises(CheckpointError, match="not a checkpoint of a known DPT model.*Hugging Face"):
+        detect_config({"backbone.embeddings.cls_token": ShapeOnly((1, 1, 8))}, "x.pt")
 
 
 @pytest.fixture
@@ -82,7 +92,7 @@ def test_converted_round_trip_is_bit_exact(tmp_path):
     original = dpt_jax.load(FIXTURES / "mini_beit.pt")
     out = tmp_path / "mini_beit.safetensors"
     original.save(out)
-    assert midas.is_converted(out) and not midas.is_converted(FIXTURES / "mini_beit.safetensors")
+    assert checkpoint.is_converted(out) and not checkpoint.is_converted(FIXTURES / "mini_beit.safetensors")
     loaded = dpt_jax.load(out)
     assert loaded.config == original.config
     np.testing.assert_array_equal(np.asarray(loaded.apply(x)), np.asarray(original.apply(x)))
@@ -105,8 +115,8 @@ def test_wrong_keys_are_listed_with_the_file_name(tmp_path):
     state["pretrained.model.blocks.0.attn.mystery"] = np.zeros(3, np.float32)
     state["scratch.layer1_rn.weight"] = np.zeros((16, 15, 3, 3), np.float32)
     bad = tmp_path / "bad_keys.safetensors"
-    midas.write_safetensors(bad, state, {})
-    with pytest.raises(midas.ConversionError) as err:
+    checkpoint.write_safetensors(bad, state, {})
+    with pytest.raises(ConversionError) as err:
         dpt_jax.load(bad)
     text = str(err.value)
     assert "bad_keys.safetensors" in text
@@ -119,8 +129,8 @@ def test_converted_file_with_wrong_shape_is_refused(tmp_path):
     state = {k: v.read() for k, v in read_state_dict(good).items()}
     state["head/conv3/kernel"] = np.zeros((1, 1, 32, 2), np.float32)
     bad = tmp_path / "bad_shape.safetensors"
-    midas.write_safetensors(bad, state, midas.read_safetensors_metadata(good))
-    with pytest.raises(midas.ConversionError, match=r"bad_shape.safetensors.*\n.*mis-shaped.*\n.*head/conv3/kernel"):
+    checkpoint.write_safetensors(bad, state, read_safetensors_metadata(good))
+    with pytest.raises(ConversionError, match=r"bad_shape.safetensors.*\n.*mis-shaped.*\n.*head/conv3/kernel"):
         dpt_jax.load(bad)
 
 
@@ -147,7 +157,7 @@ def test_write_is_atomic_when_interrupted(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", disk_full)  # fails after the data was written to the temporary file
     arrays = {"a": np.ones((64, 64), np.float32), "b": np.arange(10)}
     with pytest.raises(OSError, match="No space"):
-        midas.write_safetensors(tmp_path / "out.safetensors", arrays, {})
+        checkpoint.write_safetensors(tmp_path / "out.safetensors", arrays, {})
     assert os.listdir(tmp_path) == []
 
 
@@ -163,9 +173,9 @@ def test_conversion_reads_only_the_tensors_the_model_uses():
             read.append(self.ref.key)
             return self.ref.read()
 
-    config = midas.detect_config(state)
-    midas.convert_state_dict({k: Counting(v) for k, v in state.items()}, config, param_shapes(config))
-    assert set(read) == {e.source for e in midas.key_table(config)}
+    config = detect_config(state)
+    checkpoint.convert_state_dict({k: Counting(v) for k, v in state.items()}, config)
+    assert set(read) == {e.source for e in config.family.key_table(config)}
     assert not [k for k in read if "relative_position_index" in k or "head." in k or "fc_norm" in k]
 
 
@@ -180,9 +190,13 @@ def test_cli_convert_records_overridden_pretrained_windows(tmp_path, capsys):
     depth = model.apply(nchw_to_nhwc(reference["native__input"]))
     err = np.abs(np.asarray(depth) - reference["native__depth"]).max() / np.abs(reference["native__depth"]).max()
     assert err < 2e-3
-    # Without the override, an unknown SwinV2 checkpoint is converted with zeros, and is visibly wrong.
-    plain = dpt_jax.load(src)
-    assert plain.config.encoder.pretrained_window_sizes == (0, 0, 0, 0)
+    # Without the override, a SwinV2 checkpoint of no released architecture is refused (its windows
+    # cannot be guessed), and the wrong windows would be visibly wrong.
+    with pytest.raises(CheckpointError, match="mini_swin2_pw.pt.*pretrained window sizes are not stored"):
+        dpt_jax.load(src)
+    zeros = dpt_jax.load(src, pretrained_window_sizes=(0, 0, 0, 0))
+    wrong = zeros.apply(nchw_to_nhwc(reference["native__input"]))
+    assert np.abs(np.asarray(wrong) - reference["native__depth"]).max() / np.abs(reference["native__depth"]).max() > 10 * 2e-3
 
 
 def test_cli_rejects_malformed_window_sizes(tmp_path, capsys):

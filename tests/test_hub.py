@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from dpt_jax import hub
-from dpt_jax.config import PRESETS
-from dpt_jax.convert.midas import detect_config
+from dpt_jax.registry import PRESETS
+from dpt_jax.registry import detect_config
 from dpt_jax.convert.torch_zip import CheckpointError, read_state_dict
 from helpers import FIXTURES
 

@@ -1,0 +1,170 @@
+"""Checkpoint files in, parameter trees out: original checkpoints and dpt-jax converted files.
+
+    read_checkpoint(path)        any supported file -> Checkpoint(config, params, skipped)
+      original .pt / .safetensors: the family that recognises the keys gives the config and the
+      key table; every missing, unexpected and mis-shaped key is listed at once (ConversionError)
+      converted .safetensors: the config stored in the metadata, validated field by field
+
+    write_converted(path, config, params)   float32 parameters + config in the metadata, atomically
+
+Nothing is read that the model does not use (lazy tensors), nothing is allocated before the
+file's shapes have been checked against what the model expects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from .atomic import atomic_write
+from .config import ConfigError, DPTConfig
+from .convert.keys import ConversionError, apply_table, check_state_dict, problem_list, skipped_keys
+from .convert.torch_zip import CheckpointError, TensorRef, read_safetensors_metadata, read_state_dict
+from .registry import config_from_json, detect_config
+
+FORMAT = "dpt-jax"  # value of the "format" metadata entry of converted files
+FORMAT_VERSION = "2"  # 2: the neck and head as data (reassemble factors, readout, head, activation)
+
+
+@dataclass
+class Checkpoint:
+    config: DPTConfig
+    params: dict  # nested Flax tree of NumPy arrays
+    skipped: list[str]  # source keys deliberately not loaded
+    path: str = "<state dict>"
+
+    @property
+    def num_params(self) -> int:
+        return count_params(self.params)
+
+
+def count_params(tree) -> int:
+    """The number of scalars in a nested tree of arrays (anything with .shape)."""
+    from flax import traverse_util
+
+    return sum(int(np.prod(a.shape)) for a in traverse_util.flatten_dict(dict(tree)).values())
+
+
+def convert_state_dict(state: Mapping[str, TensorRef], config: DPTConfig, path="<state dict>") -> Checkpoint:
+    """Map `state` onto the parameter tree of DPT(config), checking every key and shape first.
+
+    Reads only the tensors the model uses. Raises ConversionError listing every missing,
+    unexpected and mis-shaped key.
+    """
+    from .dpt import param_shapes
+
+    family = config.family
+    table, skips = family.key_table(config), family.skipped(config)
+    problems = check_state_dict(state, table, skips, param_shapes(config))
+    if problems:
+        raise ConversionError(path, f"does not fit {config.name} ({family.name}):\n  " + "\n  ".join(problems))
+    return Checkpoint(config, apply_table(state, table), skipped_keys(state, skips), str(path))
+
+
+def read_checkpoint(path, **options) -> Checkpoint:
+    """Read an original checkpoint or a converted file (lazily: unused tensors stay on disk).
+
+    `options`: choices a checkpoint cannot tell (`pretrained_window_sizes` for SwinV2).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(path, "no such file" if not os.path.exists(path) else "not a regular file")
+    if is_converted(path):
+        return read_converted(path, **options)
+    state = read_state_dict(path)
+    return convert_state_dict(state, detect_config(state, path, **options), path)
+
+
+def is_converted(path) -> bool:
+    try:
+        return read_safetensors_metadata(path).get("format") == FORMAT
+    except CheckpointError:
+        return False
+
+
+def write_converted(path, config: DPTConfig, params: Mapping) -> None:
+    """Write params (nested dict of arrays) as float32 safetensors with the config in the metadata, atomically."""
+    from flax import traverse_util
+
+    flat = {k: np.asarray(v, np.float32) for k, v in traverse_util.flatten_dict(dict(params), sep="/").items()}
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_json()}
+    write_safetensors(path, flat, metadata)
+
+
+def read_converted(path, *, pretrained_window_sizes=None, **options) -> Checkpoint:
+    """Config and parameter tree of a converted file; the config is validated and every shape checked."""
+    from flax import traverse_util
+
+    from .dpt import param_shapes
+
+    meta = read_safetensors_metadata(path)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(path, "not a dpt-jax converted file (no 'format: dpt-jax' metadata)")
+    version = meta.get("format_version")
+    if version not in ("1", FORMAT_VERSION):
+        raise CheckpointError(path, f"converted with format version {str(version)[:20]!r}; "
+                              f"this dpt-jax reads versions 1 and {FORMAT_VERSION}: convert the original again")
+    try:
+        text = meta.get("config")
+        config = config_from_json(_upgrade_v1(text) if version == "1" else text, "the config in its metadata")
+        if pretrained_window_sizes is not None:
+            if "pretrained_window_sizes" not in config.family.options:
+                raise ConfigError(f"pretrained_window_sizes applies to SwinV2 models; this is {config.name}")
+            config = config.replace(encoder=dataclasses.replace(
+                config.encoder, pretrained_window_sizes=tuple(pretrained_window_sizes)))
+    except ConfigError as e:
+        raise CheckpointError(path, str(e)) from None
+    state = read_state_dict(path)
+    want = param_shapes(config)
+    missing = sorted(set(want) - set(state))
+    unexpected = sorted(set(state) - set(want))
+    mis_shaped = [f"{k}: {tuple(state[k].shape)}, expected {want[k]}"
+                  for k in want if k in state and tuple(state[k].shape) != want[k]]
+    problems = problem_list(missing=missing, unexpected=unexpected, mis_shaped=mis_shaped)
+    if problems:
+        raise ConversionError(path, f"does not fit {config.name}:\n  " + "\n  ".join(problems))
+    params = traverse_util.unflatten_dict({k: state[k].read() for k in want}, sep="/")
+    return Checkpoint(config, params, [], path)
+
+
+def _upgrade_v1(text):
+    """Version 1 files (MiDaS BEiT/SwinV2 only) stored no neck fields: add the ones each family implied."""
+    import json
+
+    try:
+        d = json.loads(text)
+        beit = d["encoder"]["family"] == "beit"
+    except (TypeError, ValueError, KeyError):
+        return text  # config_from_json says what is wrong
+    d.update(reassemble_factors=[4, 2, 1, 0.5] if beit else [1, 1, 1, 1], readout="project" if beit else "none")
+    return json.dumps(d)
+
+
+_SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64",
+                       "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+
+def write_safetensors(path, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
+    """Stream `arrays` into a safetensors file, one array at a time, via a temporary file and a rename.
+
+    A crash or a full disk leaves no partial file at `path`.
+    """
+    import json
+
+    header, offset = {}, 0
+    for key, a in arrays.items():
+        header[key] = {"dtype": _SAFETENSORS_DTYPES[a.dtype.name], "shape": list(a.shape),
+                       "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    header["__metadata__"] = dict(metadata)
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data section starts 8-byte aligned
+    with atomic_write(path, ".safetensors") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for a in arrays.values():
+            f.write(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
