@@ -34,8 +34,11 @@ stand-in defined here: ``collections.OrderedDict`` to a dict subclass, the torch
 rebuild functions to objects that merely *record* storage/offset/size/stride,
 and the ``torch.*Storage`` classes to inert, non-callable dtype markers.  Every
 other global (``os.system``, ``builtins.eval``, ...) is refused before anything
-runs.  Stand-ins refuse pickle's BUILD (attribute setting), persistent ids must
-be well-formed storage tuples, and torch itself is never imported.  All
+runs.  Stand-ins are immutable and refuse pickle's BUILD, mapping keys must be
+strings or ints, persistent ids must be well-formed storage tuples, and torch
+itself is never imported.  Members must be stored uncompressed (as torch.save
+writes them) and data.pkl is at most 16 MiB.  Tensors must be non-overlapping
+views within their storage (no stride-0 expansion), see ``_view_problem``.  All
 metadata (storage entries present and large enough, tensor views within their
 storage, safetensors offsets within the file) is validated before
 ``read_state_dict`` returns; every failure is a ``CheckpointError`` naming the
