@@ -34,8 +34,11 @@ stand-in defined here: ``collections.OrderedDict`` to a dict subclass, the torch
 rebuild functions to objects that merely *record* storage/offset/size/stride,
 and the ``torch.*Storage`` classes to inert, non-callable dtype markers.  Every
 other global (``os.system``, ``builtins.eval``, ...) is refused before anything
-runs.  Stand-ins refuse pickle's BUILD (attribute setting), persistent ids must
-be well-formed storage tuples, and torch itself is never imported.  All
+runs.  Stand-ins are immutable and refuse pickle's BUILD, mapping keys must be
+strings or ints, persistent ids must be well-formed storage tuples, and torch
+itself is never imported.  Members must be stored uncompressed (as torch.save
+writes them) and data.pkl is at most 16 MiB.  Tensors must be non-overlapping
+views within their storage (no stride-0 expansion), see ``_view_problem``.  All
 metadata (storage entries present and large enough, tensor views within their
 storage, safetensors offsets within the file) is validated before
 ``read_state_dict`` returns; every failure is a ``CheckpointError`` naming the
@@ -105,8 +108,20 @@ _SAFETENSORS_DTYPES = {
     "BOOL": np.dtype(np.bool_),
 }
 
-_MAX_PICKLE_BYTES = 1 << 30  # a state dict pickle is a few MB even for huge models
+# torch.save spends about 200 pickle bytes per tensor (186-217 B in tests/fixtures/*.pt), so the
+# largest official MiDaS v3.1 checkpoint (487 tensors) has a data.pkl of about 100 KB.  16 MiB
+# leaves room for ~80,000 tensors while bounding what unpickling can allocate (at most a few dozen
+# bytes of Python objects per pickle byte).
+_MAX_PICKLE_BYTES = 16 << 20
 _MAX_SAFETENSORS_HEADER_BYTES = 100 << 20  # the limit the safetensors library uses
+# Declared element counts (storage sizes, tensor sizes ignoring zero dims, strides, offsets) above
+# 2**48 are refused outright: far beyond any file, and numpy cannot even describe some of them.
+_MAX_ELEMENTS = 1 << 48
+_MAX_NDIM = 32  # numpy's own limit on older versions; real weights have at most 5
+# The tensors of a file may together hold at most this many times the elements of the storages
+# they view: torch.save writes each tensor once (views of a shared storage split it; tied weights
+# repeat it), whereas a crafted file makes thousands of tensors out of one small storage.
+_MAX_VIEW_REUSE = 4
 _ZIP_LOCAL_HEADER_BYTES = 30
 _SNIFF_BYTES = 512
 _WRAPPER_KEYS = ("model", "state_dict")  # {"model": sd, "optimizer": ...} and the like
@@ -198,6 +213,8 @@ def _zip_errors(path, what: str):
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
         raise CheckpointError(path, f"{what}: {exc}") from exc
+    except MemoryError:
+        raise CheckpointError(path, f"{what}: not enough memory") from None
 
 
 def _read_torch_zip(path) -> dict[str, TensorRef]:
@@ -208,17 +225,9 @@ def _read_torch_zip(path) -> dict[str, TensorRef]:
         archive = _TorchArchive(path, zf, file_size)
         obj = archive.unpickle()
     state_dict = _unwrap_state_dict(path, obj)
-    return OrderedDict((key, archive.tensor_ref(key, spec)) for key, spec in state_dict.items())
-
-
-@dataclass(frozen=True)
-class _Storage:
-    """A storage referenced by data.pkl: a zip entry holding ``numel`` elements."""
-
-    key: str
-    member: str
-    dtype: np.dtype
-    numel: int
+    refs = OrderedDict((key, archive.tensor_ref(key, spec)) for key, spec in state_dict.items())
+    _check_view_reuse(path, state_dict.values())
+    return refs
 
 
 class _TorchArchive:
@@ -228,20 +237,32 @@ class _TorchArchive:
         self.path = path
         self.zf = zf
         self.file_size = file_size
+        self._refuse_compressed_members()
         self.prefix = self._find_prefix()
         self.byteorder = self._read_byteorder()
         self.storages: dict[str, _Storage] = {}
 
+    def _refuse_compressed_members(self) -> None:
+        """torch.save writes every member uncompressed (ZIP_STORED); a compressed one could inflate without bound."""
+        for info in self.zf.infolist():
+            if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+                raise CheckpointError(
+                    self.path,
+                    f"archive member {_show(info.filename)} is compressed (method {info.compress_type}, "
+                    f"{info.compress_size} bytes stored for {info.file_size}); torch.save stores members "
+                    "uncompressed, so this file was not written by torch.save and is refused",
+                )
+
     def _find_prefix(self) -> str:
         pickles = [n for n in self.zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
         if not pickles:
-            names = ", ".join(self.zf.namelist()[:5]) or "none"
+            names = ", ".join(_show(n) for n in self.zf.namelist()[:5]) or "none"
             raise CheckpointError(
                 self.path,
                 f"zip archive has no '<folder>/data.pkl' record, so it is not a torch checkpoint (entries: {names})",
             )
         if len(set(pickles)) > 1:
-            raise CheckpointError(self.path, f"zip archive has several data.pkl records: {sorted(set(pickles))}")
+            raise CheckpointError(self.path, f"zip archive has {len(set(pickles))} data.pkl records, expected one")
         return pickles[0][: -len("data.pkl")]
 
     def _read_byteorder(self) -> str:
@@ -263,8 +284,10 @@ class _TorchArchive:
     def _read_record(self, name: str, limit: int) -> bytes:
         info = self.zf.getinfo(name)
         if info.file_size > limit:
-            raise CheckpointError(self.path, f"record {name!r} is implausibly large ({info.file_size} bytes)")
-        with _zip_errors(self.path, f"cannot read record {name!r} (truncated or corrupt?)"):
+            raise CheckpointError(
+                self.path, f"record {_show(name)} is implausibly large ({info.file_size} bytes; at most {limit} accepted)"
+            )
+        with _zip_errors(self.path, f"cannot read record {_show(name)} (truncated or corrupt?)"):
             return self.zf.read(info)
 
     def unpickle(self):
@@ -276,51 +299,91 @@ class _TorchArchive:
             raise CheckpointError(self.path, f"data.pkl: {exc}") from None
         except CheckpointError:
             raise
+        except MemoryError:
+            raise CheckpointError(self.path, "data.pkl: not enough memory to unpickle it") from None
+        except RecursionError:
+            raise CheckpointError(self.path, "data.pkl is nested too deeply") from None
         except Exception as exc:  # any failure of a corrupt pickle stream
-            raise CheckpointError(self.path, f"data.pkl is not a valid pickle ({type(exc).__name__}: {exc})") from exc
+            raise CheckpointError(
+                self.path, f"data.pkl is not a valid pickle ({type(exc).__name__}: {_bounded(str(exc))})"
+            ) from None
 
     def storage(self, key: str, dtype: np.dtype, numel: int) -> _Storage:
         """Look up (and check, once) the zip entry holding storage ``key``."""
         known = self.storages.get(key)
         if known is not None:
             if (known.dtype, known.numel) != (dtype, numel):
-                raise _Refused(f"storage {key!r} is referenced with conflicting types or sizes")
+                raise _Refused(f"storage {_show(key)} is referenced with conflicting types or sizes")
             return known
         member = f"{self.prefix}data/{key}"
         info = self._info(member)
         if info is None:
-            raise _Refused(f"storage {key!r} is referenced but its entry {member!r} is missing from the archive")
+            raise _Refused(
+                f"storage {_show(key)} is referenced but its entry {_show(member)} is missing from the archive"
+            )
         nbytes = numel * dtype.itemsize
         if info.file_size != nbytes:
             raise _Refused(
-                f"storage entry {member!r} holds {info.file_size} bytes but data.pkl declares "
+                f"storage entry {_show(member)} holds {info.file_size} bytes but data.pkl declares "
                 f"{numel} x {dtype} = {nbytes} bytes"
             )
         data_end = info.header_offset + _ZIP_LOCAL_HEADER_BYTES + len(info.filename.encode()) + info.compress_size
         if data_end > self.file_size:
-            raise _Refused(f"storage entry {member!r} extends past the end of the file (truncated?)")
+            raise _Refused(f"storage entry {_show(member)} extends past the end of the file (truncated?)")
         storage = _Storage(key, member, dtype, numel)
         self.storages[key] = storage
         return storage
 
     def tensor_ref(self, key: str, spec: _TensorSpec) -> TensorRef:
         storage = spec.storage
-        needed = _elements_spanned(spec.offset, spec.shape, spec.stride)
-        if needed > storage.numel:
+        problem = _view_problem(spec.offset, spec.shape, spec.stride, storage.numel)
+        if problem is not None:
             raise CheckpointError(
                 self.path,
-                f"tensor {key!r} (shape {spec.shape}, stride {spec.stride}, offset {spec.offset}) needs "
-                f"{needed} elements but its storage {storage.member!r} holds only {storage.numel}: storage too small",
+                f"tensor {_show(key)} (shape {spec.shape}, stride {spec.stride}, offset {spec.offset}) is refused: "
+                f"{problem} (its storage {_show(storage.member)} holds {storage.numel} elements)",
             )
         source = _ZipTensorSource(self.path, storage.member, storage.numel, spec.offset, spec.stride, self.byteorder)
         return TensorRef(key, spec.shape, storage.dtype, source)
 
 
-def _elements_spanned(offset: int, shape: tuple[int, ...], stride: tuple[int, ...]) -> int:
-    """Storage elements a strided view needs: one past its highest index."""
-    if any(n == 0 for n in shape):
-        return 0
-    return offset + 1 + sum((n - 1) * s for n, s in zip(shape, stride))
+def _view_problem(offset: int, shape: tuple[int, ...], stride: tuple[int, ...], numel: int) -> str | None:
+    """What is wrong with a strided view of a ``numel``-element storage (None: nothing).
+
+    Accepted: views whose elements are all distinct and lie within the storage; that is, with the
+    dimensions of size > 1 taken in increasing stride order, each stride steps over everything
+    the smaller ones span.  This covers every contiguous, permuted (transposed) or sliced view
+    torch.save writes, and makes a tensor hold at most as many elements as its storage.  Refused:
+    expanding views (stride 0 on a dimension of size > 1) and any other self-overlapping view,
+    and views reaching past the storage's end.  (Sizes, strides and offsets are non-negative
+    ints, and at most ``_MAX_NDIM`` of them, by the time this runs.)
+    """
+    if math.prod(max(n, 1) for n in shape) > _MAX_ELEMENTS or offset > _MAX_ELEMENTS:
+        return f"it declares more than 2**{_MAX_ELEMENTS.bit_length() - 1} elements"
+    if 0 in shape:
+        return None if offset <= numel else "its offset lies past the end of its storage"
+    span = 1  # storage elements spanned by the dimensions checked so far
+    for step, size in sorted((s, n) for n, s in zip(shape, stride) if n > 1):
+        if step < span:
+            if step == 0:
+                return "it is an expanding view (stride 0 on a dimension of size > 1), which repeats elements"
+            return "its strides make several indices share one storage element (an overlapping view)"
+        span += (size - 1) * step
+    if offset + span > numel:
+        return f"it needs {offset + span} elements: storage too small"
+    return None
+
+
+def _check_view_reuse(path, specs) -> None:
+    """Refuse files whose tensors together hold far more elements than their storages."""
+    viewed = sum(math.prod(spec.shape) for spec in specs)
+    stored = sum({id(spec.storage): spec.storage.numel for spec in specs}.values())
+    if viewed > _MAX_VIEW_REUSE * stored:
+        raise CheckpointError(
+            path,
+            f"its tensors hold {viewed} elements in all, more than {_MAX_VIEW_REUSE} times the {stored} elements "
+            "of the storages they view: storages reused by many tensors, as no torch.save state dict does",
+        )
 
 
 @dataclass(frozen=True)
@@ -341,19 +404,24 @@ class _ZipTensorSource:
             ref.shape, ref.dtype, buffer=raw, offset=self.offset * itemsize,
             strides=tuple(s * itemsize for s in self.stride),
         )  # bounds were checked by tensor_ref; numpy re-checks them
-        array = np.array(view, order="C", copy=True)
+        try:
+            array = np.array(view, order="C", copy=True)
+        except MemoryError:
+            raise CheckpointError(
+                self.path, f"not enough memory to read tensor {_show(ref.key)} ({view.nbytes} bytes)"
+            ) from None
         if self.byteorder != sys.byteorder:
             array = _byteswapped(array)
         return array
 
     def _read_storage(self, key: str, nbytes: int) -> bytes:
         # Reading the whole entry lets zipfile verify its CRC.
-        with _zip_errors(self.path, f"cannot read tensor {key!r} from {self.member!r} (truncated or corrupt?)"):
+        with _zip_errors(self.path, f"cannot read tensor {_show(key)} from {_show(self.member)} (truncated or corrupt?)"):
             with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as entry:
                 raw = entry.read()
         if len(raw) != nbytes:
             raise CheckpointError(
-                self.path, f"tensor {key!r}: entry {self.member!r} has {len(raw)} bytes, expected {nbytes}"
+                self.path, f"tensor {_show(key)}: entry {_show(self.member)} has {len(raw)} bytes, expected {nbytes}"
             )
         return raw
 
@@ -372,21 +440,81 @@ class _Refused(Exception):
     """Something in data.pkl that this reader refuses; the message says what."""
 
 
+def _bounded(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def _show(value) -> str:
+    """A short description of an untrusted value for a message, in time independent of its size.
+
+    Strings and small numbers are shown (strings cut to 80 characters); anything else only by type
+    and length, never by repr(): a pickle can build a list whose repr is 10**14 bytes in a few
+    hundred bytes, by sharing sublists through its memo.
+    """
+    if isinstance(value, str):
+        return repr(_bounded(value))
+    if type(value) in (bool, float) or value is None:
+        return repr(value)
+    if type(value) is int:
+        return str(value) if value.bit_length() <= 64 else f"an int of {value.bit_length()} bits"
+    if isinstance(value, (tuple, list, dict, bytes, bytearray, set, frozenset)):
+        return f"a {type(value).__name__} of length {len(value)}"
+    return f"a {type(value).__name__}"
+
+
 class _StandIn:
-    """Base of the objects the unpickler can reach: refuses pickle's BUILD."""
+    """Base of the objects the unpickler creates: immutable, and they refuse pickle's BUILD."""
 
     __slots__ = ()
 
+    def __init__(self, **fields):
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
     def __setstate__(self, state):
         raise _Refused(f"refuses to set state on {type(self).__name__}")
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError(f"{type(self).__name__} is not picklable")
 
 
 class _StateDict(OrderedDict):
     """Stand-in for collections.OrderedDict; ignores torch's ``_metadata`` state."""
 
+    def __init__(self, *args, **kwargs):
+        if args or kwargs:  # torch pickles an OrderedDict as OrderedDict() followed by SETITEMS
+            raise _Refused("OrderedDict(...) with arguments is not what torch writes")
+        super().__init__()
+
     def __setstate__(self, state):
         if not isinstance(state, dict):
             raise _Refused("unexpected OrderedDict state")
+
+    def __setitem__(self, key, value):
+        _check_key(key)
+        super().__setitem__(key, value)
+
+
+def _check_key(key) -> None:
+    """Mapping keys in a state dict are strings (names) or ints (optimizer state); hashing
+    anything else (a tuple of tuples sharing memo entries) could take exponential time."""
+    if type(key) not in (str, int):
+        raise _Refused(f"mapping key is {_show(key)}; only strings and ints are accepted")
+
+
+class _Storage(_StandIn):
+    """A storage referenced by data.pkl: a zip entry holding ``numel`` elements."""
+
+    __slots__ = ("key", "member", "dtype", "numel")
+
+    def __init__(self, key: str, member: str, dtype: np.dtype, numel: int):
+        super().__init__(key=key, member=member, dtype=dtype, numel=numel)
 
 
 class _StorageType(_StandIn):
@@ -395,8 +523,7 @@ class _StorageType(_StandIn):
     __slots__ = ("name", "dtype")
 
     def __init__(self, name: str, dtype: np.dtype):
-        self.name = name
-        self.dtype = dtype
+        super().__init__(name=name, dtype=dtype)
 
     def __repr__(self):
         return self.name
@@ -408,19 +535,18 @@ class _TensorSpec(_StandIn):
     __slots__ = ("storage", "offset", "shape", "stride")
 
     def __init__(self, storage: _Storage, offset: int, shape: tuple[int, ...], stride: tuple[int, ...]):
-        self.storage = storage
-        self.offset = offset
-        self.shape = shape
-        self.stride = stride
+        super().__init__(storage=storage, offset=offset, shape=shape, stride=stride)
 
 
 def _is_count(value) -> bool:
-    return type(value) is int and value >= 0
+    return type(value) is int and 0 <= value <= _MAX_ELEMENTS
 
 
 def _as_counts(value, what: str) -> tuple[int, ...]:
-    if not isinstance(value, (tuple, list)) or not all(_is_count(v) for v in value):
-        raise _Refused(f"tensor {what} must be a tuple of non-negative ints, got {value!r:.80}")
+    if not isinstance(value, (tuple, list)) or len(value) > _MAX_NDIM or not all(_is_count(v) for v in value):
+        raise _Refused(
+            f"tensor {what} must be a tuple of at most {_MAX_NDIM} ints in [0, 2**48], got {_show(value)}"
+        )
     return tuple(value)
 
 
@@ -434,9 +560,9 @@ class _RebuildTensor(_StandIn):
             raise _Refused(f"_rebuild_tensor_v2 takes 6 or 7 arguments, got {len(args)}")
         storage, offset, size, stride = args[:4]
         if not isinstance(storage, _Storage):
-            raise _Refused(f"_rebuild_tensor_v2 got {type(storage).__name__} instead of a storage")
+            raise _Refused(f"_rebuild_tensor_v2 got {_show(storage)} instead of a storage")
         if not _is_count(offset):
-            raise _Refused(f"tensor storage offset must be a non-negative int, got {offset!r:.80}")
+            raise _Refused(f"tensor storage offset must be an int in [0, 2**48], got {_show(offset)}")
         shape = _as_counts(size, "size")
         strides = _as_counts(stride, "stride")
         if len(shape) != len(strides):
@@ -450,7 +576,7 @@ class _RebuildParameter(_StandIn):
     __slots__ = ("n_args",)
 
     def __init__(self, n_args: int):
-        self.n_args = n_args
+        super().__init__(n_args=n_args)
 
     def __call__(self, *args):
         if len(args) != self.n_args or not isinstance(args[0], _TensorSpec):
@@ -471,33 +597,78 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
     return allowed
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+def _refuse_opcode(name: str):
+    def refuse(self):
+        raise _Refused(f"pickle opcode {name} is refused (torch.save state dicts do not use it)")
+
+    return refuse
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler (so that each opcode can be checked) with an allow-list of globals.
+
+    Dict keys must be strings or ints (hashing is the one place where a small pickle could make
+    unpickling itself take exponential time), and the set opcodes, which torch never writes, are
+    refused.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    for _opcode, _name in ((pickle.EMPTY_SET, "EMPTY_SET"), (pickle.ADDITEMS, "ADDITEMS"),
+                           (pickle.FROZENSET, "FROZENSET"), (pickle.INST, "INST"), (pickle.OBJ, "OBJ"),
+                           (pickle.NEWOBJ, "NEWOBJ"), (pickle.NEWOBJ_EX, "NEWOBJ_EX")):
+        dispatch[_opcode[0]] = _refuse_opcode(_name)
+    del _opcode, _name
+
     def __init__(self, data: bytes, archive: _TorchArchive):
         super().__init__(io.BytesIO(data))
         self._archive = archive
         self._globals = _allowed_globals()
+
+    def load_dict(self):
+        items = self.pop_mark()
+        keys = items[0::2]
+        for key in keys:
+            _check_key(key)
+        self.append(dict(zip(keys, items[1::2])))
+
+    dispatch[pickle.DICT[0]] = load_dict
+
+    def load_setitem(self):
+        _check_key(self.stack[-2])
+        super().load_setitem()
+
+    dispatch[pickle.SETITEM[0]] = load_setitem
+
+    def load_setitems(self):
+        items = self.pop_mark()
+        target = self.stack[-1]
+        for i in range(0, len(items), 2):
+            _check_key(items[i])
+            target[items[i]] = items[i + 1]
+
+    dispatch[pickle.SETITEMS[0]] = load_setitems
 
     def find_class(self, module, name):
         stand_in = self._globals.get((module, name))
         if stand_in is not None:
             return stand_in
         if module == "torch" and str(name).endswith("Storage"):
-            raise _Refused(f"unknown storage type 'torch.{name}'")
+            raise _Refused(f"unknown storage type 'torch.{_bounded(str(name))}'")
         raise _Refused(
-            f"refuses to load global '{module}.{name}': a state dict may only contain tensors "
-            "and (ordered) dicts, so this checkpoint is malformed or malicious"
+            f"refuses to load global '{_bounded(str(module))}.{_bounded(str(name))}': a state dict may only "
+            "contain tensors and (ordered) dicts, so this checkpoint is malformed or malicious"
         )
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise _Refused(f"unsupported persistent id {pid!r:.80}")
+        if not (type(pid) is tuple and len(pid) == 5 and pid[0] == "storage"):
+            raise _Refused(f"unsupported persistent id ({_show(pid)}; expected a 5-tuple starting 'storage')")
         _, storage_type, key, _location, numel = pid
-        if not isinstance(storage_type, _StorageType):
-            raise _Refused(f"unknown storage type {storage_type!r:.80} for storage {key!r:.40}")
         if not isinstance(key, str) or not key:
-            raise _Refused(f"storage key must be a non-empty string, got {key!r:.40}")
+            raise _Refused(f"storage key must be a non-empty string, got {_show(key)}")
+        if not isinstance(storage_type, _StorageType):
+            raise _Refused(f"unknown storage type ({_show(storage_type)}) for storage {_show(key)}")
         if not _is_count(numel):
-            raise _Refused(f"storage {key!r} has invalid size {numel!r:.40}")
+            raise _Refused(f"storage {_show(key)} has invalid size {_show(numel)}")
         return self._archive.storage(key, storage_type.dtype, numel)
 
 
@@ -518,9 +689,9 @@ def _unwrap_state_dict(path, obj) -> Mapping[str, _TensorSpec]:
             break
     for key, value in obj.items():
         if not isinstance(key, str):
-            raise CheckpointError(path, f"state dict key {key!r:.80} is not a string")
+            raise CheckpointError(path, f"state dict key {_show(key)} is not a string")
         if not isinstance(value, _TensorSpec):
-            raise CheckpointError(path, f"state dict entry {key!r} is {_describe(value)}, not a tensor")
+            raise CheckpointError(path, f"state dict entry {_show(key)} is {_describe(value)}, not a tensor")
     return obj
 
 
@@ -537,13 +708,13 @@ def _read_safetensors(path) -> tuple[dict[str, TensorRef], dict[str, str]]:
         dtype, shape, (begin, end) = _parse_safetensors_entry(path, key, entry)
         if end > data_size:
             raise CheckpointError(
-                path, f"tensor {key!r}: data_offsets [{begin}, {end}] run past the {data_size}-byte data section "
+                path, f"tensor {_show(key)}: data_offsets [{begin}, {end}] run past the {data_size}-byte data section "
                 "(truncated file or lying header)"
             )
         expected = math.prod(shape) * dtype.itemsize
         if end - begin != expected:
             raise CheckpointError(
-                path, f"tensor {key!r}: shape {shape} {dtype} needs {expected} bytes but data_offsets "
+                path, f"tensor {_show(key)}: shape {shape} {dtype} needs {expected} bytes but data_offsets "
                 f"[{begin}, {end}] span {end - begin}"
             )
         spans.append((begin, end, key))
@@ -561,19 +732,26 @@ def _read_safetensors_header(path) -> tuple[dict, int, int]:
             if len(prefix) < 8:
                 raise CheckpointError(path, "too short to be a safetensors file")
             (header_size,) = struct.unpack("<Q", prefix)
+            if header_size > _MAX_SAFETENSORS_HEADER_BYTES:
+                raise CheckpointError(
+                    path, f"safetensors header size {header_size} is implausibly large "
+                    f"(at most {_MAX_SAFETENSORS_HEADER_BYTES} bytes accepted)"
+                )
             if header_size > file_size - 8:
                 raise CheckpointError(
                     path, f"safetensors header claims {header_size} bytes but only {file_size - 8} follow (truncated?)"
                 )
-            if header_size > _MAX_SAFETENSORS_HEADER_BYTES:
-                raise CheckpointError(path, f"safetensors header size {header_size} is implausibly large")
             raw = f.read(header_size)
     except OSError as exc:
-        raise CheckpointError(path, f"cannot read safetensors header: {exc}") from exc
+        raise CheckpointError(path, f"cannot read safetensors header: {exc.strerror or exc}") from exc
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise CheckpointError(path, f"safetensors header is not valid JSON: {exc}") from exc
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(path, f"safetensors header is not valid JSON: {_bounded(str(exc))}") from None
+    except RecursionError:
+        raise CheckpointError(path, "safetensors header is not valid JSON: nested too deeply") from None
+    except MemoryError:
+        raise CheckpointError(path, "safetensors header: not enough memory to parse it") from None
     if not isinstance(header, dict):
         raise CheckpointError(path, "safetensors header is not a JSON object")
     return header, 8 + header_size, file_size - 8 - header_size
@@ -589,17 +767,25 @@ def _safetensors_metadata(path, metadata) -> dict[str, str]:
 
 def _parse_safetensors_entry(path, key: str, entry) -> tuple[np.dtype, tuple[int, ...], tuple[int, int]]:
     if not isinstance(entry, dict):
-        raise CheckpointError(path, f"safetensors entry {key!r} is not a JSON object")
-    dtype = _SAFETENSORS_DTYPES.get(entry.get("dtype"))
+        raise CheckpointError(path, f"safetensors entry {_show(key)} is not a JSON object")
+    dtype_name = entry.get("dtype")
+    dtype = _SAFETENSORS_DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
     if dtype is None:
-        raise CheckpointError(path, f"tensor {key!r} has unsupported dtype {entry.get('dtype')!r:.40}")
+        raise CheckpointError(
+            path, f"tensor {_show(key)} has unsupported dtype {_show(dtype_name)} "
+            f"(known: {', '.join(_SAFETENSORS_DTYPES)})"
+        )
     shape = entry.get("shape")
-    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
-        raise CheckpointError(path, f"tensor {key!r} has invalid shape {shape!r:.80}")
+    if (not isinstance(shape, list) or len(shape) > _MAX_NDIM or not all(_is_count(n) for n in shape)
+            or math.prod(max(n, 1) for n in shape) > _MAX_ELEMENTS):
+        raise CheckpointError(
+            path, f"tensor {_show(key)} has invalid shape {_show(shape)} (expected at most {_MAX_NDIM} "
+            "non-negative ints, at most 2**48 elements)"
+        )
     offsets = entry.get("data_offsets")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)
             and offsets[0] <= offsets[1]):
-        raise CheckpointError(path, f"tensor {key!r} has invalid data_offsets {offsets!r:.80}")
+        raise CheckpointError(path, f"tensor {_show(key)} has invalid data_offsets {_show(offsets)}")
     return dtype, tuple(shape), (offsets[0], offsets[1])
 
 
@@ -609,7 +795,7 @@ def _check_spans_tile(path, spans: list[tuple[int, int, str]], data_size: int) -
     for begin, end, key in sorted(spans):
         if begin != position:
             problem = "overlaps the previous tensor" if begin < position else f"leaves a gap at byte {position}"
-            raise CheckpointError(path, f"tensor {key!r}: data_offsets [{begin}, {end}] {problem}")
+            raise CheckpointError(path, f"tensor {_show(key)}: data_offsets [{begin}, {end}] {problem}")
         position = end
     if position != data_size:
         raise CheckpointError(path, f"data section has {data_size} bytes but the tensors cover {position}")
@@ -622,16 +808,20 @@ class _FileSpanSource:
     nbytes: int
 
     def load(self, ref: TensorRef) -> np.ndarray:
-        buffer = bytearray(self.nbytes)
         try:
+            buffer = bytearray(self.nbytes)
             with open(self.path, "rb") as f:
                 f.seek(self.start)
                 got = f.readinto(buffer)
+        except MemoryError:
+            raise CheckpointError(
+                self.path, f"not enough memory to read tensor {_show(ref.key)} ({self.nbytes} bytes)"
+            ) from None
         except OSError as exc:
-            raise CheckpointError(self.path, f"cannot read tensor {ref.key!r}: {exc}") from exc
+            raise CheckpointError(self.path, f"cannot read tensor {_show(ref.key)}: {exc.strerror or exc}") from exc
         if got != self.nbytes:
             raise CheckpointError(
-                self.path, f"tensor {ref.key!r}: expected {self.nbytes} bytes at offset {self.start}, "
+                self.path, f"tensor {_show(ref.key)}: expected {self.nbytes} bytes at offset {self.start}, "
                 f"got {got} (truncated?)"
             )
         array = np.frombuffer(buffer, dtype=ref.dtype).reshape(ref.shape)

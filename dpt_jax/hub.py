@@ -27,8 +27,18 @@ an absolute path), else ``~/.cache/dpt-jax``. It holds, per model:
   there with an HTTP Range request (with If-Range, so a file that changed on the server is
   fetched again from the start instead of being spliced).
 
-Downloads into one cache directory are serialised with a lock on the directory (POSIX), so
-two processes asking for the same model download it once.
+Downloads of one model into one cache directory are serialised with a lock file,
+``<name>.pt.lock`` (POSIX ``flock``, released by the system when its holder exits), so two
+processes asking for the same model download it once. A process waiting for the lock gives up
+with a ``DownloadError`` naming the lock file when the holder has made no visible progress (its
+``.partial`` file did not grow) for ``lock_timeout`` seconds.
+
+Stalls
+------
+Besides ``timeout`` (no byte at all for that long), a transfer that receives fewer than
+``stall_bytes`` in any ``stall_timeout``-second window is abandoned as stalled (a server
+trickling a byte every few seconds never trips a per-read timeout), and retried like a lost
+connection, resuming where it stopped.
 
 Check
 -----
@@ -75,6 +85,9 @@ RELEASE_URL = "https://github.com/isl-org/MiDaS/releases/download/v3_1/{name}.pt
 DEFAULT_MODEL = "dpt_swin2_tiny_256"  # the smallest (about 172 MB) and fastest of the six
 
 _CHUNK = 1 << 20
+STALL_TIMEOUT = 60.0  # seconds in which at least STALL_BYTES must arrive
+STALL_BYTES = 1 << 20  # so a transfer slower than ~17 kB/s is abandoned as stalled
+LOCK_TIMEOUT = 600.0  # seconds of no progress by the lock holder before a waiting process gives up
 _USER_AGENT = "dpt-jax (+https://github.com/isl-org/MiDaS checkpoints)"
 
 
@@ -225,30 +238,67 @@ def cached_path(name: str, *, cache=None) -> Path | None:
 
 
 @contextlib.contextmanager
-def _locked(directory: Path, progress: bool):
-    """An exclusive lock on the cache directory for the duration of a download (POSIX; elsewhere a no-op)."""
+def _locked(lock_path: Path, watched: Path, url: str, progress: bool, lock_timeout: float):
+    """An exclusive lock on `lock_path` for the duration of a download (POSIX; elsewhere a no-op).
+
+    While another process holds it, wait as long as that process makes progress (the file
+    `watched` grows); after `lock_timeout` seconds without progress, raise DownloadError.
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
     try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - a directory that cannot be opened for locking
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:  # pragma: no cover - a cache that cannot hold a lock file
         yield
         return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
         except BlockingIOError:
+            held = False
+        except OSError:  # pragma: no cover - file systems without flock: go on unlocked
+            held = True
+        if not held:
             if progress:
-                print(f"dpt-jax: waiting for another process downloading into {directory}", file=sys.stderr)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:  # pragma: no cover - file systems without flock
-            pass
+                print(f"dpt-jax: waiting for another process downloading into {lock_path.parent} "
+                      f"(lock file {lock_path})", file=sys.stderr)
+            _wait_for_lock(fd, lock_path, watched, url, lock_timeout)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _wait_for_lock(fd: int, lock_path: Path, watched: Path, url: str, lock_timeout: float) -> None:
+    import fcntl
+
+    def size() -> int:
+        try:
+            return watched.stat().st_size
+        except OSError:
+            return -1
+
+    last_size, last_change = size(), time.monotonic()
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        now, current = time.monotonic(), size()
+        if current != last_size:
+            last_size, last_change = current, now
+        elif now - last_change > lock_timeout:
+            raise DownloadError(
+                url, f"gave up after waiting {lock_timeout:g} s for the lock file {lock_path}: another process "
+                f"holds it and its download ({watched}) made no progress in that time. If that process is "
+                "stuck, stop it (the lock is released when it exits) and try again; or set DPT_JAX_CACHE "
+                "to use another cache directory",
+            )
+        time.sleep(min(0.2, max(lock_timeout / 10, 0.01)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,8 +431,30 @@ def _open(url: str, headers: dict, timeout: float):
         raise DownloadError(url, str(e)) from None
 
 
+@dataclass
+class _StallWatch:
+    """Refuses transfers that receive fewer than `min_bytes` in any `seconds`-second window."""
+
+    seconds: float
+    min_bytes: int
+    total: int | None
+    mark_bytes: int
+    mark_time: float = dataclasses.field(default_factory=time.monotonic)
+
+    def update(self, have: int) -> None:
+        now = time.monotonic()
+        wanted = self.min_bytes if self.total is None else min(self.min_bytes, self.total - self.mark_bytes)
+        if have - self.mark_bytes >= wanted:
+            self.mark_bytes, self.mark_time = have, now
+        elif now - self.mark_time > self.seconds:
+            raise _Interrupted(
+                f"stalled: only {have - self.mark_bytes} bytes in the last {now - self.mark_time:.3g} s "
+                f"(at least {wanted} expected within {self.seconds:g} s) after {have} bytes"
+            )
+
+
 def _fetch_once(url: str, partial: Path, meta_path: Path, *, desc: str, approx: int | None,
-                show_bar: bool, timeout: float) -> None:
+                show_bar: bool, timeout: float, stall_timeout: float, stall_bytes: int) -> None:
     """One request: continue `partial` (or start it) until it is complete; raises _Interrupted/_Restart."""
     have = partial.stat().st_size if partial.exists() else 0
     meta = _read_meta(meta_path)
@@ -397,7 +469,8 @@ def _fetch_once(url: str, partial: Path, meta_path: Path, *, desc: str, approx: 
         if validator:
             headers["If-Range"] = validator
     try:
-        response = _open(url, headers, timeout)
+        # A read blocked for longer than the stall window is a stall as well.
+        response = _open(url, headers, min(timeout, stall_timeout))
     except urllib.error.HTTPError as e:
         with contextlib.closing(e):
             if e.code == 416 and have:  # nothing left to send: complete already, or a stale partial
@@ -439,16 +512,18 @@ def _fetch_once(url: str, partial: Path, meta_path: Path, *, desc: str, approx: 
             total=total if total is not None else approx, initial=have, unit="B", unit_scale=True,
             unit_divisor=1024, desc=desc, file=sys.stderr, disable=not show_bar, leave=False,
         ) as bar:
+            watch = _StallWatch(stall_timeout, stall_bytes, total, have)
             try:
                 while True:
-                    chunk = response.read(_CHUNK)
+                    chunk = response.read1(_CHUNK)  # what has arrived (read() would wait for a full chunk)
                     if not chunk:
                         break
                     f.write(chunk)
                     have += len(chunk)
                     bar.update(len(chunk))
+                    watch.update(have)
             except (TimeoutError, socket.timeout):
-                raise _Interrupted(f"no data for {timeout:g} s after {have} bytes") from None
+                raise _Interrupted(f"no data for {min(timeout, stall_timeout):g} s after {have} bytes") from None
             except (http.client.HTTPException, OSError) as e:
                 raise _Interrupted(f"connection lost after {have} bytes ({type(e).__name__}: {e})") from None
             finally:
@@ -462,13 +537,14 @@ def _fetch_once(url: str, partial: Path, meta_path: Path, *, desc: str, approx: 
 
 
 def _fetch(url: str, partial: Path, *, desc: str, approx: int | None, progress: bool,
-           timeout: float, retries: int) -> None:
+           timeout: float, retries: int, stall_timeout: float, stall_bytes: int) -> None:
     meta_path = partial.with_name(partial.name + ".json")
     show_bar = progress and sys.stderr.isatty()
     failures = restarts = 0
     while True:
         try:
-            _fetch_once(url, partial, meta_path, desc=desc, approx=approx, show_bar=show_bar, timeout=timeout)
+            _fetch_once(url, partial, meta_path, desc=desc, approx=approx, show_bar=show_bar, timeout=timeout,
+                        stall_timeout=stall_timeout, stall_bytes=stall_bytes)
             _unlink(meta_path)
             return
         except _Restart as e:
@@ -489,7 +565,8 @@ def _fetch(url: str, partial: Path, *, desc: str, approx: int | None, progress: 
 
 
 def download(name: str, *, cache=None, progress: bool = True, url: str | None = None,
-             timeout: float = 60.0, retries: int = 3) -> Path:
+             timeout: float = 60.0, retries: int = 3, stall_timeout: float = STALL_TIMEOUT,
+             stall_bytes: int = STALL_BYTES, lock_timeout: float = LOCK_TIMEOUT) -> Path:
     """The path of the checked checkpoint of model `name` in the cache, downloading it if needed.
 
     - `cache`: the cache directory (default: `cache_dir()`).
@@ -497,8 +574,12 @@ def download(name: str, *, cache=None, progress: bool = True, url: str | None = 
     - `url`: download from here instead of the registry's URL (a mirror); the file must still
       be the registry's model. A cached copy is used without any network access, whatever `url`.
     - `timeout`: seconds without an answer or data before a request counts as failed.
-    - `retries`: how many times a lost connection or a timeout is retried (each retry resumes
-      where the previous one stopped); HTTP errors are not retried.
+    - `retries`: how many times a lost connection, a timeout or a stall is retried (each retry
+      resumes where the previous one stopped); HTTP errors are not retried.
+    - `stall_timeout`, `stall_bytes`: a transfer receiving fewer than `stall_bytes` bytes in any
+      `stall_timeout` seconds is abandoned as stalled (so a trickling server cannot hold it forever).
+    - `lock_timeout`: while another process downloads the same model into the same cache, wait
+      for it as long as its partial file grows; give up after this many seconds without growth.
 
     Raises DownloadError (naming the URL) when the file cannot be fetched (partial bytes are
     kept for the next attempt to resume from), and CheckpointError when the fetched file is not
@@ -511,7 +592,8 @@ def download(name: str, *, cache=None, progress: bool = True, url: str | None = 
     if _stamp_ok(dest, entry):
         return dest
     directory.mkdir(parents=True, exist_ok=True)
-    with _locked(directory, progress):
+    partial = dest.with_name(dest.name + ".partial")
+    with _locked(dest.with_name(dest.name + ".lock"), partial, url, progress, lock_timeout):
         if _stamp_ok(dest, entry):  # another process finished it while we waited
             return dest
         if dest.is_file():  # put there by hand, or the stamp is stale: check it instead of fetching
@@ -525,12 +607,11 @@ def download(name: str, *, cache=None, progress: bool = True, url: str | None = 
                 _unlink(dest, _stamp_path(dest))
         _unlink(_stamp_path(dest))
 
-        partial = dest.with_name(dest.name + ".partial")
         if progress and not sys.stderr.isatty():
             print(f"dpt-jax: downloading {entry.name} (about {_human(entry.approx_bytes)}) from {url} to {dest}",
                   file=sys.stderr)
         _fetch(url, partial, desc=entry.name, approx=entry.approx_bytes, progress=progress,
-               timeout=timeout, retries=retries)
+               timeout=timeout, retries=retries, stall_timeout=stall_timeout, stall_bytes=stall_bytes)
         try:
             verify(partial, entry)
         except CheckpointError as e:

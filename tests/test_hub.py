@@ -32,7 +32,8 @@ class FileServer:
 
     Knobs: `cut_after` body bytes for the next `cuts` responses (then the connection is closed),
     `ignore_range` (answer 200 with the whole file), `status` ({path: HTTP error code}), `stall`
-    (seconds to wait after the first body bytes). Every request's headers are recorded in
+    (seconds to wait after the first body bytes), `trickle` (after the first 1000 body bytes, send
+    one byte every `trickle` seconds). Every request's headers are recorded in
     `requests` and the body bytes each response sent in `sent`.
     """
 
@@ -46,6 +47,7 @@ class FileServer:
         self.ignore_range = False
         self.status: dict[str, int] = {}
         self.stall = 0.0
+        self.trickle = 0.0
         self.requests: list[tuple[str, dict]] = []
         self.sent: list[int] = []
         self._stop = threading.Event()
@@ -113,6 +115,20 @@ class FileServer:
             self.cuts -= 1
             n = min(n, self.cut_after)
             h.close_connection = True
+        if self.trickle:
+            h.wfile.write(body[:1000])
+            h.wfile.flush()
+            sent = 1000
+            try:
+                while sent < n and not self._stop.wait(self.trickle):
+                    h.wfile.write(body[sent:sent + 1])
+                    h.wfile.flush()
+                    sent += 1
+            except OSError:  # the client gave up
+                pass
+            h.close_connection = True
+            self.sent.append(sent)
+            return
         if self.stall:
             h.wfile.write(body[:1000])
             h.wfile.flush()
@@ -157,7 +173,8 @@ def mini(server, beit_config):
 
 
 def files_in(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+    """The cache's files, less the (empty, permanent) per-model lock files."""
+    return sorted(p.name for p in directory.iterdir() if not p.name.endswith(".lock")) if directory.exists() else []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,6 +329,75 @@ def test_timeout_names_the_url(server, mini, cache):
         hub.download("mini_beit", cache=cache, progress=False, timeout=0.3, retries=0)
     assert time.monotonic() - t0 < 2.5
     assert not (cache / "mini_beit.pt").exists()
+
+
+def test_trickling_server_is_abandoned_as_stalled(server, mini, cache):
+    server.trickle = 0.05  # 20 bytes a second: every read returns data, so no per-read timeout ever fires
+    t0 = time.monotonic()
+    with pytest.raises(hub.DownloadError, match=rf"{re.escape(mini.url)}.*stalled") as err:
+        hub.download("mini_beit", cache=cache, progress=False, timeout=30, retries=0,
+                     stall_timeout=0.5, stall_bytes=10_000)
+    assert time.monotonic() - t0 < 5
+    assert "at least 10000 expected within 0.5 s" in str(err.value)
+    kept = (cache / "mini_beit.pt.partial").stat().st_size
+    assert 1000 <= kept < 10_000 and f"{kept} bytes received are kept" in str(err.value)
+
+    server.trickle = 0.0  # the next attempt resumes from the kept bytes
+    assert hub.download("mini_beit", cache=cache, progress=False).read_bytes() == BEIT.read_bytes()
+    assert server.requests[-1][1]["range"] == f"bytes={kept}-"
+
+
+def hold_lock(path: Path) -> int:
+    import fcntl
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_lock_wait_ends_with_a_message_naming_the_lock_file(server, mini, cache):
+    import os
+
+    lock = cache / "mini_beit.pt.lock"
+    fd = hold_lock(lock)  # another download of the same model that makes no progress
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(hub.DownloadError) as err:
+            hub.download("mini_beit", cache=cache, progress=False, lock_timeout=0.5)
+        assert time.monotonic() - t0 < 5
+    finally:
+        os.close(fd)
+    message = str(err.value)
+    assert str(lock) in message and "no progress" in message and "stop it" in message and mini.url in message
+    assert server.requests == []  # nothing was fetched behind the holder's back
+    assert hub.download("mini_beit", cache=cache, progress=False).read_bytes() == BEIT.read_bytes()
+
+
+def test_lock_wait_lasts_while_the_holder_makes_progress(server, mini, cache):
+    import os
+
+    fd = hold_lock(cache / "mini_beit.pt.lock")
+    partial = cache / "mini_beit.pt.partial"
+
+    def holder():  # grows its partial file for 1.5 s (3x the waiter's lock_timeout), then gives up
+        for _ in range(15):
+            with open(partial, "ab") as f:
+                f.write(b"\0")
+            time.sleep(0.1)
+        partial.unlink()
+        os.close(fd)
+
+    thread = threading.Thread(target=holder)
+    t0 = time.monotonic()
+    thread.start()
+    try:
+        path = hub.download("mini_beit", cache=cache, progress=False, lock_timeout=0.5)
+    finally:
+        thread.join(10)
+    assert time.monotonic() - t0 >= 1.4
+    assert path.read_bytes() == BEIT.read_bytes()
 
 
 def test_url_override(server, mini, cache):

@@ -567,3 +567,294 @@ def test_safetensors_bf16_and_metadata(tmp_path):
     assert ref.dtype == np.dtype(ml_dtypes.bfloat16)
     assert ref.read().tobytes() == values.tobytes()
     assert read_safetensors_metadata(path) == {"config": '{"a": 1}'}
+
+
+# --------------------------------------------------------------------------
+# Hostile files (issue 8): each class of hole found by fuzzing, built small inside the test.
+# Nothing here allocates what the hostile files declare.
+
+
+def op_str(text: str) -> bytes:
+    raw = text.encode()
+    return pickle.BINUNICODE + struct.pack("<I", len(raw)) + raw
+
+
+def op_int(n: int) -> bytes:
+    return pickle.BININT + struct.pack("<i", n)
+
+
+def op_put(i: int) -> bytes:
+    return pickle.LONG_BINPUT + struct.pack("<I", i)
+
+
+def op_get(i: int) -> bytes:
+    return pickle.LONG_BINGET + struct.pack("<I", i)
+
+
+def op_global(module: str, name: str) -> bytes:
+    return pickle.GLOBAL + f"{module}\n{name}\n".encode()
+
+
+def op_storage(key: str, numel: int, type_name: str = "FloatStorage") -> bytes:
+    """The persistent id torch writes for a storage."""
+    numel_ops = op_int(numel) if numel < 2**31 else pickle.LONG1 + bytes([16]) + numel.to_bytes(16, "little")
+    return (pickle.MARK + op_str("storage") + op_global("torch", type_name) + op_str(key) + op_str("cpu")
+            + numel_ops + pickle.TUPLE + pickle.BINPERSID)
+
+
+def op_tuple(*ints: int) -> bytes:
+    return pickle.MARK + b"".join(op_int(n) for n in ints) + pickle.TUPLE
+
+
+def op_tensor(storage_ops: bytes, offset: bytes, size: bytes, stride: bytes) -> bytes:
+    """_rebuild_tensor_v2(storage, offset, size, stride, False, {})."""
+    return (op_global("torch._utils", "_rebuild_tensor_v2") + pickle.MARK + storage_ops + offset + size + stride
+            + pickle.NEWFALSE + pickle.EMPTY_DICT + pickle.TUPLE + pickle.REDUCE)
+
+
+def op_list_dag(depth: int, first_memo: int) -> bytes:
+    """A list of 2 lists of 2 lists ... ``depth`` deep, each level stored once and referenced twice
+    through the memo: 10 bytes a level, but a repr (or a walk) visits 2**depth leaves."""
+    ops = pickle.EMPTY_LIST + op_put(first_memo)
+    for level in range(1, depth + 1):
+        ops += pickle.POP + pickle.MARK + op_get(first_memo + level - 1) * 2 + pickle.LIST + op_put(first_memo + level)
+    return ops
+
+
+def op_tuple_dag(depth: int, first_memo: int) -> bytes:
+    ops = pickle.EMPTY_TUPLE + op_put(first_memo)
+    for level in range(1, depth + 1):
+        ops += pickle.POP + op_get(first_memo + level - 1) * 2 + pickle.TUPLE2 + op_put(first_memo + level)
+    return ops
+
+
+def write_raw_torch_zip(path: Path, data_pkl: bytes, storages: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("archive/data.pkl", data_pkl)
+        for key, data in storages.items():
+            zf.writestr(f"archive/data/{key}", data)
+    return path
+
+
+def refused_before_reading_tensors(path: Path, monkeypatch, *fragments: str) -> CheckpointError:
+    """read_state_dict refuses the file without opening any storage entry."""
+    opened = []
+    real_open = zipfile.ZipFile.open
+
+    def recording_open(self, name, *args, **kwargs):
+        opened.append(name.filename if isinstance(name, zipfile.ZipInfo) else name)
+        return real_open(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", recording_open)
+    with pytest.raises(CheckpointError) as info:
+        read_state_dict(path)
+    assert not [name for name in opened if "/data/" in name], opened
+    return check_error(info.value, path, *fragments)
+
+
+# 1. Views that need more elements than their storage holds
+
+
+@pytest.mark.parametrize("shape, stride, fragment", [
+    ((1000, 1000), (0, 0), "expanding view"),  # one float read as a million
+    ((2**20, 2**20, 2**8), (0, 0, 0), "expanding view"),  # the 60 GB kind: declared, never allocated
+    ((3, 1000), (1, 0), "expanding view"),
+    ((4, 4), (1, 1), "overlapping view"),  # no zero stride, still 16 elements out of 7
+    ((4, 3), (2, 1), "overlapping view"),
+    ((2, 3), (3, 2), "overlapping view"),
+])
+def test_expanding_and_overlapping_views_are_refused_before_reading(tmp_path, monkeypatch, shape, stride, fragment):
+    storage = Storage("0", np.arange(16, dtype=np.float32))
+    sd = {"ok": tensor(storage, 0, (16,), (1,)), "view": tensor(storage, 0, shape, stride)}
+    path = write_torch_zip(tmp_path / "views.pt", sd)
+    refused_before_reading_tensors(path, monkeypatch, "'view'", fragment, "holds 16 elements")
+
+
+def test_view_past_the_storage_end_is_refused(tmp_path, monkeypatch):
+    storage = Storage("0", np.arange(16, dtype=np.float32))
+    path = write_torch_zip(tmp_path / "past.pt", {"t": tensor(storage, 10, (2, 4), (1, 2))})  # 10 + 7 + 1 > 16
+    refused_before_reading_tensors(path, monkeypatch, "'t'", "needs 18 elements", "storage too small")
+
+
+def test_legitimate_views_still_read(tmp_path):
+    grid = np.arange(24, dtype=np.float32)
+    shared = Storage("0", grid)
+    sd = {"q": tensor(shared, 0, (2, 4), (4, 1)),  # a fused qkv split into three views
+          "k": tensor(shared, 8, (2, 4), (4, 1)),
+          "v_t": tensor(shared, 16, (4, 2), (1, 4)),  # transposed
+          "every_other": tensor(shared, 1, (2, 3), (12, 2)),  # sliced with steps
+          "single": tensor(shared, 5, (1, 1, 3), (0, 7, 1)),  # stride 0 on size-1 dims is harmless
+          "padded_rows": tensor(shared, 0, (3, 2), (8, 1))}
+    refs = read_state_dict(write_torch_zip(tmp_path / "views.pt", sd))
+    np.testing.assert_array_equal(refs["k"].read(), grid[8:16].reshape(2, 4))
+    np.testing.assert_array_equal(refs["v_t"].read(), grid[16:24].reshape(2, 4).T)
+    np.testing.assert_array_equal(refs["every_other"].read(), grid.reshape(2, 12)[:, 1:7:2])
+    np.testing.assert_array_equal(refs["single"].read(), grid[5:8].reshape(1, 1, 3))
+    np.testing.assert_array_equal(refs["padded_rows"].read(), grid.reshape(3, 8)[:, :2])
+
+
+def test_many_tensors_out_of_one_storage_are_refused(tmp_path, monkeypatch):
+    storage = Storage("0", np.arange(64, dtype=np.float32))
+    sd = {f"copy{i}": tensor(storage, 0, (8, 8), (8, 1)) for i in range(5)}  # 5 x 64 elements out of 64
+    path = write_torch_zip(tmp_path / "reuse.pt", sd)
+    refused_before_reading_tensors(path, monkeypatch, "320 elements", "4 times", "64 elements")
+    tied = write_torch_zip(tmp_path / "tied.pt", {k: sd[k] for k in ("copy0", "copy1")})  # tied weights: fine
+    assert len(read_state_dict(tied)) == 2
+
+
+# 2. Messages never repr() what the file holds
+
+
+def test_refusal_messages_do_not_walk_attacker_values(tmp_path):
+    # _rebuild_tensor_v2(storage, 0, <list DAG>, (1,), False, {}): the size is 22 levels of shared sublists.
+    dag = op_list_dag(22, first_memo=0)
+    data = (pickle.PROTO + b"\x02" + pickle.EMPTY_DICT + op_str("w")
+            + op_tensor(op_storage("0", 1), op_int(0), dag, op_tuple(1)) + pickle.SETITEM + pickle.STOP)
+    path = write_raw_torch_zip(tmp_path / "dag.pt", data, {"0": b"\x00" * 4})
+    error = expect_error(path, "tensor size", "a list of length 2")
+    assert "[[" not in str(error) and len(str(error)) < 400 + len(str(path))
+
+
+def test_huge_keys_are_cut_in_messages(tmp_path):
+    key = "k" * 1_000_000
+    sd = {key: 3}
+    error = expect_error(write_torch_zip(tmp_path / "longkey.pt", sd), "not a tensor", "1000000 characters")
+    assert len(str(error)) < 400 + len(str(tmp_path))
+
+
+def test_mapping_keys_that_are_shared_tuples_are_refused(tmp_path):
+    # {<tuple DAG>: 1}: hashing (or repr of) the key visits 2**24 leaves.
+    data = (pickle.PROTO + b"\x02" + pickle.EMPTY_DICT + op_tuple_dag(24, first_memo=0) + op_int(1)
+            + pickle.SETITEM + pickle.STOP)
+    path = write_raw_torch_zip(tmp_path / "tuplekey.pt", data, {})
+    error = expect_error(path, "mapping key is a tuple of length 2", "only strings and ints")
+    assert "((" not in str(error)
+
+
+# 3. Nothing the unpickler creates can be changed after it was checked
+
+
+@pytest.mark.parametrize("state", [
+    {"member": "archive/data/1"},  # redirect the checked storage to an entry never size-checked
+    {"dtype": "float32"},  # old code: AttributeError: 'str' object has no attribute 'itemsize'
+    {"numel": 2},
+])
+def test_build_cannot_rewrite_a_checked_storage(tmp_path, state):
+    def op_value(value):
+        return op_str(value) if isinstance(value, str) else op_int(value)
+
+    state_ops = pickle.EMPTY_DICT + b"".join(op_str(k) + op_value(v) + pickle.SETITEM for k, v in state.items())
+    data = (pickle.PROTO + b"\x02" + pickle.EMPTY_DICT + op_str("w")
+            + op_tensor(op_storage("0", 1) + op_put(0), op_int(0), op_tuple(1), op_tuple(1)) + pickle.SETITEM
+            + op_get(0) + state_ops + pickle.BUILD + pickle.POP + pickle.STOP)
+    other = np.array([123.0], np.float32).tobytes()
+    path = write_raw_torch_zip(tmp_path / "build.pt", data,
+                               {"0": np.array([1.0], np.float32).tobytes(), "1": other})
+    expect_error(path, "data.pkl", "refuses to set state on _Storage")
+
+
+def test_build_with_slot_state_is_refused_on_every_stand_in(tmp_path):
+    targets = {
+        "storage": op_storage("0", 1),
+        "tensor": op_tensor(op_storage("0", 1), op_int(0), op_tuple(1), op_tuple(1)),
+        "storage type": op_global("torch", "FloatStorage"),
+        "rebuild function": op_global("torch._utils", "_rebuild_parameter"),
+    }
+    slot_state = pickle.NONE + pickle.EMPTY_DICT + op_str("numel") + op_int(10**6) + pickle.SETITEM + pickle.TUPLE2
+    for what, target in targets.items():
+        data = pickle.PROTO + b"\x02" + target + slot_state + pickle.BUILD + pickle.STOP
+        path = write_raw_torch_zip(tmp_path / f"{what}.pt", data, {"0": b"\x00" * 4})
+        expect_error(path, "refuses to set state")
+
+
+# 4. Size of data.pkl and compression
+
+
+def test_fixtures_are_stored_uncompressed_with_small_pickles():
+    """What the limits rest on: torch.save stores every member uncompressed, ~200 pickle bytes a tensor."""
+    from dpt_jax.convert.torch_zip import _MAX_PICKLE_BYTES
+
+    largest_official = max(json.loads(p.read_text())["state_dict_num_keys"]
+                           for p in (FIXTURES / "manifests").glob("*.json"))
+    for name in FIXTURE_NAMES:
+        with zipfile.ZipFile(FIXTURES / f"{name}.pt") as zf:
+            infos = zf.infolist()
+            assert {info.compress_type for info in infos} == {zipfile.ZIP_STORED}
+            pickle_bytes = zf.getinfo(f"{name}/data.pkl").file_size
+        per_tensor = pickle_bytes / sum("/data/" in info.filename for info in infos)
+        assert per_tensor < 250
+        assert 100 * per_tensor * largest_official < _MAX_PICKLE_BYTES  # a 100x margin over the biggest release
+
+
+def test_compressed_members_are_refused(tmp_path):
+    for member in ("archive/data.pkl", "archive/data/0"):
+        path = write_torch_zip(tmp_path / "deflated.pt", simple_state_dict())
+        with zipfile.ZipFile(path) as zf:
+            contents = {info.filename: zf.read(info) for info in zf.infolist()}
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, raw in contents.items():
+                zf.writestr(name, raw, zipfile.ZIP_DEFLATED if name == member else zipfile.ZIP_STORED)
+        expect_error(path, f"'{member}' is compressed", "torch.save stores members uncompressed")
+
+
+def test_oversized_pickle_is_refused_without_reading_it(tmp_path):
+    path = write_torch_zip(tmp_path / "big.pkl.pt", simple_state_dict())
+    raw = bytearray(path.read_bytes())
+    entry = raw.find(b"PK\x01\x02")  # the first central directory entry is archive/data.pkl
+    assert raw[entry + 46:entry + 46 + 16] == b"archive/data.pkl"
+    raw[entry + 20:entry + 28] = struct.pack("<II", 20 << 20, 20 << 20)  # declares 20 MiB, holds ~200 bytes
+    path.write_bytes(bytes(raw))
+    expect_error(path, "'archive/data.pkl' is implausibly large", "20971520 bytes", "16777216")
+
+
+# 5. Every failure is a CheckpointError naming the file
+
+
+@pytest.mark.parametrize("shape", [(0, 2**70), (0, 2**40, 2**40), (1,) * 40])
+def test_absurd_declared_sizes_are_checkpoint_errors(tmp_path, shape):
+    storage = Storage("0", np.zeros(1, np.float32))
+    path = write_torch_zip(tmp_path / "absurd.pt", {"t": tensor(storage, 0, shape, (0,) * len(shape))})
+    expect_error(path, "data.pkl" if len(shape) > 32 or max(shape) > 2**48 else "'t'")
+
+
+def test_absurd_storage_size_is_a_checkpoint_error(tmp_path):
+    data = (pickle.PROTO + b"\x02" + pickle.EMPTY_DICT + op_str("w")
+            + op_tensor(op_storage("0", 2**70), op_int(0), op_tuple(1), op_tuple(1)) + pickle.SETITEM + pickle.STOP)
+    path = write_raw_torch_zip(tmp_path / "numel.pt", data, {"0": b""})
+    expect_error(path, "storage '0' has invalid size", "an int of 71 bits")
+
+
+@pytest.mark.parametrize("entry, fragment", [
+    ({"dtype": "F32", "shape": [0, 2**70], "data_offsets": [0, 0]}, "invalid shape"),
+    ({"dtype": "F32", "shape": [1] * 100, "data_offsets": [0, 4]}, "invalid shape"),
+    ({"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}, "unsupported dtype a list"),
+    ({"dtype": "F32", "shape": [1], "data_offsets": [0, 4.0]}, "invalid data_offsets"),
+    ({"dtype": "F32", "shape": "[1]", "data_offsets": [0, 4]}, "invalid shape"),
+])
+def test_safetensors_absurd_declarations_are_checkpoint_errors(tmp_path, entry, fragment):
+    path = write_safetensors_raw(tmp_path / "absurd.safetensors", {"x": entry}, b"\x00" * 4)
+    expect_error(path, "'x'", fragment)
+
+
+def test_safetensors_header_length_cap(tmp_path):
+    path = tmp_path / "header.safetensors"
+    path.write_bytes(struct.pack("<Q", 2**63) + b"{}")
+    expect_error(path, "implausibly large", "at most 104857600")
+
+
+def test_atomic_write_names_the_file_when_the_disk_is_full(tmp_path, monkeypatch):
+    import errno
+
+    from dpt_jax.atomic import atomic_write
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    target = tmp_path / "converted.safetensors"
+    with pytest.raises(OSError) as info:
+        with atomic_write(target) as f:
+            f.write(b"data")
+    assert info.value.errno == errno.ENOSPC
+    assert info.value.filename == str(target) and str(target) in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written is left
