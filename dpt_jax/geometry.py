@@ -14,7 +14,6 @@ not the length of the ray: what renderers write and what MiDaS's inverse depth i
 from __future__ import annotations
 
 import csv
-import io
 import os
 import zipfile
 from pathlib import Path
