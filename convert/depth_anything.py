@@ -17,7 +17,8 @@ from typing import Mapping
 
 from dpt_jax.dinov2 import Dinov2Config
 
-from .midas import LAYOUTS, Entry, _conv, _linear, _norm  # noqa: F401  (LAYOUTS: how each Entry is applied)
+from .keys import Entry
+from .keys import conv as _conv, linear as _linear, norm as _norm
 
 # Present in every released file, never used by the forward.
 SKIPPED = {

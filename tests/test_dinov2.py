@@ -22,7 +22,7 @@ import flax.linen as nn
 from flax import traverse_util
 
 from dpt_jax.convert.depth_anything import SKIPPED, encoder_key_table, head_key_table, key_table, skipped_keys
-from dpt_jax.convert.midas import _SHAPE_OF, LAYOUTS
+from dpt_jax.convert.keys import _SHAPE_OF, LAYOUTS
 from dpt_jax.convert.torch_zip import read_state_dict
 from dpt_jax.dinov2 import (
     DA1_VITB, DA1_VITL, DA1_VITS, DA2_VITB, DA2_VITL, DA2_VITS, Dinov2Config, Dinov2Encoder, interpolate_pos_embed,
