@@ -17,4 +17,4 @@ from .convert.torch_zip import CheckpointError
 from .model import DepthModel, load
 
 __all__ = ["PRESETS", "BeitConfig", "CheckpointError", "DPTConfig", "DepthModel", "SwinV2Config", "get_config", "load"]
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the package version: pyproject.toml reads it from here
