@@ -298,7 +298,7 @@ def _check_writable(outdir: Path) -> None:
 
 
 def cmd_predict(args) -> int:
-    from . import hub, output, pipeline
+    from . import output, pipeline
     from .atomic import clean_stale_partials
 
     status = Status(args.quiet, args.verbose)

@@ -292,7 +292,7 @@ def run(model, items: Iterable[ImageLike | Source], *, batch_size: int = 4, keep
         if not order:
             continue
         x = jnp.concatenate(inputs)  # (n, H, W, 3)
-        del inputs
+        inputs.clear()
         n = x.shape[0]
         b = padded_batch(n, batch_size, model.num_devices)
         if b > n:  # pad so that a short last batch reuses a compiled program
