@@ -11,7 +11,11 @@
 Pictures are grouped by processed size, so all the model programs a run compiles are one per
 distinct (batch, H, W): a folder of phone photos in two orientations compiles two (plus one for
 a smaller last batch, padded up to a power of two). The two resizes are small programs compiled
-per picture size. Pixels are decoded only when their batch runs.
+per picture size. Pixels are decoded only when their batch runs, and at most PIXEL_BUDGET
+decoded pixels are held at once: a batch decodes and resizes its pictures in chunks.
+
+`size=` replaces the native size as MiDaS's --height does; `bucket=True` snaps processed sizes
+to a coarser grid (`bucket_size`) so that near sizes share a program (see `run`).
 """
 
 from __future__ import annotations
