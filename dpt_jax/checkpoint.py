@@ -113,7 +113,7 @@ def read_converted(path, *, pretrained_window_sizes=None, **options) -> Checkpoi
         config = config_from_json(_upgrade_v1(text) if version == "1" else text, "the config in its metadata")
         if pretrained_window_sizes is not None:
             if "pretrained_window_sizes" not in config.family.options:
-                raise ConfigError(f"pretrained_window_sizes applies to SwinV2 models; this is {config.name}")
+                raise ConfigError(f"pretrained_window_sizes does not apply to a {config.family.name} model")
             config = config.replace(encoder=dataclasses.replace(
                 config.encoder, pretrained_window_sizes=tuple(pretrained_window_sizes)))
     except ConfigError as e:

@@ -51,6 +51,8 @@ def detect_config(state: Mapping, path="<state dict>", **options) -> DPTConfig:
     """
     family = recognise(state)
     if family is not None:
+        if unknown := sorted(k for k, v in options.items() if v is not None and k not in (family.options or {})):
+            raise ConversionError(path, f"{', '.join(unknown)} does not apply to a {family.name} model")
         config = family.detect_config(state, path, **options)
         return next((p for p in family.presets if p.replace(name=config.name) == config), config)
     hint = ""
