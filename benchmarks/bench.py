@@ -51,6 +51,7 @@ def add_output_args(p) -> None:
                    help="results folder (default: this repository's benchmarks/results); each run writes "
                         "<machine>-<date>.md and .json there, or <machine>-<date>-N.* if those exist")
     p.add_argument("--append", action="store_true", help="add the run to existing <machine>-<date>.md/.json instead")
+    p.add_argument("--stem", help="file name without suffix (default <machine>-<date>)")
     p.add_argument("--no-write", action="store_true", help="print only, write no results file")
 
 
@@ -120,7 +121,7 @@ def _write(kind, results, info, args, **kw) -> None:
     from .report import write_results
 
     if not args.no_write and results:
-        md, js = write_results(kind, results, info, args.out, append=args.append, **kw)
+        md, js = write_results(kind, results, info, args.out, append=args.append, stem=args.stem, **kw)
         print(f"wrote {md} and {js}")
 
 

@@ -2,6 +2,7 @@
 
     format_rows / format_startup / format_convert / format_peaks   markdown
     write_results(kind, results, info, outdir)                      <outdir>/<machine>-<date>[-N].md and .json
+    result_paths(outdir, stem, append)                              the files a run goes to
 """
 
 from __future__ import annotations
@@ -101,30 +102,32 @@ def format_peaks(measured: list[dict]) -> str:
 FORMATTERS = {"rows": format_rows, "startup": format_startup, "convert-memory": format_convert}
 
 
-def result_paths(outdir, machine: str, date: str, append: bool) -> tuple[Path, Path]:
-    """<outdir>/<machine>-<date>.md/.json; unless `append`, the first <machine>-<date>[-N] that does not exist yet."""
+def result_paths(outdir, stem: str, append: bool) -> tuple[Path, Path]:
+    """<outdir>/<stem>.md and .json; unless `append`, the first <stem>[-N] whose files do not exist yet."""
     outdir = Path(outdir)
     n = 1
     while True:
-        stem = f"{machine}-{date}" + (f"-{n}" if n > 1 else "")
-        md, js = outdir / f"{stem}.md", outdir / f"{stem}.json"
+        name = stem + (f"-{n}" if n > 1 else "")
+        md, js = outdir / f"{name}.md", outdir / f"{name}.json"
         if append or not (md.exists() or js.exists()):
             return md, js
         n += 1
 
 
 def write_results(kind: str, results: list[dict], info: dict, outdir, *, table: Optional[str] = None,
-                  extra: Optional[dict] = None, date: Optional[str] = None, append: bool = False) -> tuple[Path, Path]:
-    """Write one run as a markdown section and a JSON record to <outdir>/<machine>-<date>.md and .json.
+                  extra: Optional[dict] = None, date: Optional[str] = None, append: bool = False,
+                  stem: Optional[str] = None) -> tuple[Path, Path]:
+    """Write one run as a markdown section and a JSON record to <outdir>/<stem>.md and .json.
 
-    Existing files are never changed unless `append` (then the run is added to them); otherwise a run
-    whose files exist already goes to <machine>-<date>-2, -3, ... Both files are written atomically.
+    `stem` defaults to <machine>-<date>. Existing files are never changed unless `append` (then the
+    run is added to them); otherwise a run whose files exist already goes to <stem>-2, -3, ...
+    Both files are written atomically.
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now().astimezone()
     date = date or now.date().isoformat()
-    md, js = result_paths(outdir, info["machine"], date, append)
+    md, js = result_paths(outdir, stem or f"{info['machine']}-{date}", append)
     formatter = FORMATTERS.get(kind)
     table = table if table is not None else (formatter(results) if formatter else json.dumps(results, indent=1))
     header = [f"## {kind}: {now.isoformat(timespec='seconds')}", "",

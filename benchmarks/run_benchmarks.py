@@ -37,6 +37,17 @@ def quick_models() -> list[str]:
     return list(MINI_CONFIGS)
 
 
+def _stem(args) -> str:
+    """The one <machine>-<date>[-N] every part of this run writes to: a new one unless --append."""
+    import datetime
+
+    from benchmarks.measure import machine_info
+    from benchmarks.report import result_paths
+
+    stem = f"{machine_info()['machine']}-{datetime.date.today().isoformat()}"
+    return result_paths(args.out, stem, args.append)[0].stem
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
@@ -61,7 +72,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     models = quick_models() if args.quick else [m for m in args.models.split(",") if m]
-    out = ["--no-write"] if args.no_write else ["--out", args.out, *(["--append"] if args.append else [])]
+    out = ["--no-write"] if args.no_write else ["--out", args.out, "--stem", _stem(args), "--append"]
     status = 0
     if not args.skip_table:
         run = ["run", *models, "--batch", "1" if args.quick else args.batch, "--dtype", args.dtype,
