@@ -52,6 +52,11 @@ def _dpt_config(config: DPTConfig, backbone, **extra):
     )
 
 
+def _factors(config: DPTConfig) -> list:
+    """The reassemble factors as transformers takes them: integers for the (transposed) conv sizes, 0.5 as is."""
+    return [int(f) if float(f).is_integer() else f for f in config.reassemble_factors]
+
+
 def hf_beit(config: DPTConfig):
     """MiDaS BEiT: transformers BeitConfig backbone in a DPTConfig with the readout projection."""
     from transformers import BeitConfig as HFBeitConfig
@@ -69,7 +74,7 @@ def hf_beit(config: DPTConfig):
         reshape_hidden_states=False,  # keep the cls token for the "project" readout
         add_fpn=False,
     )
-    return _dpt_config(config, backbone, reassemble_factors=list(config.reassemble_factors),
+    return _dpt_config(config, backbone, reassemble_factors=_factors(config),
                        readout_type=config.readout)
 
 
@@ -106,11 +111,14 @@ def hf_depth_anything(config: DPTConfig):
         apply_layernorm=True, reshape_hidden_states=False,  # normed tokens with the cls token, as the neck takes them
     )
     metric = config.depth_activation == "sigmoid"
+    max_depth = config.max_depth
+    if metric and float(max_depth).is_integer():
+        max_depth = int(max_depth)  # recent transformers declare max_depth an int (20 indoor, 80 outdoor)
     return DepthAnythingConfig(
         backbone_config=backbone, patch_size=e.patch_size, reassemble_hidden_size=e.embed_dim,
-        reassemble_factors=list(config.reassemble_factors), neck_hidden_sizes=list(config.reassembly_features),
+        reassemble_factors=_factors(config), neck_hidden_sizes=list(config.reassembly_features),
         fusion_hidden_size=config.fusion_features, head_in_index=-1, head_hidden_size=config.head_features,
-        depth_estimation_type="metric" if metric else "relative", max_depth=config.max_depth if metric else None,
+        depth_estimation_type="metric" if metric else "relative", max_depth=max_depth if metric else None,
     )
 
 
