@@ -415,6 +415,12 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from . import timing
+
+    return timing.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpt-jax", description="MiDaS v3.1 DPT depth models in JAX")
     parser.add_argument("--version", action="version", version=f"dpt-jax {__version__}")
@@ -485,9 +491,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("bench", help="benchmark against PyTorch (see benchmarks/README.md)", add_help=False)
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=lambda args: __import__("dpt_jax.bench", fromlist=["main"]).main(args.bench_args))
+    p = sub.add_parser("bench", help="time dpt-jax on a model with random weights (no checkpoint needed)",
+                       description="Compile time, median/min latency and images/s of a model with random weights. "
+                                   "The side-by-side comparison with PyTorch is benchmarks/ in the repository.")
+    p.add_argument("models", nargs="+", metavar="MODEL[@HxW]",
+                   help="preset (beit_large_512, swin2_tiny_256, ...) or mini_beit / mini_swin2, optionally "
+                        "@S or @HxW for the input size (default: native)")
+    p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls after the compiling one (default 1)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
