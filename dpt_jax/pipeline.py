@@ -183,7 +183,8 @@ def run(model, items: Iterable[ImageLike], *, batch_size: int = 4, keep_aspect_r
     keep = config.keep_aspect_ratio if keep_aspect_ratio is None else keep_aspect_ratio
 
     def target_of(size):
-        return processed_size(*size, target=config.native_size, keep_aspect_ratio=keep)
+        return processed_size(*size, target=config.native_size, keep_aspect_ratio=keep,
+                              multiple_of=config.resize_multiple, rule=config.resize_rule)
 
     results: list[Result] = []
     sources: list[Source] = []
@@ -216,7 +217,8 @@ def run(model, items: Iterable[ImageLike], *, batch_size: int = 4, keep_aspect_r
             continue
         # One resize call per distinct picture size (and pixel type), not one per picture.
         groups = list(pictures.values())
-        x = jnp.concatenate([normalize_and_resize(jnp.asarray(np.stack([p for _, p in g])), size) for g in groups])
+        x = jnp.concatenate([normalize_and_resize(jnp.asarray(np.stack([p for _, p in g])), size,
+                                                  config.input_mean, config.input_std) for g in groups])
         n = x.shape[0]  # (n, H, W, 3)
         b = padded_batch(n, batch_size, model.num_devices)
         if b > n:  # pad so that a short last batch reuses a compiled program
@@ -225,7 +227,7 @@ def run(model, items: Iterable[ImageLike], *, batch_size: int = 4, keep_aspect_r
         start = 0
         for g in groups:
             picture_size = g[0][1].shape[:2]
-            back = np.asarray(resize_depth(depth[start:start + len(g)], picture_size))  # (len(g), h, w)
+            back = np.asarray(resize_depth(depth[start:start + len(g)], picture_size, config.output_resize))  # (len(g), h, w)
             start += len(g)
             for (m, _), d in zip(g, back):
                 results[slot[m]].depth = d
