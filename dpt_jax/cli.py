@@ -19,14 +19,17 @@ def _windows(text: str | None):
 def cmd_convert(args) -> int:
     from .checkpoint import read_checkpoint, write_converted
 
-    options = {} if args.pretrained_window_sizes is None else {"pretrained_window_sizes": args.pretrained_window_sizes}
-    checkpoint = read_checkpoint(args.src, **options)
+    options = {"pretrained_window_sizes": args.pretrained_window_sizes, "variant": args.variant,
+               "max_depth": args.max_depth}
+    checkpoint = read_checkpoint(args.src, **{k: v for k, v in options.items() if v is not None})
     config = checkpoint.config
     write_converted(args.output, config, checkpoint.params)
     print(f"variant:    {config.name} ({config.family.name})")
+    print(f"output:     {output_kind(config)}")
     print(f"parameters: {checkpoint.num_params:,}")
     for option in config.family.options:
-        print(f"{option.replace('_', ' ')}: {getattr(config.encoder, option)}")
+        if hasattr(config.encoder, option):
+            print(f"{option.replace('_', ' ')}: {getattr(config.encoder, option)}")
     print(f"skipped:    {len(checkpoint.skipped)} keys the original forward does not use")
     for k in checkpoint.skipped if args.verbose else []:
         print(f"  {k}")
@@ -39,16 +42,34 @@ def cmd_info(args) -> int:
 
     from . import hub
 
-    model = load(hub.resolve(args.model), pretrained_window_sizes=args.pretrained_window_sizes)
+    model = load(hub.resolve(args.model), pretrained_window_sizes=args.pretrained_window_sizes,
+                 variant=args.variant, max_depth=args.max_depth)
     c = model.config
     h, w = c.native_size
     print(f"model:      {c.name} ({c.family.name})")
+    print(f"output:     {output_kind(c)}")
     print(f"source:     {model.source}")
     print(f"parameters: {model.num_params:,}")
     print(f"input:      native {h}x{w} (HxW), sides multiples of {c.input_multiple}, "
           f"{'keeps' if c.keep_aspect_ratio else 'ignores'} the aspect ratio by default")
     print(f"config:     {c.to_json()}")
     return 0
+
+
+def output_kind(config) -> str:
+    """What the model's numbers are: relative inverse depth, or metres."""
+    if config.is_metric:
+        return f"metric depth in metres (max {config.max_depth:g} m)"
+    return "relative inverse depth (larger is nearer; unknown scale and shift)"
+
+
+def add_variant_arguments(p) -> None:
+    p.add_argument("--variant", metavar="NAME",
+                   help="which model the file holds, where its keys cannot tell: Depth Anything da2_vits, "
+                        "da2_metric_hypersim_vitl, da2_metric_vkitti_vitb, da1_vitl, ... (official release file "
+                        "names are recognised); a MiDaS preset name must match what the keys say")
+    p.add_argument("--max-depth", type=float, metavar="METRES",
+                   help="metric Depth Anything models: override the largest depth (20 Hypersim, 80 VKITTI)")
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
@@ -94,7 +115,7 @@ def cmd_predict(args) -> int:
     inputs = expand_inputs(args.inputs)
     if not inputs:
         raise ValueError("no input pictures found")
-    model = load(hub.resolve(args.model), dtype=args.dtype)
+    model = load(hub.resolve(args.model), dtype=args.dtype, variant=args.variant, max_depth=args.max_depth)
     outdir = Path(args.output)
     outdir.mkdir(parents=True, exist_ok=True)
     targets = output_paths(inputs, outdir, output.FORMATS[args.format])
@@ -108,7 +129,7 @@ def cmd_predict(args) -> int:
     def on_result(r: pipeline.Result):
         if r.error is None:
             try:
-                output.write_depth(where[r.name], r.depth, args.format)
+                output.write_depth(where[r.name], r.depth, args.format, metric=model.config.is_metric)
             except (OSError, ValueError) as e:
                 r.error = f"cannot write {where[r.name]}: {e}"
         if r.error is not None:
@@ -143,11 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained-window-sizes", type=_windows, metavar="A,B,C,D",
                    help="SwinV2 only: override the pretrained window sizes (not stored in checkpoints)")
     p.add_argument("-v", "--verbose", action="store_true", help="list the skipped keys")
+    add_variant_arguments(p)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="print a model's config, parameter count and input size")
     p.add_argument("model", help="checkpoint path (original or converted)")
     p.add_argument("--pretrained-window-sizes", type=_windows, metavar="A,B,C,D")
+    add_variant_arguments(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("predict", help="write depth maps for pictures")
@@ -157,12 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="depth", metavar="OUTDIR", help="output folder (default: ./depth)")
     p.add_argument("--format", choices=["color", "png16", "npy"], default="color",
                    help="color: colormapped PNG; png16: 16-bit PNG of the normalized inverse depth; "
-                        "npy: raw float32 inverse depth at the picture's size")
+                        "npy: raw float32 inverse depth at the picture's size (metric models: metres; "
+                        "png16 then holds metres x 256, see dpt_jax/output.py)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--keep-aspect-ratio", action=argparse.BooleanOptionalAction, default=None,
                    help="resize keeping the aspect ratio (default: as MiDaS, on for BEiT, off for SwinV2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal anyway)")
+    add_variant_arguments(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("download", help="fetch an official MiDaS v3.1 checkpoint into the cache and check it")

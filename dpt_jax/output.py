@@ -1,4 +1,12 @@
-"""Writing depth maps: colour PNG, 16-bit PNG or raw .npy, each written atomically."""
+"""Writing depth maps: colour PNG, 16-bit PNG or raw .npy, each written atomically.
+
+What the numbers are depends on the model (`DPTConfig.is_metric`):
+  relative models (MiDaS, Depth Anything relative): inverse depth of unknown scale and shift;
+    npy holds it as predicted, png16 and color scale each picture to its own range (near is bright);
+  metric models (Depth Anything metric): depth in metres; npy holds metres, png16 holds
+    round(metres x 256) as uint16 (KITTI's depth-PNG convention: 1/256 m steps up to 255.99 m),
+    the same scale for every picture, not normalised; color is per picture, near is bright.
+"""
 
 from __future__ import annotations
 
@@ -49,8 +57,14 @@ def colorize(depth: np.ndarray) -> np.ndarray:
     return INFERNO[np.round(normalized(depth) * 255).astype(np.uint8)]
 
 
-def write_depth(path, depth: np.ndarray, fmt: str) -> Path:
-    """Write `depth` as `fmt` ("color", "png16" or "npy") to `path`, via a temporary file and a rename."""
+METRIC_PNG16_SCALE = 256.0  # metric png16: uint16 units per metre
+
+
+def write_depth(path, depth: np.ndarray, fmt: str, metric: bool = False) -> Path:
+    """Write `depth` as `fmt` ("color", "png16" or "npy") to `path`, via a temporary file and a rename.
+
+    `metric`: `depth` is in metres (see the module's docstring for what each format then holds).
+    """
     from PIL import Image
 
     if fmt not in FORMATS:
@@ -58,8 +72,11 @@ def write_depth(path, depth: np.ndarray, fmt: str) -> Path:
     with atomic_write(path, FORMATS[fmt]) as f:
         if fmt == "npy":
             np.save(f, np.asarray(depth, np.float32))
+        elif fmt == "png16" and metric:
+            scaled = np.clip(np.round(np.asarray(depth, np.float64) * METRIC_PNG16_SCALE), 0, 65535)
+            Image.fromarray(scaled.astype(np.uint16)).save(f, format="PNG")
         elif fmt == "png16":
             Image.fromarray(np.round(normalized(depth) * 65535).astype(np.uint16)).save(f, format="PNG")
         else:
-            Image.fromarray(colorize(depth)).save(f, format="PNG")
+            Image.fromarray(colorize(-np.asarray(depth) if metric else depth)).save(f, format="PNG")
     return Path(path)
