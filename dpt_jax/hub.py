@@ -142,6 +142,7 @@ for _s, (_word, _bytes) in _DA_SIZES.items():
     _file = f"depth_anything_{_s}14.pth"
     REGISTRY[f"da1_{_s}"] = ModelEntry(f"da1_{_s}", f"{_HF}/spaces/LiheYoung/Depth-Anything/resolve/main/checkpoints/{_file}",
                                        PRESETS[f"da1_{_s}"], _bytes, "Apache-2.0", _file)
+REGISTRY = {name: REGISTRY[name] for name in PRESETS}  # in the presets' order
 
 
 class UnknownModelError(ValueError):
