@@ -447,3 +447,19 @@ def test_bfloat16_runs_and_is_close(name, references, capsys):
     with capsys.disabled():
         print(f"\n{name} bfloat16 vs float32: mean {mean:.2%}, max {worst:.2%} of the depth range", end="")
     assert np.isfinite(b).all() and mean < 0.02
+
+
+def test_cli_predict_writes_metres_for_a_metric_model(tmp_path, loaded, photos):
+    from PIL import Image
+
+    rgb = photos["chelsea_300x451__raw_bgr_uint8"][..., ::-1].copy()
+    Image.fromarray(rgb).save(tmp_path / "cat.png")
+    src = str(DA / "mini_da2_metric.pth")
+    for fmt in ("npy", "png16"):
+        assert cli.main(["predict", str(tmp_path / "cat.png"), "-m", src, "--variant", "mini_da2_metric",
+                         "-o", str(tmp_path / fmt), "--format", fmt, "--no-progress"]) == 0
+    metres = np.load(tmp_path / "npy" / "cat.npy")
+    assert rel_err(metres, photos["chelsea_300x451__mini_da2_metric__depth"]) <= TOL
+    png = np.asarray(Image.open(tmp_path / "png16" / "cat.png"))
+    np.testing.assert_array_equal(png, np.round(metres.astype(np.float64) * 256).astype(np.uint16))
+    assert cli.main(["predict", str(tmp_path / "cat.png"), "-m", src, "-o", str(tmp_path / "x")]) == 1  # no variant
