@@ -8,6 +8,11 @@ itself is never normed.
 
 Intermediates are sown in the "intermediates" collection under the reference fixtures' names:
 pos_embed, tokens0, block{i}_raw (i = block index), feat{k} / cls{k} (k = 1..4, normed).
+
+The module ends with the "dinov2" EncoderFamily: the twelve Depth Anything releases as DPTConfig
+presets (V2 relative, V2 metric Hypersim / Virtual KITTI, V1), the two reference minis, and the
+checkpoint reading. Their files hold the same keys, so the variant is a choice (`detect_config`):
+given, or read off an official release file name.
 """
 
 from __future__ import annotations
