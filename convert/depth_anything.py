@@ -12,20 +12,17 @@ metric V2 files the same as the relative ones.
 
 from __future__ import annotations
 
-import re
-from typing import Mapping
+from typing import TYPE_CHECKING
 
-from dpt_jax.dinov2 import Dinov2Config
-
-from .keys import Entry
+from .keys import Entry, Skip
 from .keys import conv as _conv, linear as _linear, norm as _norm
+from .midas import fusion_table, unused_fusion_units
 
-# Present in every released file, never used by the forward.
-SKIPPED = {
-    r"pretrained\.mask_token": "DINOv2's masked-image-modelling token; the depth forward never masks",
-    r"depth_head\.scratch\.refinenet4\.resConfUnit1\.conv[12]\.(weight|bias)":
-        "the deepest fusion block has no skip input, so its first residual unit is never called",
-}
+if TYPE_CHECKING:
+    from dpt_jax.config import DPTConfig
+    from dpt_jax.dinov2 import Dinov2Config
+
+FUSION_BLOCK = "depth_head.scratch.refinenet{i}"
 
 
 def encoder_key_table(config: Dinov2Config, source: str = "pretrained", target: str = "encoder") -> list[Entry]:
@@ -46,40 +43,37 @@ def encoder_key_table(config: Dinov2Config, source: str = "pretrained", target: 
     return t + _norm(f"{source}.norm", f"{target}/norm")
 
 
-def head_key_table(source: str = "depth_head") -> list[Entry]:
+def head_key_table(config: DPTConfig, source: str = "depth_head") -> list[Entry]:
     """Every `depth_head.*` key the neck and head use, on the same targets as the MiDaS DPT neck.
 
     projects.k -> reassemble/project_{k+1} (1x1 conv); resize_layers 0, 1 (ConvTranspose k4s4,
     k2s2, weights stored (in, out, k, k)) and 3 (Conv k3s2p1) -> reassemble/resample_{1,2,4}
     (2 is an Identity without weights); scratch.layerK_rn -> reassemble/to_fusion_K (no bias);
-    scratch.refinenetK -> fusion/block_K; output_conv1, output_conv2.0, output_conv2.2 -> head/conv1..3.
+    scratch.refinenetK -> fusion/block_K (midas.fusion_table); output_conv1, output_conv2.0,
+    output_conv2.2 -> head/conv1..3.
     """
     t = []
     for i in range(1, 5):
         t += _conv(f"{source}.projects.{i - 1}", f"reassemble/project_{i}")
-    t += _conv(f"{source}.resize_layers.0", "reassemble/resample_1", layout="conv_transpose")
-    t += _conv(f"{source}.resize_layers.1", "reassemble/resample_2", layout="conv_transpose")
-    t += _conv(f"{source}.resize_layers.3", "reassemble/resample_4")
+    for i, factor in enumerate(config.reassemble_factors):
+        if factor != 1:
+            layout = "conv_transpose" if factor > 1 else "conv"
+            t += _conv(f"{source}.resize_layers.{i}", f"reassemble/resample_{i + 1}", layout=layout)
     for i in range(1, 5):
         t += _conv(f"{source}.scratch.layer{i}_rn", f"reassemble/to_fusion_{i}", bias=False)
-    for i in range(1, 5):
-        s, d = f"{source}.scratch.refinenet{i}", f"fusion/block_{i}"
-        for unit in (1, 2) if i < 4 else (2,):
-            for conv in (1, 2):
-                t += _conv(f"{s}.resConfUnit{unit}.conv{conv}", f"{d}/rcu{unit}/conv{conv}")
-        t += _conv(f"{s}.out_conv", f"{d}/out_conv")
+    t += fusion_table(config, f"{source}.scratch.refinenet{{i}}")
     t += _conv(f"{source}.scratch.output_conv1", "head/conv1")
     t += _conv(f"{source}.scratch.output_conv2.0", "head/conv2")
     t += _conv(f"{source}.scratch.output_conv2.2", "head/conv3")
     return t
 
 
-def key_table(config: Dinov2Config) -> list[Entry]:
+def key_table(config: DPTConfig) -> list[Entry]:
     """The whole model's table: encoder then neck and head."""
-    return encoder_key_table(config) + head_key_table()
+    return encoder_key_table(config.encoder) + head_key_table(config)
 
 
-def skipped_keys(state: Mapping) -> list[str]:
-    """The keys of `state` deliberately not loaded (see SKIPPED for why)."""
-    rx = [re.compile(p) for p in SKIPPED]
-    return [k for k in state if any(r.fullmatch(k) for r in rx)]
+def skipped(config: DPTConfig) -> list[Skip]:
+    """Keys present in every released file that the forward never uses, with the reason."""
+    return [Skip(r"pretrained\.mask_token", "DINOv2's masked-image-modelling token; the depth forward never masks")
+            ] + unused_fusion_units(config, FUSION_BLOCK)

@@ -68,7 +68,8 @@ def convert_state_dict(state: Mapping[str, TensorRef], config: DPTConfig, path="
 def read_checkpoint(path, **options) -> Checkpoint:
     """Read an original checkpoint or a converted file (lazily: unused tensors stay on disk).
 
-    `options`: choices a checkpoint cannot tell (`pretrained_window_sizes` for SwinV2).
+    `options`: choices a checkpoint cannot tell (`pretrained_window_sizes` for SwinV2; `variant`
+    and `max_depth` for Depth Anything, whose keys cannot tell V1 from V2 nor relative from metric).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -95,8 +96,11 @@ def write_converted(path, config: DPTConfig, params: Mapping) -> None:
     write_safetensors(path, flat, metadata)
 
 
-def read_converted(path, *, pretrained_window_sizes=None, **options) -> Checkpoint:
-    """Config and parameter tree of a converted file; the config is validated and every shape checked."""
+def read_converted(path, *, pretrained_window_sizes=None, variant=None, max_depth=None, **options) -> Checkpoint:
+    """Config and parameter tree of a converted file; the config is validated and every shape checked.
+
+    The variant is recorded in the file: `variant`, if given, must be it; `max_depth` overrides a metric model's.
+    """
     from flax import traverse_util
 
     from .dpt import param_shapes
@@ -116,6 +120,12 @@ def read_converted(path, *, pretrained_window_sizes=None, **options) -> Checkpoi
                 raise ConfigError(f"pretrained_window_sizes does not apply to a {config.family.name} model")
             config = config.replace(encoder=dataclasses.replace(
                 config.encoder, pretrained_window_sizes=tuple(pretrained_window_sizes)))
+        if variant is not None and variant not in (config.name, config.name.removeprefix("dpt_")):
+            raise ConfigError(f"holds {config.name} (recorded when it was converted), not the variant {variant} given")
+        if max_depth is not None:
+            if not config.is_metric:
+                raise ConfigError(f"max_depth applies to metric models; {config.name} is relative")
+            config = config.replace(max_depth=float(max_depth))
     except ConfigError as e:
         raise CheckpointError(path, str(e)) from None
     state = read_state_dict(path)

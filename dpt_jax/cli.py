@@ -28,14 +28,17 @@ def cmd_convert(args) -> int:
 
     if os.path.exists(args.output) and os.path.exists(args.src) and os.path.samefile(args.src, args.output):
         raise ValueError(f"{args.output}: is the checkpoint being converted; choose another output file")
-    options = {} if args.pretrained_window_sizes is None else {"pretrained_window_sizes": args.pretrained_window_sizes}
-    checkpoint = read_checkpoint(args.src, **options)
+    options = {"pretrained_window_sizes": args.pretrained_window_sizes, "variant": args.variant,
+               "max_depth": args.max_depth}
+    checkpoint = read_checkpoint(args.src, **{k: v for k, v in options.items() if v is not None})
     config = checkpoint.config
     write_converted(args.output, config, checkpoint.params)
     print(f"variant:    {config.name} ({config.family.name})")
+    print(f"output:     {output_kind(config)}")
     print(f"parameters: {checkpoint.num_params:,}")
     for option in config.family.options:
-        print(f"{option.replace('_', ' ')}: {getattr(config.encoder, option)}")
+        if hasattr(config.encoder, option):
+            print(f"{option.replace('_', ' ')}: {getattr(config.encoder, option)}")
     print(f"skipped:    {len(checkpoint.skipped)} keys the original forward does not use")
     for k in checkpoint.skipped if args.verbose else []:
         print(f"  {k}")
@@ -49,10 +52,12 @@ def cmd_info(args) -> int:
     from . import hub
 
     path = hub.resolve(args.model)
-    model = load(path, pretrained_window_sizes=args.pretrained_window_sizes)
+    model = load(path, pretrained_window_sizes=args.pretrained_window_sizes, variant=args.variant,
+                 max_depth=args.max_depth)
     c = model.config
     h, w = c.native_size
     print(f"model:      {c.name} ({c.family.name})")
+    print(f"output:     {output_kind(c)}")
     print(f"source:     {model.source}")
     print(f"parameters: {model.num_params:,}")
     print(f"input:      native {h}x{w} (HxW), sides multiples of {c.input_multiple}, "
@@ -68,6 +73,22 @@ def describe_devices(devices=None) -> str:
     devices = list(devices or jax.local_devices())
     kinds = sorted({d.device_kind for d in devices})
     return f"{len(devices)} x {', '.join(kinds)} ({', '.join(str(d) for d in devices)})"
+
+
+def output_kind(config) -> str:
+    """What the model's numbers are: relative inverse depth, or metres."""
+    if config.is_metric:
+        return f"metric depth in metres (max {config.max_depth:g} m)"
+    return "relative inverse depth (larger is nearer; unknown scale and shift)"
+
+
+def add_variant_arguments(p) -> None:
+    p.add_argument("--variant", metavar="NAME",
+                   help="which model the file holds, where its keys cannot tell: Depth Anything da2_vits, "
+                        "da2_metric_hypersim_vitl, da2_metric_vkitti_vitb, da1_vitl, ... (official release file "
+                        "names are recognised); a MiDaS preset name must match what the keys say")
+    p.add_argument("--max-depth", type=float, metavar="METRES",
+                   help="metric Depth Anything models: override the largest depth (20 Hypersim, 80 VKITTI)")
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
@@ -352,7 +373,8 @@ def _predict(args, todo, plan, status: Status) -> tuple[list[Path], int]:
     from . import hub, load, output, pipeline
 
     t0 = time.perf_counter()
-    model = load(hub.resolve(args.model, progress=not args.quiet), dtype=args.dtype)
+    model = load(hub.resolve(args.model, progress=not args.quiet), dtype=args.dtype, variant=args.variant,
+                 max_depth=args.max_depth)
     c = model.config
     devices = describe_devices(model.devices or None)
     status.info(f"model {c.name} ({c.family.name}) from {model.source}, {args.dtype}, "
@@ -371,7 +393,8 @@ def _predict(args, todo, plan, status: Status) -> tuple[list[Path], int]:
         for fmt, path in targets.items():
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                output.write_depth(path, r.depth, fmt, picture=picture, replace=args.overwrite)
+                output.write_depth(path, r.depth, fmt, picture=picture, replace=args.overwrite,
+                                   metric=c.is_metric)
             except FileExistsError:
                 raise ValueError(f"{path} appeared meanwhile; not replaced (--overwrite replaces it)") from None
             except OSError as e:
@@ -432,12 +455,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained-window-sizes", type=_windows, metavar="A,B,C,D",
                    help="SwinV2 only: override the pretrained window sizes, one per stage (not stored in checkpoints)")
     p.add_argument("-v", "--verbose", action="store_true", help="list the skipped keys")
+    add_variant_arguments(p)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="print a model's config, parameter count and input size")
     p.add_argument("model", help="checkpoint path (original or converted) or official model name")
     p.add_argument("--pretrained-window-sizes", type=_windows, metavar="A,B,C,D",
                    help="SwinV2 only: override the pretrained window sizes, one per stage")
+    add_variant_arguments(p)
     p.set_defaults(func=cmd_info)
 
     import textwrap
@@ -457,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="depth", metavar="OUTDIR", help="output folder (default: ./depth)")
     p.add_argument("-f", "--format", type=_formats, default=["color"], metavar="FMT[,FMT...]",
                    help="one or more of: color (inferno colormap PNG, near is bright), gray8 (8-bit PNG), "
-                        "png16 (16-bit PNG; these three scaled to each map's own range), npy (raw float32), "
+                        "png16 (16-bit PNG; these three scaled to each map's own range; a metric model's png16 holds metres x 256), npy (raw float32: inverse depth, or metres for metric models), "
                         "pfm (raw float32 as MiDaS writes it), side (picture and color depth side by side); "
                         "default color")
     p.add_argument("-r", "--recursive", action="store_true",
@@ -467,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--height", type=_positive, metavar="N",
                       help="network input target N x N instead of the model's native size, as MiDaS's --height "
-                           "(sides rounded to multiples of 32; the aspect ratio is kept as --keep-aspect-ratio says)")
+                           "(sides rounded to the model's multiple, 32 for MiDaS, 14 for Depth Anything; the aspect ratio is kept as --keep-aspect-ratio says)")
     size.add_argument("--size", type=_size, metavar="N|HxW", help="network input target, N x N or H x W")
     p.add_argument("--bucket", action="store_true",
                    help="snap network input sizes to multiples of 64, so pictures of near sizes share one "
@@ -477,12 +502,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="float32 (exact; default) or bfloat16 matmuls (faster on GPU/TPU and bf16 CPUs)")
     p.add_argument("--keep-aspect-ratio", action=argparse.BooleanOptionalAction, default=None,
-                   help="resize keeping the aspect ratio (default: as MiDaS, on for BEiT, off for SwinV2)")
+                   help="resize keeping the aspect ratio (default: as the original: on for BEiT and Depth "
+                        "Anything, off for SwinV2)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (it only shows on a terminal; otherwise one line per picture)")
     p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also print the devices, skipped pictures and removed temporary files")
+    add_variant_arguments(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("download", help="fetch an official MiDaS v3.1 checkpoint into the cache and check it")

@@ -74,6 +74,7 @@ class Reassemble(nn.Module):
                 x = x.reshape(x.shape[0], *grid, x.shape[-1])  # (B, h, w, C)
                 d = c.reassembly_features[i - 1]
                 x = nn.Conv(d, (1, 1), name=f"project_{i}")(x)
+                self.sow("intermediates", f"project{i}", x)
                 x = Resample(d, factor, name=f"resample_{i}")(x)  # (B, factor*h, factor*w, d)
             self.sow("intermediates", f"reassemble{i}", x)
             x = nn.Conv(c.fusion_features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name=f"to_fusion_{i}")(x)
@@ -154,6 +155,7 @@ class DepthHead(nn.Module):
     def __call__(self, x, size):  # (B, h, w, F)
         c = self.config
         x = nn.Conv(c.fusion_features // 2, (3, 3), padding=((1, 1), (1, 1)), name="conv1")(x)
+        self.sow("intermediates", "head_conv1", x)
         x = resize_bilinear(x, size, align_corners=True)
         x = nn.relu(nn.Conv(c.head_features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(x))
         x = nn.Conv(1, (1, 1), name="conv3")(x)  # (B, H, W, 1)
@@ -164,7 +166,7 @@ class DepthHead(nn.Module):
 
 
 class DPT(nn.Module):
-    """The whole model: normalized NHWC images (B, H, W, 3) -> relative inverse depth (B, H, W)."""
+    """The whole model: normalized NHWC images (B, H, W, 3) -> depth (B, H, W): relative inverse, or metres."""
 
     config: DPTConfig
 

@@ -99,10 +99,12 @@ class ModelEntry:
     url: str  # where it is published
     config: DPTConfig  # the architecture the file must hold (detect_config must return exactly this)
     approx_bytes: int | None = None  # approximate file size (tensor bytes); only for messages and progress
+    licence: str | None = None  # the weights' licence, shown when the file is downloaded
+    file: str | None = None  # the cache file's name, when not <name>.pt (Depth Anything: the release name)
 
     @property
     def filename(self) -> str:
-        return f"{self.name}.pt"
+        return self.file or f"{self.name}.pt"
 
 
 # Tensor byte totals of the released files (each file is a little larger).
@@ -116,8 +118,31 @@ _APPROX_BYTES = {
 }
 
 REGISTRY: dict[str, ModelEntry] = {
-    name: ModelEntry(name, RELEASE_URL.format(name=name), PRESETS[name], _APPROX_BYTES[name]) for name in PRESETS
+    name: ModelEntry(name, RELEASE_URL.format(name=name), PRESETS[name], _APPROX_BYTES[name], licence="MIT")
+    for name in _APPROX_BYTES
 }
+
+# Depth Anything: the official files on Hugging Face (V2 from its README and metric_depth/README,
+# V1 from the LiheYoung/Depth-Anything README). Sizes: tensor byte totals of the reference manifests.
+# Licences: V2 Small Apache-2.0, Base/Large CC-BY-NC-4.0 (V2 README; the metric models are
+# listed there by the same base models); V1: Apache-2.0 (its repository's licence).
+_HF = "https://huggingface.co"
+_DA_SIZES = {"vits": ("Small", 99_140_356), "vitb": ("Base", 389_883_140), "vitl": ("Large", 1_341_262_596)}
+_CC_BY_NC = "CC-BY-NC-4.0 (non-commercial use only)"
+for _s, (_word, _bytes) in _DA_SIZES.items():
+    _licence = "Apache-2.0" if _s == "vits" else _CC_BY_NC
+    _file = f"depth_anything_v2_{_s}.pth"
+    REGISTRY[f"da2_{_s}"] = ModelEntry(f"da2_{_s}", f"{_HF}/depth-anything/Depth-Anything-V2-{_word}/resolve/main/{_file}",
+                                       PRESETS[f"da2_{_s}"], _bytes, _licence, _file)
+    for _data, _repo in (("hypersim", "Hypersim"), ("vkitti", "VKITTI")):
+        _name, _file = f"da2_metric_{_data}_{_s}", f"depth_anything_v2_metric_{_data}_{_s}.pth"
+        REGISTRY[_name] = ModelEntry(
+            _name, f"{_HF}/depth-anything/Depth-Anything-V2-Metric-{_repo}-{_word}/resolve/main/{_file}",
+            PRESETS[_name], _bytes, _licence, _file)
+    _file = f"depth_anything_{_s}14.pth"
+    REGISTRY[f"da1_{_s}"] = ModelEntry(f"da1_{_s}", f"{_HF}/spaces/LiheYoung/Depth-Anything/resolve/main/checkpoints/{_file}",
+                                       PRESETS[f"da1_{_s}"], _bytes, "Apache-2.0", _file)
+REGISTRY = {name: REGISTRY[name] for name in PRESETS}  # in the presets' order
 
 
 class UnknownModelError(ValueError):
@@ -343,7 +368,9 @@ def verify(path, model) -> DPTConfig:
     family = recognise(state)
     if family is not None and family is not entry.config.family:
         raise CheckpointError(path, f"holds a {family.name} model, not the {entry.config.family.name} model {entry.name}")
-    config = detect_config(state, path)
+    # Files whose keys cannot tell their variant (Depth Anything) are checked as the entry's variant.
+    chosen = {"variant": entry.config.name} if "variant" in (entry.config.family.options or {}) else {}
+    config = detect_config(state, path, **chosen)
     if config != entry.config:
         if config.family is not entry.config.family:
             what = f"a {config.family.name} model, not the {entry.config.family.name} model {entry.name}"
@@ -607,6 +634,8 @@ def download(name: str, *, cache=None, progress: bool = True, url: str | None = 
                 _unlink(dest, _stamp_path(dest))
         _unlink(_stamp_path(dest))
 
+        if entry.licence:  # shown on every download, quiet or not
+            print(f"dpt-jax: {entry.name} is published under the licence {entry.licence}", file=sys.stderr)
         if progress and not sys.stderr.isatty():
             print(f"dpt-jax: downloading {entry.name} (about {_human(entry.approx_bytes)}) from {url} to {dest}",
                   file=sys.stderr)

@@ -50,8 +50,8 @@ class DepthModel:
     """A DPT depth model ready to run.
 
     `apply(images)` maps normalized float images (B, H, W, 3), NHWC (the original's forward
-    input, transposed), to relative inverse depth (B, H, W). It is jit-compiled once per input
-    shape.
+    input, transposed), to depth (B, H, W): relative inverse depth, or metres for a metric model
+    (`config.is_metric`). It is jit-compiled once per input shape.
     """
 
     config: DPTConfig
@@ -97,16 +97,22 @@ class DepthModel:
 
     def predict(self, images, *, batch_size: int = 4, keep_aspect_ratio: bool | None = None, size=None,
                 bucket: bool = False, output: str = "array"):
-        """Inverse depth for pictures, each at its own size, through MiDaS's preprocessing.
+        """Depth for pictures, each at its own size, through the original's preprocessing.
+
+        What the numbers are: relative inverse depth (larger is nearer, unknown scale and shift)
+        for MiDaS and relative Depth Anything models; depth in metres for metric Depth Anything
+        models (`config.is_metric`). Pre- and postprocessing follow the config: MiDaS run.py, or
+        Depth Anything's image2tensor / infer_image (lower bound 518, ImageNet mean/std).
 
         `images`: one picture or a list of them; a picture is a file path, a PIL image or an
         (h, w, 3) array (uint8, uint16, or float in [0, 1]; grayscale and RGBA are converted).
         Returns one result per picture (a list for a list). A picture that cannot be used raises
         ImageError naming it; `pipeline.run` is the batch form that reports failures and goes on.
-        `output`: "array" (float32 (h, w) inverse depth), "pil" (16-bit grayscale PIL image, mode
+        `output`: "array" (float32 (h, w) depth as above), "pil" (16-bit grayscale PIL image, mode
         I;16, scaled to its own range) or "color" (RGB PIL image, `dpt_jax.output.colorize`).
         `size`: network input target instead of the native size (an int as MiDaS's --height, or
-        (H, W)); `keep_aspect_ratio`: default as MiDaS (True for BEiT, False for SwinV2);
+        (H, W)); `keep_aspect_ratio`: default as the original (True for BEiT and Depth Anything,
+        False for SwinV2);
         `bucket`: see `pipeline.run`.
         """
         from . import output as _output
@@ -149,16 +155,20 @@ def configure_compilation_cache(directory=None) -> str | None:
     return str(directory)
 
 
-def load(path, *, dtype: str = "float32", pretrained_window_sizes=None, devices=None,
-         compilation_cache=None) -> DepthModel:
-    """Load an original MiDaS v3.1 checkpoint (.pt or .safetensors) or a dpt-jax converted file.
+def load(path, *, dtype: str = "float32", pretrained_window_sizes=None, variant: str | None = None,
+         max_depth: float | None = None, devices=None, compilation_cache=None) -> DepthModel:
+    """Load an original checkpoint (MiDaS v3.1 .pt, Depth Anything .pth, or .safetensors) or a converted file.
 
     `pretrained_window_sizes` overrides the SwinV2 value that checkpoints do not store (the
     three official SwinV2 checkpoints are recognised and need no override).
+    `variant`: which model the file holds, where its keys cannot tell (Depth Anything V1/V2,
+    relative/metric, Hypersim/VKITTI: "da2_vits", "da2_metric_hypersim_vitl", "da1_vitb", ...);
+    the official release file names are recognised. For a MiDaS file it must match the keys.
+    `max_depth`: metres, overrides a metric Depth Anything model's (20 Hypersim, 80 VKITTI).
     `compilation_cache`: directory of the persistent compilation cache, or "off"
     (see `configure_compilation_cache`).
     """
     configure_compilation_cache(compilation_cache)
-    checkpoint = read_checkpoint(path, **({} if pretrained_window_sizes is None
-                                          else {"pretrained_window_sizes": pretrained_window_sizes}))
+    options = {"pretrained_window_sizes": pretrained_window_sizes, "variant": variant, "max_depth": max_depth}
+    checkpoint = read_checkpoint(path, **{k: v for k, v in options.items() if v is not None})
     return DepthModel(checkpoint.config, checkpoint.params, dtype=dtype, source=os.fspath(path), devices=devices)

@@ -11,6 +11,13 @@ Every file is written atomically (`dpt_jax.atomic.atomic_write`). The formats:
     side    <stem>-side.png         the picture and its color depth side by side
 
 "Normalized" is scaled to [0, 1] by the map's own minimum and maximum (`normalized`).
+
+What the numbers are depends on the model (`DPTConfig.is_metric`): relative models (MiDaS, Depth
+Anything relative) give inverse depth of unknown scale and shift, normalized per picture as
+above; metric models (Depth Anything metric) give depth in metres: npy and pfm hold metres, png16
+holds round(metres x 256) as uint16 (KITTI's depth-PNG convention: 1/256 m steps up to 255.99 m),
+the same scale for every picture, not normalized; color, gray8 and side are per picture with near
+shown bright.
 """
 
 from __future__ import annotations
@@ -74,6 +81,9 @@ def colorize(depth: np.ndarray) -> np.ndarray:
     return INFERNO[np.round(normalized(depth) * 255).astype(np.uint8)]
 
 
+METRIC_PNG16_SCALE = 256.0  # metric png16: uint16 units per metre
+
+
 def gray8(depth: np.ndarray) -> np.ndarray:
     """(h, w) inverse depth -> (h, w) uint8, scaled to its own range."""
     return np.round(normalized(depth) * 255).astype(np.uint8)
@@ -133,11 +143,12 @@ def read_pfm(path) -> np.ndarray:
 
 
 def write_depth(path, depth: np.ndarray, fmt: str, *, picture: np.ndarray | None = None,
-                replace: bool = True) -> Path:
+                replace: bool = True, metric: bool = False) -> Path:
     """Write `depth` as `fmt` (a key of FORMATS) to `path`, via a temporary file and a rename.
 
     "side" needs the `picture`. `replace=False` refuses (FileExistsError) to replace a file
     that is at `path` when the write completes.
+    `metric`: `depth` is in metres (see the module's docstring for what each format then holds).
     """
     from PIL import Image
 
@@ -145,17 +156,21 @@ def write_depth(path, depth: np.ndarray, fmt: str, *, picture: np.ndarray | None
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if fmt == "side" and picture is None:
         raise ValueError("the side format needs the picture")
+    shown = -np.asarray(depth) if metric else depth  # pictures show near as bright: inverse depth, or -metres
     with atomic_write(path, Path(FORMATS[fmt]).suffix, replace=replace) as f:
         if fmt == "npy":
             np.save(f, np.asarray(depth, np.float32))
         elif fmt == "pfm":
             write_pfm(f, depth)
+        elif fmt == "png16" and metric:
+            scaled = np.clip(np.round(np.asarray(depth, np.float64) * METRIC_PNG16_SCALE), 0, 65535)
+            Image.fromarray(scaled.astype(np.uint16)).save(f, format="PNG")
         elif fmt == "png16":
             Image.fromarray(gray16(depth)).save(f, format="PNG")
         elif fmt == "gray8":
-            Image.fromarray(gray8(depth)).save(f, format="PNG")
+            Image.fromarray(gray8(shown)).save(f, format="PNG")
         elif fmt == "side":
-            Image.fromarray(side_by_side(picture, depth)).save(f, format="PNG")
+            Image.fromarray(side_by_side(picture, shown)).save(f, format="PNG")
         else:
-            Image.fromarray(colorize(depth)).save(f, format="PNG")
+            Image.fromarray(colorize(shown)).save(f, format="PNG")
     return Path(path)

@@ -1,12 +1,13 @@
-"""Depth for real pictures: reading, MiDaS preprocessing, batching by shape, and resizing back.
+"""Depth for real pictures: reading, the original's preprocessing, batching by shape, and resizing back.
 
     picture (h, w, 3) uint8/uint16/float
-      -> processed size (H, W): the variant's native size, sides rounded to multiples of 32,
-         MiDaS's "minimal" rule                                      (preprocess.processed_size)
-      -> bicubic resize as cv2.INTER_CUBIC, (x - 0.5) / 0.5       on device, compiled per (h, w)
+      -> processed size (H, W): the native size, sides rounded to config.resize_multiple by
+         config.resize_rule (MiDaS "minimal", 32; Depth Anything "lower_bound", 14)
+                                                                     (preprocess.processed_size)
+      -> bicubic resize as cv2.INTER_CUBIC, (x - mean) / std       on device, compiled per (h, w)
       -> DPT forward                                               on device, compiled per (B, H, W)
-      -> bicubic resize back to (h, w) as torch (align_corners=False)
-    = inverse depth (h, w) float32
+      -> resize back to (h, w) (config.output_resize)
+    = depth (h, w) float32: relative inverse depth, or metres for metric models
 
 Pictures are grouped by processed size, so all the model programs a run compiles are one per
 distinct (batch, H, W): a folder of phone photos in two orientations compiles two (plus one for
@@ -161,13 +162,6 @@ class Result:
     index: int = 0  # position of the picture in the input list
 
 
-def resize_multiple(config) -> int:
-    """Multiple the processed sides are rounded to: MiDaS's 32 when the model takes it (BEiT, SwinV2),
-    else the model's own `config.input_multiple`."""
-    m = config.input_multiple
-    return 32 if 32 % m == 0 else m
-
-
 def as_target(size) -> tuple[int, int]:
     """An int (a square, as MiDaS's --height) or an (H, W) pair -> (H, W) of positive ints."""
     pair = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
@@ -187,10 +181,11 @@ def planner(config, *, size=None, keep_aspect_ratio: bool | None = None, bucket:
     """The function (h, w) picture size -> (H, W) network input size of a run with these options."""
     keep = config.keep_aspect_ratio if keep_aspect_ratio is None else keep_aspect_ratio
     target = config.native_size if size is None else as_target(size)
-    multiple = resize_multiple(config)
+    multiple = config.resize_multiple
 
     def target_of(picture_size):
-        s = processed_size(*picture_size, target=target, keep_aspect_ratio=keep, multiple_of=multiple)
+        s = processed_size(*picture_size, target=target, keep_aspect_ratio=keep, multiple_of=multiple,
+                           rule=config.resize_rule)
         return bucket_size(s, multiple) if bucket else s
 
     return target_of
@@ -221,8 +216,8 @@ def run(model, items: Iterable[ImageLike | Source], *, batch_size: int = 4, keep
     """Predict every picture of `items`; a picture that fails is reported in its Result and the rest go on.
 
     `size`: network input target instead of the model's native size, as MiDaS's --height (an
-    int: a square target) or (H, W); sides are rounded to `resize_multiple(config)` by MiDaS's
-    "minimal" rule, keeping the aspect ratio as `keep_aspect_ratio` says.
+    int: a square target) or (H, W); sides are rounded to `config.resize_multiple` by the
+    config's `resize_rule`, keeping the aspect ratio as `keep_aspect_ratio` says.
     `bucket`: snap each processed size to a coarser grid (`bucket_size`), so pictures of near
     sizes share one compiled program. The picture is resized to the bucket size (not padded:
     padding changes the depth of every pixel, as the encoder attends across the padding), so
@@ -240,7 +235,8 @@ def run(model, items: Iterable[ImageLike | Source], *, batch_size: int = 4, keep
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1; got {batch_size}")
     budget = PIXEL_BUDGET if pixel_budget is None else pixel_budget
-    target_of = planner(model.config, size=size, keep_aspect_ratio=keep_aspect_ratio, bucket=bucket)
+    config = model.config
+    target_of = planner(config, size=size, keep_aspect_ratio=keep_aspect_ratio, bucket=bucket)
 
     results: list[Result] = []
     sources: list[Source] = []
@@ -274,7 +270,8 @@ def run(model, items: Iterable[ImageLike | Source], *, batch_size: int = 4, keep
 
         def flush():
             for g in chunk.values():
-                inputs.append(normalize_and_resize(jnp.asarray(np.stack([p for _, p in g])), size_hw))
+                inputs.append(normalize_and_resize(jnp.asarray(np.stack([p for _, p in g])), size_hw,
+                                                   config.input_mean, config.input_std))
                 order.extend(m for m, _ in g)
             chunk.clear()
 
@@ -319,7 +316,7 @@ def run(model, items: Iterable[ImageLike | Source], *, batch_size: int = 4, keep
             while j < len(order) and shape_of[order[j]] == ps and px + ps[0] * ps[1] <= budget:
                 px += ps[0] * ps[1]
                 j += 1
-            back = np.asarray(resize_depth(depth[k:j], ps))  # (j - k, h, w)
+            back = np.asarray(resize_depth(depth[k:j], ps, config.output_resize))  # (j - k, h, w)
             for m, d in zip(order[k:j], back):
                 results[slot[m]].depth = d
                 _emit(on_result, results[slot[m]], keep_depth)

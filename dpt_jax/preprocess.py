@@ -9,6 +9,11 @@ network, in JAX:
   * the output transform: F.interpolate(mode="bicubic", align_corners=False) of the prediction
     back to the picture's size (`resize_depth`).
 Sizes are (height, width) throughout; MiDaS's Resize takes and returns (width, height).
+
+Depth Anything (V1 and V2) uses the same Resize class with resize_method="lower_bound" and
+ensure_multiple_of=14, ImageNet mean/std, and resizes the output back bilinearly; the keyword
+arguments `rule`, `mean`/`std` and `method` select these (DPTConfig.resize_rule, input_mean,
+input_std, output_resize).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .resize import resize_bicubic
+from .resize import resize_bicubic, resize_bilinear
 
 
 def _constrain_to_multiple_of(x: float, multiple_of: int, min_val: int = 0, max_val: int | None = None) -> int:
@@ -34,7 +39,7 @@ def _constrain_to_multiple_of(x: float, multiple_of: int, min_val: int = 0, max_
 
 
 def processed_size(
-    height: int, width: int, *, target, keep_aspect_ratio: bool, multiple_of: int = 32
+    height: int, width: int, *, target, keep_aspect_ratio: bool, multiple_of: int = 32, rule: str = "minimal"
 ) -> tuple[int, int]:
     """(new_h, new_w) that MiDaS resizes a height x width picture to before the network.
 
@@ -47,6 +52,10 @@ def processed_size(
     E.g. a 480 x 640 picture for a 384 BEiT with keep_aspect_ratio -> (384, 512); any picture for
     swin2_tiny_256 (keep_aspect_ratio=False) -> (256, 256).
 
+    rule="lower_bound" (Depth Anything): with keep_aspect_ratio both axes take the larger scale,
+    so the result covers the target; each side is rounded as above and, if that falls below the
+    target side, rounded up instead (a 500 x 333 picture for 518 with multiples of 14 -> 784 x 518).
+
     Raises ValueError where MiDaS would produce a zero side (a side under multiple_of / 2 after
     scaling, e.g. a very thin strip), which cv2.resize then rejects in MiDaS too.
     """
@@ -55,14 +64,19 @@ def processed_size(
     target_h, target_w = (target, target) if isinstance(target, int) else target
     scale_h = target_h / height
     scale_w = target_w / width
-    if keep_aspect_ratio:
+    if rule not in ("minimal", "lower_bound"):
+        raise ValueError(f"unknown resize rule {rule!r}; expected 'minimal' or 'lower_bound'")
+    if keep_aspect_ratio and rule == "lower_bound":
+        scale_h = scale_w = max(scale_h, scale_w)
+    elif keep_aspect_ratio:
         if abs(1 - scale_w) < abs(1 - scale_h):
             scale_h = scale_w
         else:
             scale_w = scale_h
-    # "minimal" constrains with the defaults min_val=0, max_val=None.
-    new_h = _constrain_to_multiple_of(scale_h * height, multiple_of)
-    new_w = _constrain_to_multiple_of(scale_w * width, multiple_of)
+    # "minimal" constrains with the defaults min_val=0, max_val=None; "lower_bound" with min_val=target.
+    low_h, low_w = (target_h, target_w) if rule == "lower_bound" else (0, 0)
+    new_h = _constrain_to_multiple_of(scale_h * height, multiple_of, min_val=low_h)
+    new_w = _constrain_to_multiple_of(scale_w * width, multiple_of, min_val=low_w)
     if new_h == 0 or new_w == 0:
         raise ValueError(
             f"a {height} x {width} picture maps to {new_h} x {new_w} for target {target_h} x {target_w}: "
@@ -71,14 +85,16 @@ def processed_size(
     return new_h, new_w
 
 
-@functools.partial(jax.jit, static_argnames="size")
-def normalize_and_resize(images: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
+@functools.partial(jax.jit, static_argnames=("size", "mean", "std"))
+def normalize_and_resize(images: jnp.ndarray, size: tuple[int, int], mean=(0.5, 0.5, 0.5),
+                         std=(0.5, 0.5, 0.5)) -> jnp.ndarray:
     """(B, h, w, 3) RGB pictures -> (B, H, W, 3) float32 network input, as MiDaS prepares them.
 
     uint8 pictures are divided by 255; float pictures are taken to be in [0, 1] already. The
     result is resized with OpenCV's bicubic convention (MiDaS resizes the [0, 1] image with
     cv2.INTER_CUBIC before normalising; the output is not clipped, so it may overshoot slightly)
-    and normalised as (x - 0.5) / 0.5. `size` = (H, W), e.g. from `processed_size`.
+    and normalised as (x - mean) / std per channel (MiDaS: 0.5 and 0.5; Depth Anything: ImageNet's).
+    `size` = (H, W), e.g. from `processed_size`; `mean`, `std`: tuples (static).
     """
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected (B, h, w, 3) RGB pictures, got shape {images.shape}")
@@ -86,13 +102,20 @@ def normalize_and_resize(images: jnp.ndarray, size: tuple[int, int]) -> jnp.ndar
     if images.dtype == jnp.uint8:
         x = x / 255.0
     x = resize_bicubic(x, tuple(size), convention="opencv", axes=(1, 2))
-    return (x - 0.5) / 0.5
+    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames="size")
-def resize_depth(depth: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
-    """(B, h, w) predictions -> (B, H, W) float32, as run.py resizes them to the picture's size:
-    F.interpolate(prediction.unsqueeze(1), size=(H, W), mode="bicubic", align_corners=False)."""
+@functools.partial(jax.jit, static_argnames=("size", "method"))
+def resize_depth(depth: jnp.ndarray, size: tuple[int, int], method: str = "bicubic") -> jnp.ndarray:
+    """(B, h, w) predictions -> (B, H, W) float32, as the original resizes them to the picture's size:
+    F.interpolate(prediction.unsqueeze(1), size=(H, W), mode=...) with method "bicubic" (MiDaS run.py,
+    align_corners=False), "bilinear_align_corners" (Depth Anything V2 infer_image) or "bilinear"
+    (Depth Anything V1 run.py, align_corners=False)."""
     if depth.ndim != 3:
         raise ValueError(f"expected (B, h, w) predictions, got shape {depth.shape}")
-    return resize_bicubic(depth.astype(jnp.float32), tuple(size), convention="torch", axes=(1, 2))
+    depth = depth.astype(jnp.float32)
+    if method == "bicubic":
+        return resize_bicubic(depth, tuple(size), convention="torch", axes=(1, 2))
+    if method in ("bilinear_align_corners", "bilinear"):
+        return resize_bilinear(depth, tuple(size), align_corners=method == "bilinear_align_corners", axes=(1, 2))
+    raise ValueError(f"unknown output resize {method!r}")

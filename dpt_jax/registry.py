@@ -1,6 +1,6 @@
 """The encoder families dpt-jax knows, their presets, and lookups by config, name and checkpoint.
 
-    FAMILIES      name -> EncoderFamily (beit.py, swinv2.py)
+    FAMILIES      name -> EncoderFamily (beit.py, swinv2.py, dinov2.py)
     PRESETS       preset name -> DPTConfig, over every family
     family_of     encoder config -> its family
     detect_config state dict -> DPTConfig (asks each family whether it recognises the keys)
@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 from typing import Mapping
 
-from . import beit, swinv2
+from . import beit, dinov2, swinv2
 from .config import ConfigError, DPTConfig, from_dict
 from .convert.keys import ConversionError
 from .family import EncoderFamily
 
-FAMILIES: dict[str, EncoderFamily] = {f.name: f for f in (beit.FAMILY, swinv2.FAMILY)}
+FAMILIES: dict[str, EncoderFamily] = {f.name: f for f in (beit.FAMILY, swinv2.FAMILY, dinov2.FAMILY)}
 
 PRESETS: dict[str, DPTConfig] = {p.name: p for f in FAMILIES.values() for p in f.presets}
 MINI_CONFIGS: dict[str, DPTConfig] = {m.name: m for f in FAMILIES.values() for m in f.minis}
@@ -43,18 +43,35 @@ def recognise(state: Mapping) -> EncoderFamily | None:
     return next((f for f in FAMILIES.values() if f.recognises(state)), None)
 
 
-def detect_config(state: Mapping, path="<state dict>", **options) -> DPTConfig:
+def detect_config(state: Mapping, path="<state dict>", *, variant: str | None = None, **options) -> DPTConfig:
     """The configuration of checkpoint `state` (key -> anything with `.shape`); reads no tensor data.
 
     A config equal to a preset but for its name is that preset. `options` are choices the file
-    cannot tell (see each family's `options`).
+    cannot tell (see each family's `options`; None means "not given"). `variant` names a preset
+    (or a mini): for families whose keys cannot tell their variants (Depth Anything) it is the
+    choice; for the others (MiDaS) it must be what the keys say.
     """
     family = recognise(state)
     if family is not None:
-        if unknown := sorted(k for k, v in options.items() if v is not None and k not in (family.options or {})):
+        options = {k: v for k, v in options.items() if v is not None}
+        allowed = family.options or {}
+        if unknown := sorted(set(options) - set(allowed)):
             raise ConversionError(path, f"{', '.join(unknown)} does not apply to a {family.name} model")
+        if variant is not None:
+            chosen = PRESETS.get(variant) or MINI_CONFIGS.get(variant) or PRESETS.get(f"dpt_{variant}")
+            if chosen is None:
+                raise ConversionError(path, f"unknown variant {variant!r}; known: {', '.join(PRESETS)}")
+            if chosen.family is not family:
+                raise ConversionError(path, f"holds a {family.name} checkpoint; variant {chosen.name} is a "
+                                      f"{chosen.family.name} model")
+            variant = chosen.name
+        if "variant" in allowed:
+            return family.detect_config(state, path, variant=variant, **options)
         config = family.detect_config(state, path, **options)
-        return next((p for p in family.presets if p.replace(name=config.name) == config), config)
+        config = next((p for p in family.presets if p.replace(name=config.name) == config), config)
+        if variant is not None and config.name != variant:
+            raise ConversionError(path, f"its keys say it is {config.name}, not the variant {variant} given")
+        return config
     hint = ""
     if any(k.startswith("backbone.") or k.startswith("dpt.") for k in state):
         hint = " (this looks like a Hugging Face transformers checkpoint; use the original MiDaS .pt file)"

@@ -320,10 +320,10 @@ def _jitted():
     from .output import INFERNO
     from .preprocess import resize_depth
 
-    @functools.partial(jax.jit, static_argnames="size")
-    def resized_with_range(net_depth, size):
+    @functools.partial(jax.jit, static_argnames=("size", "method"))
+    def resized_with_range(net_depth, size, method="bicubic"):
         """(b, H, W) network output -> (b, h, w) inverse depth as pictures get it, and its per-frame min, max (b,)."""
-        depth = resize_depth(net_depth, size)
+        depth = resize_depth(net_depth, size, method)
         return depth, depth.min(axis=(1, 2)), depth.max(axis=(1, 2))
 
     @jax.jit
@@ -451,8 +451,10 @@ class _Run:
                     self._open()
                 n = len(frames)
                 pixels = np.stack(frames + [np.zeros_like(frames[0])] * (self.batch - n))  # (batch, h, w, 3)
-                net = self.model.apply(normalize_and_resize(jnp.asarray(pixels), self.net_size))  # (batch, H, W)
-                depth, lo, hi = resized_with_range(net, self.size)  # (batch, h, w), (batch,), (batch,)
+                c = self.model.config
+                net = self.model.apply(normalize_and_resize(jnp.asarray(pixels), self.net_size, c.input_mean,
+                                                            c.input_std))  # (batch, H, W)
+                depth, lo, hi = resized_with_range(net, self.size, c.output_resize)  # (batch, h, w), (batch,), (batch,)
                 depth, lo, hi, net = depth[:n], lo[:n], hi[:n], net[:n]
                 if self.normalize == "running":
                     if self.state is None:
@@ -476,7 +478,9 @@ class _Run:
 
         self.size = self.reader.size
         try:
-            self.net_size = processed_size(*self.size, target=self.model.config.native_size, keep_aspect_ratio=self.keep)
+            c = self.model.config
+            self.net_size = processed_size(*self.size, target=c.native_size, keep_aspect_ratio=self.keep,
+                                           multiple_of=c.resize_multiple, rule=c.resize_rule)
         except ValueError as e:
             raise ValueError(f"{self.reader.name}: {e}") from None
         if self.frames_format == "npy":
@@ -538,7 +542,7 @@ class _Run:
                 net = np.frombuffer(self.spill.read(n * h_net * w_net * 4), np.float32).reshape(n, h_net, w_net)
                 if n < self.batch:  # the same program as full batches
                     net = np.concatenate([net, np.zeros((self.batch - n, h_net, w_net), np.float32)])
-                depth = resized_with_range(jnp.asarray(net), self.size)[0]
+                depth = resized_with_range(jnp.asarray(net), self.size, self.model.config.output_resize)[0]
                 bounds = jnp.full((self.batch,), self.lo, jnp.float32), jnp.full((self.batch,), self.hi, jnp.float32)
                 colour, sixteen = render(depth, *bounds)
                 frames = next(inputs) if inputs is not None else [None] * n

@@ -140,9 +140,9 @@ def test_decoded_pixels_in_flight_stay_within_the_budget(model, monkeypatch):
 
     resize = pipeline.normalize_and_resize
 
-    def counted_resize(images, size):
+    def counted_resize(images, size, *args):
         held[0] -= images.shape[0] * images.shape[1] * images.shape[2]  # these pixels are released after this
-        return resize(images, size)
+        return resize(images, size, *args)
 
     monkeypatch.setattr(pipeline, "normalize_and_resize", counted_resize)
     fake = ShapeModel(model.config)

@@ -42,8 +42,8 @@ def manifest_state(name):
     return manifest, {e["key"]: ShapeOnly(e["shape"]) for e in manifest["state_dict"]}
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_manifest_detects_preset_and_fits_model(name):
+@pytest.mark.parametrize("name", sorted(n for n in PRESETS if (MANIFESTS / f"{n}.json").is_file()))
+def test_manifest_detects_preset_and_fits_model(name):  # the MiDaS six; Depth Anything's nine: test_dinov2.py
     manifest, state = manifest_state(name)
     config = detect_config(state, name)
     assert config == PRESETS[name]

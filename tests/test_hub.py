@@ -184,6 +184,8 @@ def files_in(directory: Path) -> list[str]:
 def test_registry_holds_the_six_releases():
     assert list(hub.REGISTRY) == list(PRESETS)
     for name, entry in hub.REGISTRY.items():
+        if entry.config.family.name == "dinov2":
+            continue  # Depth Anything: test_registry_holds_the_depth_anything_releases
         assert entry.url == f"https://github.com/isl-org/MiDaS/releases/download/v3_1/{name}.pt"
         assert entry.config is PRESETS[name]
         assert entry.filename == f"{name}.pt"
@@ -195,6 +197,23 @@ def test_registry_holds_the_six_releases():
         hub.get_entry("dpt_vit_hybrid_384")
     with pytest.raises(ValueError, match="already registered"):
         hub.register(hub.REGISTRY["dpt_beit_base_384"])
+
+
+def test_registry_holds_the_depth_anything_releases():
+    from dpt_jax.dinov2 import RELEASE_FILES
+
+    entries = {n: e for n, e in hub.REGISTRY.items() if e.config.family.name == "dinov2"}
+    assert len(entries) == 12 == len(RELEASE_FILES)
+    for file, name in RELEASE_FILES.items():
+        entry = entries[name]
+        assert entry.config is PRESETS[name] and entry.filename == file  # cached under the release name
+        assert entry.url.startswith("https://huggingface.co/") and entry.url.endswith("/" + file)
+        small = name.endswith("vits")
+        assert entry.licence == ("Apache-2.0" if small or name.startswith("da1") else
+                                 "CC-BY-NC-4.0 (non-commercial use only)")
+    assert entries["da2_vits"].url == \
+        "https://huggingface.co/depth-anything/Depth-Anything-V2-Small/resolve/main/depth_anything_v2_vits.pth"
+    assert entries["da2_metric_vkitti_vitl"].approx_bytes == 1_341_262_596
 
 
 def test_cache_dir_environment(monkeypatch, tmp_path):
@@ -514,3 +533,22 @@ def test_resolve_default_and_short_names(monkeypatch, tmp_path):
     hub.resolve()
     hub.resolve("beit_large_512")
     assert calls == [hub.DEFAULT_MODEL, "beit_large_512"]
+
+
+def test_depth_anything_download_shows_licence_and_checks_the_variant(server, cache, capsys):
+    """A Depth Anything file is checked as its entry's variant (its keys cannot tell), and its licence is shown."""
+    from dpt_jax.registry import MINI_CONFIGS
+
+    da = FIXTURES / "depth_anything" / "mini_da2.pth"
+    url = server.serve("/mini_da2.pth", da.read_bytes())
+    entry = hub.register(hub.ModelEntry("mini_da2", url, MINI_CONFIGS["mini_da2"], da.stat().st_size,
+                                        licence="Apache-2.0", file="mini_da2.pth"))
+    try:
+        path = hub.download("mini_da2", cache=cache, progress=False)
+        assert path == cache / "mini_da2.pth" and path.read_bytes() == da.read_bytes()
+        assert "mini_da2 is published under the licence Apache-2.0" in capsys.readouterr().err
+        assert hub.verify(path, entry) is MINI_CONFIGS["mini_da2"]
+        wrong = hub.ModelEntry("mini_da2_metric", url, MINI_CONFIGS["mini_da2_metric"])
+        assert hub.verify(path, wrong) is MINI_CONFIGS["mini_da2_metric"]  # the same keys: only the name tells
+    finally:
+        hub.unregister("mini_da2")
