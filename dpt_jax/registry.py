@@ -51,15 +51,20 @@ def detect_config(state: Mapping, path="<state dict>", **options) -> DPTConfig:
     """
     family = recognise(state)
     if family is not None:
-        config = family.detect_config(state, path, **options)
-        return next((p for p in family.presets if p.replace(name=config.name) == config), config)
+        return as_preset(family.detect_config(state, path, **options))
     hint = ""
     if any(k.startswith("backbone.") or k.startswith("dpt.") for k in state):
-        hint = " (this looks like a Hugging Face transformers checkpoint; use the original MiDaS .pt file)"
+        hint = (" (this looks like the weights of a Hugging Face transformers checkpoint: pass the folder "
+                "that holds them and their config.json)")
     raise ConversionError(
         path, f"not a checkpoint of a known DPT model ({', '.join(FAMILIES)}): none of them recognises "
         f"its {len(state)} keys{hint}"
     )
+
+
+def as_preset(config: DPTConfig) -> DPTConfig:
+    """The preset equal to `config` but for its name, or `config` itself."""
+    return next((p for p in config.family.presets if p.replace(name=config.name) == config), config)
 
 
 def config_to_dict(config: DPTConfig) -> dict:
