@@ -118,6 +118,16 @@ class DepthModel:
         """Write a converted safetensors file (float32 parameters, config in the metadata)."""
         write_converted(path, self.config, jax.device_get(self.params))
 
+    def save_pretrained(self, directory, *, overwrite: bool = False):
+        """Write a Hugging Face transformers folder (config.json + model.safetensors) that
+        `transformers.AutoModelForDepthEstimation.from_pretrained(directory)` reads; see convert/hf.py.
+
+        A non-empty folder is refused unless it is a previous export or `overwrite` is set.
+        """
+        from .convert import hf
+
+        return hf.write(directory, self.config, jax.device_get(self.params), overwrite=overwrite)
+
 
 def configure_compilation_cache(directory=None) -> str | None:
     """Turn on JAX's persistent compilation cache, so a second process does not compile again.
@@ -141,14 +151,22 @@ def configure_compilation_cache(directory=None) -> str | None:
 
 def load(path, *, dtype: str = "float32", pretrained_window_sizes=None, devices=None,
          compilation_cache=None) -> DepthModel:
-    """Load an original MiDaS v3.1 checkpoint (.pt or .safetensors) or a dpt-jax converted file.
+    """Load a model: a file or folder, or a name that is downloaded and cached on first use.
 
+    `path`: an original MiDaS v3.1 / Depth Anything checkpoint (.pt/.pth or .safetensors), a
+    dpt-jax converted file, a Hugging Face transformers folder (config.json + model.safetensors),
+    an official name ("dpt_swin2_tiny_256", see `hub.REGISTRY` and `hub.HF_REPOS`) or a Hugging
+    Face Hub repo id ("Intel/dpt-swinv2-tiny-256"); see `hub.resolve`.
     `pretrained_window_sizes` overrides the SwinV2 value that checkpoints do not store (the
     three official SwinV2 checkpoints are recognised and need no override).
     `compilation_cache`: directory of the persistent compilation cache, or "off"
     (see `configure_compilation_cache`).
     """
+    from . import hub
+
     configure_compilation_cache(compilation_cache)
-    checkpoint = read_checkpoint(path, **({} if pretrained_window_sizes is None
-                                          else {"pretrained_window_sizes": pretrained_window_sizes}))
-    return DepthModel(checkpoint.config, checkpoint.params, dtype=dtype, source=os.fspath(path), devices=devices)
+    source = hub.resolve(path) if isinstance(path, str) and not os.path.exists(path) else path
+    options = {} if pretrained_window_sizes is None else {"pretrained_window_sizes": pretrained_window_sizes}
+    # A download was read once when it was checked: that reading is the load's (no second read).
+    checkpoint = (None if options else hub.take_verified(source)) or read_checkpoint(source, **options)
+    return DepthModel(checkpoint.config, checkpoint.params, dtype=dtype, source=os.fspath(source), devices=devices)
