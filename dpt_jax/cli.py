@@ -17,12 +17,17 @@ def _windows(text: str | None):
 
 
 def cmd_convert(args) -> int:
+    from . import hub
     from .checkpoint import read_checkpoint, write_converted
+    from .convert import hf
 
     options = {} if args.pretrained_window_sizes is None else {"pretrained_window_sizes": args.pretrained_window_sizes}
-    checkpoint = read_checkpoint(args.src, **options)
+    checkpoint = read_checkpoint(hub.resolve(args.src), **options)
     config = checkpoint.config
-    write_converted(args.output, config, checkpoint.params)
+    if args.to == "hf":  # a transformers folder: config.json + model.safetensors
+        hf.write(args.output, config, checkpoint.params, overwrite=args.overwrite)
+    else:
+        write_converted(args.output, config, checkpoint.params)
     print(f"variant:    {config.name} ({config.family.name})")
     print(f"parameters: {checkpoint.num_params:,}")
     for option in config.family.options:
@@ -138,22 +143,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert an original MiDaS checkpoint to a dpt-jax safetensors file")
-    p.add_argument("src", help="original .pt or .safetensors checkpoint")
-    p.add_argument("-o", "--output", required=True, help="converted .safetensors file to write")
+    p.add_argument("src", help="original .pt or .safetensors checkpoint, Hugging Face folder, name or repo id")
+    p.add_argument("-o", "--output", required=True, help="converted .safetensors file (or, --to hf, folder) to write")
+    p.add_argument("--to", choices=["dpt-jax", "hf"], default="dpt-jax",
+                   help="dpt-jax: one converted .safetensors file; hf: a Hugging Face transformers folder")
+    p.add_argument("--overwrite", action="store_true", help="--to hf: replace a non-empty output folder")
     p.add_argument("--pretrained-window-sizes", type=_windows, metavar="A,B,C,D",
                    help="SwinV2 only: override the pretrained window sizes (not stored in checkpoints)")
     p.add_argument("-v", "--verbose", action="store_true", help="list the skipped keys")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="print a model's config, parameter count and input size")
-    p.add_argument("model", help="checkpoint path (original or converted)")
+    p.add_argument("model", help="checkpoint path (original, converted or Hugging Face folder), name or repo id")
     p.add_argument("--pretrained-window-sizes", type=_windows, metavar="A,B,C,D")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("predict", help="write depth maps for pictures")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="picture files, folders or globs")
     p.add_argument("-m", "--model", default=None,
-                   help="checkpoint path or official name (default: the smallest, dpt_swin2_tiny_256)")
+                   help="checkpoint path, Hugging Face folder, official name or Hugging Face repo id "
+                        "(default: the smallest, dpt_swin2_tiny_256)")
     p.add_argument("-o", "--output", default="depth", metavar="OUTDIR", help="output folder (default: ./depth)")
     p.add_argument("--format", choices=["color", "png16", "npy"], default="color",
                    help="color: colormapped PNG; png16: 16-bit PNG of the normalized inverse depth; "
