@@ -73,13 +73,33 @@ def original_checkpoint(name):
     return read_checkpoint(src, **({"pretrained_window_sizes": windows} if windows else {}))
 
 
+def transformers_tensors(name) -> dict:
+    """transformers' model.safetensors of `name`, rebuilt from the original fixture by renaming and splitting
+    (convert/hf.py's table, no family code), and checked byte for byte against transformers' listing."""
+    renamer = hf.Renamer.of({"mini_beit": "beit", "mini_swin2": "swinv2", "mini_swin2_pw": "swinv2"}.get(name, "dinov2"))
+    out = {}
+    for key, ref in read_state_dict(ALL[name][0]).items():
+        names = renamer.to_hf(key)
+        if names is None:
+            continue  # buffers and classifier weights transformers does not keep
+        array = ref.read()
+        rows = array.shape[0] // len(names)
+        for i, n in enumerate(names):
+            out[n] = np.ascontiguousarray(array[i * rows:(i + 1) * rows] if len(names) == 3 else array)
+    theirs = listing(name)["tensors"]
+    assert {k: sha(v) for k, v in out.items()} == {k: v["sha256"] for k, v in theirs.items()}
+    return out
+
+
 def hf_folder(name, tmp_path_factory) -> Path:
-    """transformers' folder of `name`: the fixture's own, or rebuilt by the export with transformers' config.json."""
+    """transformers' folder of `name`: the fixture's own, or its tensors rebuilt, with transformers' config.json."""
     if (HF / name / "model.safetensors").exists():
         return HF / name
-    folder = tmp_path_factory.mktemp(name) / name
-    hf.write(folder, original_checkpoint(name).config, original_checkpoint(name).params)
-    shutil.copy(HF / name / "config.json", folder / "config.json")  # transformers' config, not ours
+    from safetensors.numpy import save_file
+
+    folder = tmp_path_factory.mktemp(name)
+    save_file(transformers_tensors(name), folder / "model.safetensors", metadata={"format": "pt"})
+    shutil.copy(HF / name / "config.json", folder / "config.json")
     return folder
 
 
@@ -164,22 +184,20 @@ def test_imported_depth_anything_keeps_the_original_where_transformers_deviates(
 # Depth Anything at the key level (no encoder family needed)
 
 
+@pytest.mark.parametrize("name", list(ALL))
+def test_renames_are_transformers_own(name):
+    """Original tensors renamed and split give transformers' file byte for byte (asserted inside)."""
+    assert len(transformers_tensors(name)) == len(listing(name)["tensors"])
+
+
 @pytest.mark.parametrize("name", list(DEPTH_ANYTHING))
-def test_depth_anything_renames_are_transformers_own(name):
-    """Original tensors renamed and split give transformers' file byte for byte, and the renames invert."""
+def test_depth_anything_renames_invert(name):
+    """transformers' Depth Anything tensors renamed back are the original file, key for key, byte for byte."""
     original = read_state_dict(ALL[name][0])
     theirs = listing(name)["tensors"]
     renamer = hf.Renamer.of("dinov2")
-    ours = {}
-    for key, ref in original.items():
-        names = renamer.to_hf(key)
-        assert names is not None, key
-        array = ref.read()
-        rows = array.shape[0] // len(names)
-        for i, n in enumerate(names):
-            ours[n] = array[i * rows:(i + 1) * rows] if len(names) == 3 else array
-    assert sorted(ours) == sorted(theirs)
-    assert {k: sha(v) for k, v in ours.items()} == {k: v["sha256"] for k, v in theirs.items()}
+    ours = transformers_tensors(name)
+    assert sorted(original) == sorted({renamer.from_hf(k)[0] for k in ours})  # all 183 keys, mask_token included
 
     class Ref:  # an HF tensor known by its listing, read from the bytes that hash to it
         def __init__(self, key):
@@ -263,7 +281,9 @@ INTENDED = {
 
 
 def _check_export(name, tmp_path):
-    original = original_checkpoint(name)
+    # MiDaS: from the original file. Depth Anything: from transformers' folder (an original DA file cannot
+    # tell its hooks or metric depth; config.json can).
+    original = original_checkpoint(name) if name in MIDAS else read_checkpoint(hf_folder(name, FakeFactory(tmp_path)))
     out = tmp_path / "export"
     hf.write(out, original.config, original.params)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
@@ -288,6 +308,15 @@ def _check_export(name, tmp_path):
     assert back.config == original.config.replace(name=back.config.name)
     a, b = flat(back.params), flat(original.params)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+class FakeFactory:
+    def __init__(self, root):
+        self.root = root
+
+    def mktemp(self, name):
+        (self.root / name).mkdir()
+        return self.root / name
 
 
 @pytest.mark.parametrize("name", list(MIDAS))
