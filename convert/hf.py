@@ -284,6 +284,7 @@ class HFModel:
     metric: bool = False
     max_depth: float = 0.0
     expected: dict = field(default_factory=dict)  # config field -> (encoder attribute, value) to cross-check
+    # (only fields config.json states: a default transformers would fill in is no evidence)
 
 
 class _Fields:
@@ -335,6 +336,10 @@ class _Fields:
             return self.ints(name, lo=1, hi=1 << 15, length=2)
         s = self.int(name, default, lo=1, hi=1 << 15)
         return (s, s)
+
+    def stated(self, checks: dict) -> dict:
+        """The entries of {name: (attribute, value)} whose field this object states."""
+        return {f"{self.prefix}{k}": v for k, v in checks.items() if self.d.get(k) is not None}
 
     def sub(self, name) -> "_Fields":
         v = self.d.get(name)
@@ -411,10 +416,9 @@ def _parse_beit(top: _Fields, b: _Fields) -> HFModel:
                                                           "supported (MiDaS's BEiT has a relative bias per block)")
     patch = b.int("patch_size", 16, lo=1, hi=64)
     h, w = b.side("image_size", 224)
-    expected = {"backbone_config.num_attention_heads": ("num_heads", b.int("num_attention_heads", 12, lo=1, hi=256)),
-                "backbone_config.hidden_size": ("embed_dim", b.int("hidden_size", 768, lo=1)),
-                "backbone_config.patch_size": ("patch_size", patch),
-                "backbone_config.image_size": ("native_grid", (h // patch, w // patch))}
+    expected = b.stated({"num_attention_heads": ("num_heads", b.int("num_attention_heads", 12, lo=1, hi=256)),
+                         "hidden_size": ("embed_dim", b.int("hidden_size", 768, lo=1)),
+                         "patch_size": ("patch_size", patch), "image_size": ("native_grid", (h // patch, w // patch))})
     return HFModel("beit", top.path, {}, _hooks(b, depth), expected=expected)
 
 
@@ -426,10 +430,9 @@ def _parse_swinv2(top: _Fields, b: _Fields) -> HFModel:
     if b.d.get("out_indices") is not None and b.ints("out_indices", lo=1, hi=len(depths)) != tuple(
             range(1, len(depths) + 1)):
         raise b.error("out_indices", "dpt-jax's SwinV2 feeds every stage to the neck ([1, 2, 3, 4])")
-    expected = {"backbone_config.embed_dim": ("embed_dim", b.int("embed_dim", 96, lo=1)),
-                "backbone_config.depths": ("depths", depths),
-                "backbone_config.num_heads": ("num_heads", b.ints("num_heads", [3, 6, 12, 24], lo=1, hi=256)),
-                "backbone_config.patch_size": ("patch_size", b.int("patch_size", 4, lo=1, hi=16))}
+    expected = b.stated({"embed_dim": ("embed_dim", b.int("embed_dim", 96, lo=1)), "depths": ("depths", depths),
+                         "num_heads": ("num_heads", b.ints("num_heads", [3, 6, 12, 24], lo=1, hi=256)),
+                         "patch_size": ("patch_size", b.int("patch_size", 4, lo=1, hi=16))})
     options = {"pretrained_window_sizes": windows, "window_size": window, "native_size": size}
     return HFModel("swinv2", top.path, options, None, expected=expected)
 
@@ -457,10 +460,9 @@ def _parse_dinov2(top: _Fields, b: _Fields) -> HFModel:
         raise top.error("max_depth", "a metric model needs max_depth > 0")
     variant = variant_of(hooks, depth) if hooks is not None else None
     options = {"variant": variant} if variant else {}
-    expected = {"backbone_config.num_attention_heads": ("num_heads", b.int("num_attention_heads", 12, lo=1, hi=256)),
-                "backbone_config.hidden_size": ("embed_dim", b.int("hidden_size", 768, lo=1)),
-                "backbone_config.patch_size": ("patch_size", patch),
-                "backbone_config.image_size": ("native_grid", (h // patch, w // patch))}
+    expected = b.stated({"num_attention_heads": ("num_heads", b.int("num_attention_heads", 12, lo=1, hi=256)),
+                         "hidden_size": ("embed_dim", b.int("hidden_size", 768, lo=1)),
+                         "patch_size": ("patch_size", patch), "image_size": ("native_grid", (h // patch, w // patch))})
     return HFModel("dinov2", top.path, options, hooks, kind == "metric", max_depth if kind == "metric" else 0.0,
                    expected)
 

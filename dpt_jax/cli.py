@@ -133,7 +133,7 @@ def cmd_predict(args) -> int:
 def cmd_download(args) -> int:
     from . import hub
 
-    path = hub.download(args.name, progress=not args.no_progress)
+    path = hub.resolve(args.name, progress=not args.no_progress)  # a release name, or a Hugging Face repo
     print(path)
     return 0
 
@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal anyway)")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("download", help="fetch an official MiDaS v3.1 checkpoint into the cache and check it")
+    p = sub.add_parser("download", help="fetch an official MiDaS v3.1 checkpoint (or a Hugging Face repo) into the cache")
     p.add_argument("name", help="dpt_beit_large_512, dpt_beit_large_384, dpt_beit_base_384, dpt_swin2_large_384, "
                                 "dpt_swin2_base_384 or dpt_swin2_tiny_256 (the dpt_ prefix is optional)")
     p.add_argument("--no-progress", action="store_true")
