@@ -33,7 +33,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -114,6 +114,9 @@ def _beit() -> list:
         _p(f"{o}.attn.proj", f"{h}.attention.output.dense"),
         Rename(f"{o}.attn.relative_position_bias_table",
                f"{h}.attention.attention.relative_position_bias.relative_position_bias_table"),
+        # a buffer some transformers versions saved; the original holds it too and dpt-jax skips it
+        Rename(f"{o}.attn.relative_position_index",
+               f"{h}.attention.attention.relative_position_bias.relative_position_index"),
     ] + _qkv(f"{o}.attn", f"{h}.attention.attention", bias=False) + _midas_neck()
 
 
@@ -130,6 +133,9 @@ def _swinv2() -> list:
         Rename("pretrained.model.layers.{i}.downsample.reduction.weight",
                "backbone.encoder.layers.{i}.downsample.reduction.weight"),
         _p("pretrained.model.layers.{i}.downsample.norm", "backbone.encoder.layers.{i}.downsample.norm"),
+        # buffers some transformers versions saved; the original holds them too and dpt-jax skips them
+        Rename(f"{o}.attn.relative_coords_table", f"{h}.attention.self.relative_coords_table"),
+        Rename(f"{o}.attn.relative_position_index", f"{h}.attention.self.relative_position_index"),
     ] + _qkv(f"{o}.attn", f"{h}.attention.self", bias=False) + _midas_neck()
 
 
@@ -717,16 +723,15 @@ def is_previous_export(folder: Path) -> bool:
         return False
 
 
-def write(folder, config, params, *, overwrite: bool = False, write_safetensors: Callable | None = None) -> Path:
+def write(folder, config, params, *, overwrite: bool = False) -> Path:
     """Write `folder`/config.json + model.safetensors (metadata {"format": "pt"}) in the transformers layout.
 
     A non-empty `folder` is refused unless it is a previous export or `overwrite` is set. The
     files are written into a temporary folder beside it, which then takes its place.
     """
     from dpt_jax.atomic import atomic_write
+    from dpt_jax.checkpoint import write_safetensors
 
-    if write_safetensors is None:
-        from dpt_jax.checkpoint import write_safetensors
     folder = Path(os.fspath(folder))
     text = json.dumps(hf_config(config), indent=2, sort_keys=False) + "\n"
     tensors = hf_state(config, params)

@@ -416,6 +416,16 @@ def test_key_problems_are_listed_at_once_by_their_hf_names(tmp_path):
     assert "neck.convs.1.weight (original scratch.layer2_rn.weight): shape (16, 5, 3, 3)" in message
 
 
+def test_buffers_older_transformers_saved_are_skipped_like_the_originals(tmp_path):
+    folder = copy_folder("mini_beit", tmp_path)
+    index = "backbone.encoder.layer.0.attention.attention.relative_position_bias.relative_position_index"
+    rewrite_weights(folder, lambda t: t.update({index: np.zeros((65, 65), np.int64)}))
+    checkpoint = read_checkpoint(folder)
+    assert "pretrained.model.blocks.0.attn.relative_position_index" in checkpoint.skipped
+    a, b = flat(checkpoint.params), flat(read_checkpoint(HF / "mini_beit").params)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("change, match", [
     ({"is_hybrid": True}, "DPT-Hybrid \\(ViT-hybrid backbone\\) is not supported"),
     ({"backbone_config": None}, "DPT-Large / DPT-Base \\(plain ViT backbone"),
