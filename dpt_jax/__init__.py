@@ -21,4 +21,4 @@ from .swinv2 import SwinV2Config
 
 __all__ = ["FAMILIES", "PRESETS", "BeitConfig", "CheckpointError", "DPTConfig", "DepthModel", "SwinV2Config",
            "forward", "get_config", "load"]
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the package version: pyproject.toml reads it from here

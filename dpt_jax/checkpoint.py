@@ -95,7 +95,7 @@ def read_hf(path, **options) -> Checkpoint:
     if source.model.kind not in FAMILIES:
         raise ConversionError(source.model.path, f"a {source.model.kind} model (Depth Anything): this dpt-jax has "
                               f"no {source.model.kind} encoder family (it has {', '.join(FAMILIES)})")
-    config = detect_config(source.state, source.path, **{**source.options, **options})
+    config = detect_config(source.state, source.path, facts=source.options, **options)
     config = as_preset(hf.finish(config, source))
     return convert_state_dict(source.state, config, source.path, shown=source.shown)
 
@@ -134,7 +134,7 @@ def read_converted(path, *, pretrained_window_sizes=None, **options) -> Checkpoi
         config = config_from_json(_upgrade_v1(text) if version == "1" else text, "the config in its metadata")
         if pretrained_window_sizes is not None:
             if "pretrained_window_sizes" not in config.family.options:
-                raise ConfigError(f"pretrained_window_sizes applies to SwinV2 models; this is {config.name}")
+                raise ConfigError(f"pretrained_window_sizes does not apply to a {config.family.name} model")
             config = config.replace(encoder=dataclasses.replace(
                 config.encoder, pretrained_window_sizes=tuple(pretrained_window_sizes)))
     except ConfigError as e:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+
+from . import __version__
 
 
 def _windows(text: str | None):
@@ -13,6 +18,8 @@ def _windows(text: str | None):
         sizes = tuple(int(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 12,12,12,6; got {text!r}")
+    if any(s < 0 for s in sizes):
+        raise argparse.ArgumentTypeError(f"window sizes cannot be negative; got {text!r}")
     return sizes
 
 
@@ -21,6 +28,8 @@ def cmd_convert(args) -> int:
     from .checkpoint import read_checkpoint, write_converted
     from .convert import hf
 
+    if os.path.exists(args.output) and os.path.exists(args.src) and os.path.samefile(args.src, args.output):
+        raise ValueError(f"{args.output}: is the checkpoint being converted; choose another output file")
     options = {} if args.pretrained_window_sizes is None else {"pretrained_window_sizes": args.pretrained_window_sizes}
     checkpoint = read_checkpoint(hub.resolve(args.src), **options)
     config = checkpoint.config
@@ -44,7 +53,8 @@ def cmd_info(args) -> int:
 
     from . import hub
 
-    model = load(hub.resolve(args.model), pretrained_window_sizes=args.pretrained_window_sizes)
+    path = hub.resolve(args.model)
+    model = load(path, pretrained_window_sizes=args.pretrained_window_sizes)
     c = model.config
     h, w = c.native_size
     print(f"model:      {c.name} ({c.family.name})")
@@ -52,82 +62,354 @@ def cmd_info(args) -> int:
     print(f"parameters: {model.num_params:,}")
     print(f"input:      native {h}x{w} (HxW), sides multiples of {c.input_multiple}, "
           f"{'keeps' if c.keep_aspect_ratio else 'ignores'} the aspect ratio by default")
+    print(f"devices:    {describe_devices(model.devices or None)}")
     print(f"config:     {c.to_json()}")
     return 0
 
 
+def describe_devices(devices=None) -> str:
+    import jax
+
+    devices = list(devices or jax.local_devices())
+    kinds = sorted({d.device_kind for d in devices})
+    return f"{len(devices)} x {', '.join(kinds)} ({', '.join(str(d) for d in devices)})"
+
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 
+NAMING = """\
+Output files: OUTDIR/<relative path>/<stem><ending>, one per format:
+  color -depth.png   gray8 -depth-gray8.png   png16 -depth-16.png
+  npy   -depth.npy   pfm   -depth.pfm         side  -side.png
+<relative path> is the picture's folder relative to the folder (or the fixed part of the glob)
+it was found under: empty for files named one by one and for pictures directly in a folder
+given. Two pictures that would get the same name (case-insensitively) are told apart by
+-2, -3, ... after the stem of the later one, skipping any name another picture has anyway.
+A file that exists already is never replaced unless --overwrite: the picture is skipped
+(so a second run into the same folder does only what is missing)."""
 
-def expand_inputs(args: list[str]) -> list[str]:
-    """Files as given, folders as the pictures directly inside them (sorted), globs expanded (sorted)."""
+
+@dataclass
+class Input:
+    """A picture to process: its path, and where its outputs go relative to OUTDIR (without the ending)."""
+
+    path: Path
+    rel: PurePath  # e.g. sub/holiday.jpg
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _walk_files(root: Path, recursive: bool):
+    """(files, skipped sub-folders) under root, sorted; never follows directory links; hidden entries skipped."""
+    files, skipped = [], 0
+    if not recursive:
+        for f in sorted(root.iterdir()):
+            if _is_hidden(f.name):
+                continue
+            if f.is_dir():
+                skipped += 1
+            elif f.is_file():
+                files.append(f)
+        return files, skipped
+    for folder, dirs, names in os.walk(root, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
+        files += [Path(folder) / n for n in sorted(names) if not _is_hidden(n) and (Path(folder) / n).is_file()]
+    return files, skipped
+
+
+def _match_parts(parts, pattern) -> bool:
+    """Path components against glob components; "**" matches any number of folders; wildcards skip hidden names."""
+    import fnmatch
+
+    if not pattern:
+        return not parts
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(_match_parts(parts[k:], rest) for k in range(len(parts) + 1)
+                   if not any(_is_hidden(p) for p in parts[:k]))
+    if not parts:
+        return False
+    if _is_hidden(parts[0]) and not _is_hidden(head):
+        return False
+    return fnmatch.fnmatchcase(parts[0], head) and _match_parts(parts[1:], rest)
+
+
+def _glob(pattern: str) -> tuple[Path, list[Path]]:
+    """(the fixed folder the pattern starts with, the files matching it, sorted). Directory links are
+    not followed under "**" (so link loops cannot make it run forever)."""
     import glob
-    from pathlib import Path
 
-    out = []
+    parts = PurePath(pattern).parts
+    k = next(i for i, p in enumerate(parts) if glob.has_magic(p))
+    root = Path(*parts[:k]) if k else Path(".")
+    if "**" not in parts[k:]:
+        return root, sorted(Path(p) for p in glob.glob(pattern) if os.path.isfile(p))
+    if not root.is_dir():
+        return root, []
+    files, _ = _walk_files(root, recursive=True)
+    return root, sorted(f for f in files if _match_parts(f.relative_to(root).parts, parts[k:]))
+
+
+def expand_inputs(args: list[str], recursive: bool = False) -> tuple[list[Input], list[str]]:
+    """([Input], notes for the user): files as given, folders as the pictures inside them (sub-folders
+    too with `recursive`), globs expanded; sorted within each argument; each file once (by resolved path)."""
+    import glob
+
+    found: list[Input] = []
+    notes = []
     for a in args:
         p = Path(a)
         if p.is_dir():
-            out += sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            files, skipped = _walk_files(p, recursive)
+            found += [Input(f, f.relative_to(p)) for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+            if skipped:
+                notes.append(f"{a}: {skipped} sub-folder{'s' if skipped != 1 else ''} skipped (--recursive "
+                             "processes them, keeping their layout)")
         elif not p.exists() and glob.has_magic(a):
-            out += sorted(glob.glob(a, recursive=True)) or [a]  # a glob matching nothing is reported as missing
+            root, files = _glob(a)
+            if not files:
+                found.append(Input(p, PurePath(p.name)))  # a glob matching nothing is reported as missing
+            found += [Input(f, f.relative_to(root)) for f in files]
         else:
-            out.append(a)
-    return out
+            found.append(Input(p, PurePath(p.name)))
+    unique, seen, repeats = [], set(), 0
+    for item in found:
+        key = item.path.resolve()
+        if key in seen:
+            repeats += 1
+            continue
+        seen.add(key)
+        unique.append(item)
+    if repeats:
+        notes.append(f"{repeats} repeated picture{'s' if repeats != 1 else ''} (the same file found again) "
+                     "processed once")
+    return unique, notes
 
 
-def output_paths(inputs: list[str], outdir, suffix: str) -> list:
-    """OUTDIR/<stem><suffix> for each input; a stem seen before gets -2, -3, ... appended."""
-    from pathlib import Path
+def output_bases(inputs: list[Input]) -> list[PurePath]:
+    """<relative folder>/<stem> of each input's outputs, unique across the run (case-insensitively):
+    a name taken by an earlier picture gets -2, -3, ... (skipping names any picture has naturally)."""
+    natural = [i.rel.parent / i.rel.stem for i in inputs]
+    key = lambda p: str(p).casefold()  # noqa: E731
+    reserved = {key(p) for p in natural}
+    assigned: set[str] = set()
+    bases = []
+    for base in natural:
+        candidate, n = base, 1
+        while key(candidate) in assigned or (n > 1 and key(candidate) in reserved):
+            n += 1
+            candidate = base.parent / f"{base.name}-{n}"
+        assigned.add(key(candidate))
+        bases.append(candidate)
+    return bases
 
-    seen: dict[str, int] = {}
-    paths = []
-    for name in inputs:
-        stem = Path(name).stem
-        seen[stem] = seen.get(stem, 0) + 1
-        paths.append(Path(outdir) / (f"{stem}{suffix}" if seen[stem] == 1 else f"{stem}-{seen[stem]}{suffix}"))
-    return paths
+
+def _formats(text: str) -> list[str]:
+    from .output import FORMATS
+
+    names = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in names if f not in FORMATS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown format {', '.join(unknown) or repr(text)}; "
+                                         f"choose from {', '.join(FORMATS)} (comma-separated)")
+    return list(dict.fromkeys(names))
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, _, w = text.lower().partition("x")
+        size = (int(h), int(w or h))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or HxW (e.g. 384 or 384x512); got {text!r}") from None
+    if min(size) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive; got {text!r}")
+    return size
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
+class Status:
+    """Status lines on stderr: errors always; the rest unless quiet; details only when verbose."""
+
+    def __init__(self, quiet: bool, verbose: bool):
+        self.quiet, self.verbose = quiet, verbose
+        self.bar = None
+
+    def _print(self, line: str):
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def error(self, line: str):
+        self._print(line)
+
+    def info(self, line: str):
+        if not self.quiet:
+            self._print(line)
+
+    def detail(self, line: str):
+        if self.verbose and not self.quiet:
+            self._print(line)
+
+
+def _check_writable(outdir: Path) -> None:
+    """Create OUTDIR and prove a file can be written there, before any model is loaded."""
+    import tempfile
+
+    from .atomic import PARTIAL_PREFIX
+
+    if outdir.exists() and not outdir.is_dir():
+        raise ValueError(f"output folder {outdir}: exists and is not a folder")
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=outdir, prefix=f"{PARTIAL_PREFIX}probe-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"output folder {outdir}: cannot write there ({e.strerror or e})") from None
 
 
 def cmd_predict(args) -> int:
-    from pathlib import Path
+    from . import output, pipeline
+    from .atomic import clean_stale_partials
+
+    status = Status(args.quiet, args.verbose)
+    args.size = args.size or args.height
+    found, notes = expand_inputs(args.inputs, recursive=args.recursive)
+    for note in notes:
+        status.info(f"note: {note}")
+    if not found:
+        raise ValueError("no input pictures found")
+
+    # 1. Inputs: read every header now, so that a missing or unreadable picture is named before any model loads.
+    failed = 0
+    sources, items = [], []
+    for i, item in enumerate(found):
+        try:
+            sources.append(pipeline.open_source(item.path, i))
+            items.append(item)
+        except pipeline.ImageError as e:
+            status.error(f"{e.name}: {e.message}")
+            failed += 1
+
+    # 2. The output folder: writable, stale temporary files of killed runs removed.
+    outdir = Path(args.output)
+    _check_writable(outdir)
+    bases = dict(zip((id(i) for i in found), output_bases(found)))
+    resolved_inputs = {i.path.resolve() for i in found}
+    plan, todo = {}, []  # source name -> {format: target}; sources with something to write
+    skipped = 0
+    for src, item in zip(sources, items):
+        base = bases[id(item)]
+        targets = {fmt: outdir / base.parent / f"{base.name}{output.FORMATS[fmt]}" for fmt in args.format}
+        if clash := [str(t) for t in targets.values() if t.resolve() in resolved_inputs]:
+            raise ValueError(f"refusing to overwrite input pictures with outputs: {', '.join(clash)}")
+        if not args.overwrite:
+            there = [t for t in targets.values() if t.exists() or t.is_symlink()]
+            if len(there) == len(targets):
+                status.detail(f"{src.name}: skipped, {', '.join(map(str, there))} exist{'s' if len(there) == 1 else ''}")
+                skipped += 1
+                continue
+            if there:
+                status.info(f"{src.name}: {', '.join(map(str, there))} exist{'s' if len(there) == 1 else ''}, "
+                            "not replaced (--overwrite replaces)")
+            targets = {f: t for f, t in targets.items() if t not in there}
+        plan[src.name] = targets
+        todo.append(src)
+    for folder in sorted({outdir} | {t.parent for ts in plan.values() for t in ts.values()}):
+        for stale in clean_stale_partials(folder):
+            status.detail(f"removed {stale}, left by a killed run")
+    if skipped:
+        status.info(f"{skipped} picture{'s' if skipped != 1 else ''} skipped: their outputs exist "
+                    "(--overwrite replaces them)")
+
+    # 3. The model, only when there is something to do.
+    written, done = _predict(args, todo, plan, status) if todo else ([], 0)
+    failed += len(todo) - done
+    if len(written) == 1:
+        summary = f"1 depth map written: {written[0]}"
+    elif written:
+        summary = f"{done} picture{'s' if done != 1 else ''} done, {len(written)} files written under {outdir}"
+    else:
+        summary = f"nothing written to {outdir}"
+    extras = ([f"{skipped} skipped"] if skipped else []) + ([f"{failed} failed"] if failed else [])
+    status.info(summary + (f" ({', '.join(extras)})" if extras else ""))
+    return 1 if failed else 0
+
+
+def _predict(args, todo, plan, status: Status) -> tuple[list[Path], int]:
+    """Load the model and run it over `todo`, writing each picture's outputs as soon as its depth is known.
+    Returns (the files written, how many pictures got all theirs)."""
+    import time
 
     from tqdm import tqdm
 
     from . import hub, load, output, pipeline
 
-    inputs = expand_inputs(args.inputs)
-    if not inputs:
-        raise ValueError("no input pictures found")
-    model = load(hub.resolve(args.model), dtype=args.dtype)
-    outdir = Path(args.output)
-    outdir.mkdir(parents=True, exist_ok=True)
-    targets = output_paths(inputs, outdir, output.FORMATS[args.format])
-    resolved_inputs = {Path(i).resolve() for i in inputs}
-    if clash := [str(t) for t in targets if t.resolve() in resolved_inputs]:
-        raise ValueError(f"refusing to overwrite input pictures with outputs: {', '.join(clash)}")
-    where = {name: t for name, t in zip(inputs, targets)}
-    failed = []
-    bar = tqdm(total=len(inputs), unit="img", disable=args.no_progress or not sys.stderr.isatty())
+    t0 = time.perf_counter()
+    model = load(hub.resolve(args.model, progress=not args.quiet), dtype=args.dtype)
+    c = model.config
+    devices = describe_devices(model.devices or None)
+    status.info(f"model {c.name} ({c.family.name}) from {model.source}, {args.dtype}, "
+                f"on {devices if args.verbose else devices.split(' (')[0]}; loaded in {time.perf_counter() - t0:.1f} s")
+    total = len(todo)
+    tty = sys.stderr.isatty() and not args.no_progress and not args.quiet
+    if tty:
+        status.bar = tqdm(total=total, unit="img", file=sys.stderr)
+    written: list[Path] = []
+    count = done = 0
+
+    def write_all(r: pipeline.Result) -> list[Path]:
+        targets = plan[r.name]
+        picture = pipeline.open_source(r.name).load() if "side" in targets else None
+        paths = []
+        for fmt, path in targets.items():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                output.write_depth(path, r.depth, fmt, picture=picture, replace=args.overwrite)
+            except FileExistsError:
+                raise ValueError(f"{path} appeared meanwhile; not replaced (--overwrite replaces it)") from None
+            except OSError as e:
+                raise ValueError(f"cannot write {path}: {e.strerror or e}") from None
+            written.append(path)
+            paths.append(path)
+        return paths
 
     def on_result(r: pipeline.Result):
+        nonlocal count, done
+        count += 1
         if r.error is None:
             try:
-                output.write_depth(where[r.name], r.depth, args.format)
-            except (OSError, ValueError) as e:
-                r.error = f"cannot write {where[r.name]}: {e}"
+                paths = write_all(r)
+                done += 1
+            except ValueError as e:  # ImageError included
+                r.error = getattr(e, "message", str(e))
         if r.error is not None:
-            failed.append(r)
-            bar.write(f"{r.name}: {r.error}", file=sys.stderr)
-        bar.update(1)
+            status.error(f"{r.name}: {r.error}")
+        elif not tty:
+            status.info(f"[{count}/{total}] {r.name} -> {', '.join(map(str, paths))}")
+        if status.bar is not None:
+            status.bar.update(1)
 
-    pipeline.run(model, inputs, batch_size=args.batch_size, keep_aspect_ratio=args.keep_aspect_ratio,
-                 on_result=on_result)
-    bar.close()
-    done = len(inputs) - len(failed)
-    print(f"{done} depth map{'s' if done != 1 else ''} written to {outdir}"
-          + (f"; {len(failed)} failed" if failed else ""), file=sys.stderr)
-    return 1 if failed else 0
+    try:
+        pipeline.run(model, todo, batch_size=args.batch_size, keep_aspect_ratio=args.keep_aspect_ratio,
+                     size=args.size, bucket=args.bucket, on_result=on_result, keep_depth=False,
+                     on_status=status.info)
+    finally:
+        if status.bar is not None:
+            status.bar.close()
+            status.bar = None
+    return written, done
 
 
 def cmd_download(args) -> int:
@@ -138,8 +420,15 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from . import timing
+
+    return timing.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpt-jax", description="MiDaS v3.1 DPT depth models in JAX")
+    parser.add_argument("--version", action="version", version=f"dpt-jax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert an original MiDaS checkpoint to a dpt-jax safetensors file")
@@ -149,53 +438,108 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dpt-jax: one converted .safetensors file; hf: a Hugging Face transformers folder")
     p.add_argument("--overwrite", action="store_true", help="--to hf: replace a non-empty output folder")
     p.add_argument("--pretrained-window-sizes", type=_windows, metavar="A,B,C,D",
-                   help="SwinV2 only: override the pretrained window sizes (not stored in checkpoints)")
+                   help="SwinV2 only: override the pretrained window sizes, one per stage (not stored in checkpoints)")
     p.add_argument("-v", "--verbose", action="store_true", help="list the skipped keys")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="print a model's config, parameter count and input size")
     p.add_argument("model", help="checkpoint path (original, converted or Hugging Face folder), name or repo id")
-    p.add_argument("--pretrained-window-sizes", type=_windows, metavar="A,B,C,D")
+    p.add_argument("--pretrained-window-sizes", type=_windows, metavar="A,B,C,D",
+                   help="SwinV2 only: override the pretrained window sizes, one per stage")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("predict", help="write depth maps for pictures")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="picture files, folders or globs")
+    import textwrap
+
+    from . import hub
+
+    p = sub.add_parser(
+        "predict", help="write depth maps for pictures", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Relative inverse depth (MiDaS v3.1) for pictures: files, folders and globs.",
+        epilog=textwrap.fill(f"Models (-m): {', '.join(hub.known_names())} (the dpt_ prefix may be left out; "
+                             f"default {hub.DEFAULT_MODEL}, downloaded on first use), or a checkpoint file.",
+                             92) + f"\n\n{NAMING}")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="picture files, folders (their pictures) or globs ('**' matches sub-folders; quote it)")
     p.add_argument("-m", "--model", default=None,
                    help="checkpoint path, Hugging Face folder, official name or Hugging Face repo id "
                         "(default: the smallest, dpt_swin2_tiny_256)")
     p.add_argument("-o", "--output", default="depth", metavar="OUTDIR", help="output folder (default: ./depth)")
-    p.add_argument("--format", choices=["color", "png16", "npy"], default="color",
-                   help="color: colormapped PNG; png16: 16-bit PNG of the normalized inverse depth; "
-                        "npy: raw float32 inverse depth at the picture's size")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("-f", "--format", type=_formats, default=["color"], metavar="FMT[,FMT...]",
+                   help="one or more of: color (inferno colormap PNG, near is bright), gray8 (8-bit PNG), "
+                        "png16 (16-bit PNG; these three scaled to each map's own range), npy (raw float32), "
+                        "pfm (raw float32 as MiDaS writes it), side (picture and color depth side by side); "
+                        "default color")
+    p.add_argument("-r", "--recursive", action="store_true",
+                   help="process the sub-folders of folders given too, keeping their layout under OUTDIR")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace output files that exist (default: skip pictures whose outputs exist)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--height", type=_positive, metavar="N",
+                      help="network input target N x N instead of the model's native size, as MiDaS's --height "
+                           "(sides rounded to multiples of 32; the aspect ratio is kept as --keep-aspect-ratio says)")
+    size.add_argument("--size", type=_size, metavar="N|HxW", help="network input target, N x N or H x W")
+    p.add_argument("--bucket", action="store_true",
+                   help="snap network input sizes to multiples of 64, so pictures of near sizes share one "
+                        "compiled program (fewer compiles for mixed folders); the picture is resized to the "
+                        "bucket, which changes the depth slightly (see README)")
+    p.add_argument("--batch-size", type=_positive, default=4, help="pictures per model call (default 4)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="float32 (exact; default) or bfloat16 matmuls (faster on GPU/TPU and bf16 CPUs)")
     p.add_argument("--keep-aspect-ratio", action=argparse.BooleanOptionalAction, default=None,
                    help="resize keeping the aspect ratio (default: as MiDaS, on for BEiT, off for SwinV2)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal anyway)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (it only shows on a terminal; otherwise one line per picture)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also print the devices, skipped pictures and removed temporary files")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("download", help="fetch an official MiDaS v3.1 checkpoint (or a Hugging Face repo) into the cache")
     p.add_argument("name", help="dpt_beit_large_512, dpt_beit_large_384, dpt_beit_base_384, dpt_swin2_large_384, "
                                 "dpt_swin2_base_384 or dpt_swin2_tiny_256 (the dpt_ prefix is optional)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("bench", help="benchmark against PyTorch (see benchmarks/README.md)", add_help=False)
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=lambda args: __import__("dpt_jax.bench", fromlist=["main"]).main(args.bench_args))
+    p = sub.add_parser("bench", help="time dpt-jax on a model with random weights (no checkpoint needed)",
+                       description="Compile time, median/min latency and images/s of a model with random weights. "
+                                   "The side-by-side comparison with PyTorch is benchmarks/ in the repository.")
+    p.add_argument("models", nargs="+", metavar="MODEL[@HxW]",
+                   help="preset (beit_large_512, swin2_tiny_256, ...) or mini_beit / mini_swin2, optionally "
+                        "@S or @HxW for the input size (default: native)")
+    p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls after the compiling one (default 1)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
 def run_reporting_errors(command: str, fn, *args) -> int:
     """fn(*args), with the errors a user can cause turned into one line on stderr and an exit status."""
     try:
-        return fn(*args)
+        code = fn(*args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:  # e.g. `dpt-jax info ... | head`: the reader left; say nothing
+        _silence_stdout()
+        return 141  # as a process killed by SIGPIPE
     except (ValueError, RuntimeError, OSError) as e:  # CheckpointError and ImageError are ValueErrors
         print(f"dpt-jax {command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"dpt-jax {command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout():
+    """Point stdout at /dev/null, so the interpreter's final flush does not report the broken pipe again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (e.g. captured in tests)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def main(argv=None) -> int:

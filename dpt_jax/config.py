@@ -182,14 +182,14 @@ def from_dict(cls, d: dict, where: str = "config"):
     if unknown := sorted(set(d) - names):
         raise ConfigError(f"{where} has unknown fields: {', '.join(map(str, unknown[:10]))}")
     try:
-        return cls(**{k: _tuplify(v) for k, v in d.items()})
+        return cls(**{k: _tuplify(k, v) for k, v in d.items()})
     except (TypeError, ConfigError) as e:  # a missing required field, or a bad value
         raise ConfigError(f"{where}: {e}") from None
 
 
-def _tuplify(v, depth=0):
+def _tuplify(name, v, depth=0):
     if isinstance(v, list):
-        if depth > 2 or len(v) > 64:
-            raise ConfigError("config lists are at most 64 values, two levels deep")
-        return tuple(_tuplify(x, depth + 1) for x in v)
+        if depth > 1 or len(v) > 64:
+            raise ConfigError(f"{name}: config lists are at most 64 values, one level deep")
+        return tuple(_tuplify(name, x, depth + 1) for x in v)
     return v

@@ -9,8 +9,8 @@ ends with such an object, and one line in registry.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,7 @@ class EncoderFamily:
     encoder_flops: Callable[..., Any]  # (encoder config, height, width, batch, add) -> the neck's input sizes
     minis: tuple = ()  # the family's wiring at toy sizes (DPTConfig), for smoke runs and tests
     #: the options detect_config understands, with their help text (shown in errors and the CLI)
-    options: Mapping[str, str] = None  # type: ignore[assignment]
-    describe: Optional[Callable[[Any], str]] = None  # encoder config -> one line for `dpt-jax info`
+    options: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         # Every config of the family answers `type(config).family`: no lookup table, no import of the registry.

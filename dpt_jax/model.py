@@ -95,23 +95,33 @@ class DepthModel:
         depth = self._apply(self.params, jax.device_put(images, self._batch_sharding))
         return depth[:n] if pad else depth
 
-    def predict(self, images, *, batch_size: int = 4, keep_aspect_ratio: bool | None = None):
+    def predict(self, images, *, batch_size: int = 4, keep_aspect_ratio: bool | None = None, size=None,
+                bucket: bool = False, output: str = "array"):
         """Inverse depth for pictures, each at its own size, through MiDaS's preprocessing.
 
         `images`: one picture or a list of them; a picture is a file path, a PIL image or an
         (h, w, 3) array (uint8, uint16, or float in [0, 1]; grayscale and RGBA are converted).
-        Returns one float32 (h, w) array per picture (a list for a list). A picture that cannot
-        be used raises ImageError naming it; `pipeline.run` is the batch form that reports
-        failures and goes on.
-        `keep_aspect_ratio`: default as MiDaS (True for BEiT, False for SwinV2); SwinV2 may keep it too.
+        Returns one result per picture (a list for a list). A picture that cannot be used raises
+        ImageError naming it; `pipeline.run` is the batch form that reports failures and goes on.
+        `output`: "array" (float32 (h, w) inverse depth), "pil" (16-bit grayscale PIL image, mode
+        I;16, scaled to its own range) or "color" (RGB PIL image, `dpt_jax.output.colorize`).
+        `size`: network input target instead of the native size (an int as MiDaS's --height, or
+        (H, W)); `keep_aspect_ratio`: default as MiDaS (True for BEiT, False for SwinV2);
+        `bucket`: see `pipeline.run`.
         """
+        from . import output as _output
+
+        if output not in ("array", "pil", "color"):
+            raise ValueError(f"output must be 'array', 'pil' or 'color'; got {output!r}")
         single = not isinstance(images, (list, tuple))
         results = pipeline.run(self, [images] if single else images, batch_size=batch_size,
-                               keep_aspect_ratio=keep_aspect_ratio)
+                               keep_aspect_ratio=keep_aspect_ratio, size=size, bucket=bucket)
         for r in results:
             if r.error is not None:
                 raise pipeline.ImageError(r.name, r.error)
         depths = [r.depth for r in results]
+        if output != "array":
+            depths = [_output.to_pil(d, "gray16" if output == "pil" else "color") for d in depths]
         return depths[0] if single else depths
 
     def save(self, path) -> None:

@@ -1,4 +1,17 @@
-"""Writing depth maps: colour PNG, 16-bit PNG or raw .npy, each written atomically."""
+"""Depth maps as pictures and files: colormaps, 8/16-bit grayscale, .npy, PFM, side by side.
+
+Every file is written atomically (`dpt_jax.atomic.atomic_write`). The formats:
+
+    color   <stem>-depth.png        inferno colormap of the normalized inverse depth, RGB; near is bright
+    gray8   <stem>-depth-gray8.png  8-bit grayscale of the normalized inverse depth
+    png16   <stem>-depth-16.png     16-bit grayscale of the normalized inverse depth (as MiDaS's run.py)
+    npy     <stem>-depth.npy        raw float32 inverse depth, (h, w)
+    pfm     <stem>-depth.pfm        raw float32 inverse depth as MiDaS's write_pfm (little-endian,
+                                    rows bottom to top, scale -1.0)
+    side    <stem>-side.png         the picture and its color depth side by side
+
+"Normalized" is scaled to [0, 1] by the map's own minimum and maximum (`normalized`).
+"""
 
 from __future__ import annotations
 
@@ -30,7 +43,15 @@ _INFERNO_HEX = (
 )
 INFERNO = np.frombuffer(bytes.fromhex(_INFERNO_HEX), np.uint8).reshape(256, 3)
 
-FORMATS = {"color": ".png", "png16": ".png", "npy": ".npy"}
+#: format -> the file name ending that follows the picture's stem.
+FORMATS = {
+    "color": "-depth.png",
+    "gray8": "-depth-gray8.png",
+    "png16": "-depth-16.png",
+    "npy": "-depth.npy",
+    "pfm": "-depth.pfm",
+    "side": "-side.png",
+}
 
 
 def normalized(depth: np.ndarray) -> np.ndarray:
@@ -45,21 +66,96 @@ def normalized(depth: np.ndarray) -> np.ndarray:
 
 
 def colorize(depth: np.ndarray) -> np.ndarray:
-    """(h, w) inverse depth -> (h, w, 3) uint8 RGB; near is bright."""
+    """(h, w) inverse depth -> (h, w, 3) uint8 RGB in the inferno colormap; near (large inverse depth) is bright.
+
+    The map is first scaled to [0, 1] by its own minimum and maximum (`normalized`), so colours
+    compare within one picture, not across pictures. A constant map is all black.
+    """
     return INFERNO[np.round(normalized(depth) * 255).astype(np.uint8)]
 
 
-def write_depth(path, depth: np.ndarray, fmt: str) -> Path:
-    """Write `depth` as `fmt` ("color", "png16" or "npy") to `path`, via a temporary file and a rename."""
+def gray8(depth: np.ndarray) -> np.ndarray:
+    """(h, w) inverse depth -> (h, w) uint8, scaled to its own range."""
+    return np.round(normalized(depth) * 255).astype(np.uint8)
+
+
+def gray16(depth: np.ndarray) -> np.ndarray:
+    """(h, w) inverse depth -> (h, w) uint16, scaled to its own range."""
+    return np.round(normalized(depth) * 65535).astype(np.uint16)
+
+
+def to_pil(depth: np.ndarray, mode: str = "gray16"):
+    """A depth map as a PIL image: "gray16" (mode I;16, own range), "gray8" (mode L) or "color" (RGB inferno)."""
+    from PIL import Image
+
+    if mode == "gray16":
+        return Image.fromarray(gray16(depth))
+    if mode == "gray8":
+        return Image.fromarray(gray8(depth))
+    if mode == "color":
+        return Image.fromarray(colorize(depth))
+    raise ValueError(f"unknown mode {mode!r}; expected gray16, gray8 or color")
+
+
+def side_by_side(picture: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """(h, w, 3) picture (uint8, or float in [0, 1]) and its (h, w) depth -> (h, 2w, 3) uint8."""
+    picture = np.asarray(picture)
+    if picture.dtype != np.uint8:
+        picture = np.round(np.clip(picture, 0, 1) * 255).astype(np.uint8)
+    if picture.shape[:2] != np.shape(depth):
+        raise ValueError(f"picture {picture.shape[:2]} and depth {np.shape(depth)} differ in size")
+    return np.concatenate([picture, colorize(depth)], axis=1)
+
+
+def write_pfm(f, depth: np.ndarray) -> None:
+    """A grayscale PFM as MiDaS's write_pfm writes it: "Pf", "w h", scale -1.0 (little-endian), rows bottom to top."""
+    depth = np.asarray(depth, np.float32)
+    if depth.ndim != 2:
+        raise ValueError(f"PFM takes an (h, w) map; got shape {depth.shape}")
+    h, w = depth.shape
+    f.write(b"Pf\n")
+    f.write(b"%d %d\n" % (w, h))
+    f.write(b"%f\n" % -1.0)
+    f.write(np.flipud(depth).astype("<f4").tobytes())
+
+
+def read_pfm(path) -> np.ndarray:
+    """Read a grayscale PFM (either byte order) back to (h, w) float32, top row first."""
+    with open(path, "rb") as f:
+        if f.readline().rstrip() != b"Pf":
+            raise ValueError(f"{path}: not a grayscale PFM file")
+        w, h = (int(v) for v in f.readline().split())
+        scale = float(f.readline())
+        data = np.frombuffer(f.read(), "<f4" if scale < 0 else ">f4")
+    if data.size != w * h:
+        raise ValueError(f"{path}: {data.size} values for {w}x{h}")
+    return np.flipud(data.reshape(h, w)).astype(np.float32)
+
+
+def write_depth(path, depth: np.ndarray, fmt: str, *, picture: np.ndarray | None = None,
+                replace: bool = True) -> Path:
+    """Write `depth` as `fmt` (a key of FORMATS) to `path`, via a temporary file and a rename.
+
+    "side" needs the `picture`. `replace=False` refuses (FileExistsError) to replace a file
+    that is at `path` when the write completes.
+    """
     from PIL import Image
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    with atomic_write(path, FORMATS[fmt]) as f:
+    if fmt == "side" and picture is None:
+        raise ValueError("the side format needs the picture")
+    with atomic_write(path, Path(FORMATS[fmt]).suffix, replace=replace) as f:
         if fmt == "npy":
             np.save(f, np.asarray(depth, np.float32))
+        elif fmt == "pfm":
+            write_pfm(f, depth)
         elif fmt == "png16":
-            Image.fromarray(np.round(normalized(depth) * 65535).astype(np.uint16)).save(f, format="PNG")
+            Image.fromarray(gray16(depth)).save(f, format="PNG")
+        elif fmt == "gray8":
+            Image.fromarray(gray8(depth)).save(f, format="PNG")
+        elif fmt == "side":
+            Image.fromarray(side_by_side(picture, depth)).save(f, format="PNG")
         else:
             Image.fromarray(colorize(depth)).save(f, format="PNG")
     return Path(path)

@@ -11,7 +11,11 @@
 Pictures are grouped by processed size, so all the model programs a run compiles are one per
 distinct (batch, H, W): a folder of phone photos in two orientations compiles two (plus one for
 a smaller last batch, padded up to a power of two). The two resizes are small programs compiled
-per picture size. Pixels are decoded only when their batch runs.
+per picture size. Pixels are decoded only when their batch runs, and at most PIXEL_BUDGET
+decoded pixels are held at once: a batch decodes and resizes its pictures in chunks.
+
+`size=` replaces the native size as MiDaS's --height does; `bucket=True` snaps processed sizes
+to a coarser grid (`bucket_size`) so that near sizes share a program (see `run`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from .preprocess import normalize_and_resize, processed_size, resize_depth
 
 #: Pictures with more pixels than this are refused before decoding (~100 MP: a 12000 x 8000 picture).
 MAX_PIXELS = 100_000_000
+#: Most decoded picture pixels held at once across a batch (a single larger picture still runs alone).
+PIXEL_BUDGET = 100_000_000
 
 ImageLike = Union[str, os.PathLike, np.ndarray, "PIL.Image.Image"]  # noqa: F821
 
@@ -152,6 +158,42 @@ class Result:
     name: str
     depth: np.ndarray | None = None  # (h, w) float32 inverse depth
     error: str | None = None
+    index: int = 0  # position of the picture in the input list
+
+
+def resize_multiple(config) -> int:
+    """Multiple the processed sides are rounded to: MiDaS's 32 when the model takes it (BEiT, SwinV2),
+    else the model's own `config.input_multiple`."""
+    m = config.input_multiple
+    return 32 if 32 % m == 0 else m
+
+
+def as_target(size) -> tuple[int, int]:
+    """An int (a square, as MiDaS's --height) or an (H, W) pair -> (H, W) of positive ints."""
+    pair = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in pair):
+        raise ValueError(f"size must be a positive int or a (height, width) pair; got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def bucket_size(size: tuple[int, int], multiple: int) -> tuple[int, int]:
+    """Processed size -> its bucket: each side rounded to the nearest multiple of 2 * multiple (64 for
+    MiDaS's 32; ties round up), at least 2 * multiple. See `run(bucket=True)`."""
+    step = 2 * multiple
+    return tuple(max(step, (s + step // 2) // step * step) for s in size)
+
+
+def planner(config, *, size=None, keep_aspect_ratio: bool | None = None, bucket: bool = False):
+    """The function (h, w) picture size -> (H, W) network input size of a run with these options."""
+    keep = config.keep_aspect_ratio if keep_aspect_ratio is None else keep_aspect_ratio
+    target = config.native_size if size is None else as_target(size)
+    multiple = resize_multiple(config)
+
+    def target_of(picture_size):
+        s = processed_size(*picture_size, target=target, keep_aspect_ratio=keep, multiple_of=multiple)
+        return bucket_size(s, multiple) if bucket else s
+
+    return target_of
 
 
 def batches_by_shape(sources: Sequence[Source], target_of: Callable[[tuple[int, int]], tuple[int, int]],
@@ -172,67 +214,122 @@ def padded_batch(n: int, batch_size: int, multiple: int = 1) -> int:
     return -(-b // multiple) * multiple
 
 
-def run(model, items: Iterable[ImageLike], *, batch_size: int = 4, keep_aspect_ratio: bool | None = None,
-        on_result: Callable[[Result], None] | None = None) -> list[Result]:
-    """Predict every picture of `items`; a picture that fails is reported in its Result and the rest go on."""
+def run(model, items: Iterable[ImageLike | Source], *, batch_size: int = 4, keep_aspect_ratio: bool | None = None,
+        size=None, bucket: bool = False, on_result: Callable[[Result], None] | None = None,
+        keep_depth: bool = True, pixel_budget: int | None = None,
+        on_status: Callable[[str], None] | None = None) -> list[Result]:
+    """Predict every picture of `items`; a picture that fails is reported in its Result and the rest go on.
+
+    `size`: network input target instead of the model's native size, as MiDaS's --height (an
+    int: a square target) or (H, W); sides are rounded to `resize_multiple(config)` by MiDaS's
+    "minimal" rule, keeping the aspect ratio as `keep_aspect_ratio` says.
+    `bucket`: snap each processed size to a coarser grid (`bucket_size`), so pictures of near
+    sizes share one compiled program. The picture is resized to the bucket size (not padded:
+    padding changes the depth of every pixel, as the encoder attends across the padding), so
+    the depth equals running that picture with size=bucket size, keep_aspect_ratio=False.
+    `on_result` is called with each Result as soon as it is known; with `keep_depth=False` the
+    depth is dropped from the Result after that call (memory stays flat over long runs).
+    `pixel_budget`: most decoded picture pixels (inputs, and depth maps at picture size) held
+    at once across a batch (default PIXEL_BUDGET; a single larger picture still runs alone).
+    `on_status`: called with a line when a new model program is compiled, and its time.
+    """
+    import time
+
     import jax.numpy as jnp
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1; got {batch_size}")
-    config = model.config
-    keep = config.keep_aspect_ratio if keep_aspect_ratio is None else keep_aspect_ratio
-
-    def target_of(size):
-        return processed_size(*size, target=config.native_size, keep_aspect_ratio=keep)
+    budget = PIXEL_BUDGET if pixel_budget is None else pixel_budget
+    target_of = planner(model.config, size=size, keep_aspect_ratio=keep_aspect_ratio, bucket=bucket)
 
     results: list[Result] = []
     sources: list[Source] = []
     slot: list[int] = []  # result index of each source
     for i, item in enumerate(items):
-        name = str(item) if isinstance(item, (str, os.PathLike)) else f"#{i}"
-        results.append(Result(name))
+        name = item.name if isinstance(item, Source) else str(item) if isinstance(item, (str, os.PathLike)) else f"#{i}"
+        results.append(Result(name, index=i))
         try:
-            src = open_source(item, i)
+            src = item if isinstance(item, Source) else open_source(item, i)
             target_of(src.size)
         except ValueError as e:  # ImageError included
             results[-1].error = getattr(e, "message", str(e))
-            _emit(on_result, results[-1])
+            _emit(on_result, results[-1], keep_depth)
             continue
         results[-1].name = src.name
         sources.append(src)
         slot.append(i)
 
-    for size, members in batches_by_shape(sources, target_of, batch_size):
-        pictures: dict[tuple, list[tuple[int, np.ndarray]]] = {}  # (picture size, dtype) -> [(source, pixels)]
+    def fail(m, message):
+        results[slot[m]].error = message
+        _emit(on_result, results[slot[m]], keep_depth)
+
+    compiled = set()
+    shape_of: dict[int, tuple[int, int]] = {}  # decoded (h, w) of each source
+    for size_hw, members in batches_by_shape(sources, target_of, batch_size):
+        # Decode and resize to the network size in chunks of at most `budget` picture pixels, one
+        # resize call per distinct (picture size, pixel type) within a chunk.
+        inputs, order = [], []  # network inputs (n_k, H, W, 3) and the sources they hold, in order
+        chunk: dict[tuple, list[tuple[int, np.ndarray]]] = {}
+        held = 0
+
+        def flush():
+            for g in chunk.values():
+                inputs.append(normalize_and_resize(jnp.asarray(np.stack([p for _, p in g])), size_hw))
+                order.extend(m for m, _ in g)
+            chunk.clear()
+
         for m in members:
+            h, w = sources[m].size
+            if held and held + h * w > budget:
+                flush()
+                held = 0
             try:
                 picture = sources[m].load()
             except ImageError as e:
-                results[slot[m]].error = e.message
-                _emit(on_result, results[slot[m]])
+                fail(m, e.message)
                 continue
-            pictures.setdefault((picture.shape[:2], picture.dtype.str), []).append((m, picture))
-        if not pictures:
+            shape_of[m] = picture.shape[:2]
+            chunk.setdefault((picture.shape[:2], picture.dtype.str), []).append((m, picture))
+            held += h * w
+            del picture
+        flush()
+        if not order:
             continue
-        # One resize call per distinct picture size (and pixel type), not one per picture.
-        groups = list(pictures.values())
-        x = jnp.concatenate([normalize_and_resize(jnp.asarray(np.stack([p for _, p in g])), size) for g in groups])
-        n = x.shape[0]  # (n, H, W, 3)
+        x = jnp.concatenate(inputs)  # (n, H, W, 3)
+        inputs.clear()
+        n = x.shape[0]
         b = padded_batch(n, batch_size, model.num_devices)
         if b > n:  # pad so that a short last batch reuses a compiled program
             x = jnp.concatenate([x, jnp.zeros((b - n, *x.shape[1:]), x.dtype)], axis=0)
+        new = (b, *size_hw) not in compiled
+        if new and on_status is not None:
+            on_status(f"compiling for {size_hw[0]}x{size_hw[1]} (batch {b})")
+        t0 = time.perf_counter()
         depth = model.apply(x)  # (b, H, W)
-        start = 0
-        for g in groups:
-            picture_size = g[0][1].shape[:2]
-            back = np.asarray(resize_depth(depth[start:start + len(g)], picture_size))  # (len(g), h, w)
-            start += len(g)
-            for (m, _), d in zip(g, back):
+        if new:
+            depth.block_until_ready()
+            compiled.add((b, *size_hw))
+            if on_status is not None:
+                on_status(f"compiled and ran {size_hw[0]}x{size_hw[1]} (batch {b}) in {time.perf_counter() - t0:.1f} s")
+        # Back to each picture's size, again in chunks of at most `budget` pixels of the same size.
+        k = 0
+        while k < len(order):
+            ps = shape_of[order[k]]
+            j, px = k + 1, ps[0] * ps[1]
+            while j < len(order) and shape_of[order[j]] == ps and px + ps[0] * ps[1] <= budget:
+                px += ps[0] * ps[1]
+                j += 1
+            back = np.asarray(resize_depth(depth[k:j], ps))  # (j - k, h, w)
+            for m, d in zip(order[k:j], back):
                 results[slot[m]].depth = d
-                _emit(on_result, results[slot[m]])
+                _emit(on_result, results[slot[m]], keep_depth)
+            del back
+            k = j
     return results
 
 
-def _emit(callback, result):
+def _emit(callback, result, keep_depth=True):
     if callback is not None:
         callback(result)
+    if not keep_depth:
+        result.depth = None

@@ -43,15 +43,21 @@ def recognise(state: Mapping) -> EncoderFamily | None:
     return next((f for f in FAMILIES.values() if f.recognises(state)), None)
 
 
-def detect_config(state: Mapping, path="<state dict>", **options) -> DPTConfig:
+def detect_config(state: Mapping, path="<state dict>", *, facts: Mapping | None = None, **options) -> DPTConfig:
     """The configuration of checkpoint `state` (key -> anything with `.shape`); reads no tensor data.
 
     A config equal to a preset but for its name is that preset. `options` are choices the file
     cannot tell (see each family's `options`).
+    `facts` are what another file says about the checkpoint (a Hugging Face config.json: window
+    sizes, the Depth Anything variant): passed to the family's detect_config where it takes them;
+    `options` win over them.
     """
     family = recognise(state)
     if family is not None:
-        return as_preset(family.detect_config(state, path, **options))
+        if unknown := sorted(k for k, v in options.items() if v is not None and k not in (family.options or {})):
+            raise ConversionError(path, f"{', '.join(unknown)} does not apply to a {family.name} model")
+        given = {k: v for k, v in options.items() if v is not None}
+        return as_preset(family.detect_config(state, path, **{**_taken(family.detect_config, facts or {}), **given}))
     hint = ""
     if any(k.startswith("backbone.") or k.startswith("dpt.") for k in state):
         hint = (" (this looks like the weights of a Hugging Face transformers checkpoint: pass the folder "
@@ -60,6 +66,16 @@ def detect_config(state: Mapping, path="<state dict>", **options) -> DPTConfig:
         path, f"not a checkpoint of a known DPT model ({', '.join(FAMILIES)}): none of them recognises "
         f"its {len(state)} keys{hint}"
     )
+
+
+def _taken(detect, facts: Mapping) -> dict:
+    """The entries of `facts` that the family's detect_config takes as keywords."""
+    import inspect
+
+    parameters = inspect.signature(detect).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(facts)
+    return {k: v for k, v in facts.items() if k in parameters}
 
 
 def as_preset(config: DPTConfig) -> DPTConfig:

@@ -1,0 +1,326 @@
+"""The dpt-jax command line, in-process: inputs, output names, never replacing files, formats, status, bugs."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import dpt_jax
+from dpt_jax import cli, hub, pipeline
+from dpt_jax.atomic import _host_tag
+from helpers import FIXTURES
+
+MINI = str(FIXTURES / "mini_beit.safetensors")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return dpt_jax.load(MINI)
+
+
+@pytest.fixture
+def loads(model, monkeypatch):
+    """dpt_jax.load returns the one module-wide mini model (its compiled programs are reused); counts calls."""
+    calls = []
+
+    def load(path, **kw):
+        calls.append(str(path))
+        return model
+
+    monkeypatch.setattr(dpt_jax, "load", load)
+    return calls
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if the command resolves (downloads) or loads a model."""
+    def refuse(*a, **k):
+        raise AssertionError("the model was resolved or loaded")
+
+    monkeypatch.setattr(hub, "resolve", refuse)
+    monkeypatch.setattr(dpt_jax, "load", refuse)
+
+
+def picture(path, seed=0, size=(64, 64)):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size[0], 0:size[1]] / 64
+    rgb = np.stack([np.sin(3 * x + rng.uniform(0, 6)) * np.cos(2 * y + c) for c in range(3)], -1)
+    a = np.round((rgb * 0.5 + 0.5) * 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a).save(path)
+    return a
+
+
+def predict(*args):
+    return cli.main(["predict", *map(str, args), "-m", MINI, "--batch-size", "1"])
+
+
+# -- issue 8, item 7: output names are unique across the run -------------------------------------
+
+def test_same_stems_from_different_folders_get_distinct_names(tmp_path, loads, model):
+    for d, name in [("a", "x.jpg"), ("b", "x.jpg"), ("c", "x-2.png")]:
+        picture(tmp_path / d / name)
+    out = tmp_path / "out"
+    assert predict(tmp_path / "a/x.jpg", tmp_path / "b/x.jpg", tmp_path / "c/x-2.png", "-o", out, "-f", "npy") == 0
+    # b's x cannot take x-2: c's picture is called that; it gets x-3.
+    assert sorted(p.name for p in out.iterdir()) == ["x-2-depth.npy", "x-3-depth.npy", "x-depth.npy"]
+    c = np.load(out / "x-2-depth.npy")
+    np.testing.assert_allclose(c, model.predict(tmp_path / "c/x-2.png", batch_size=1), atol=1e-6 * np.abs(c).max())
+
+
+def test_output_bases_rule():
+    P = cli.PurePath
+    inputs = [cli.Input(cli.Path(p), P(r)) for p, r in
+              [("a/x.jpg", "x.jpg"), ("b/X.png", "X.png"), ("c/x-2.png", "x-2.png"), ("d/x.jpg", "x.jpg"),
+               ("e/s/x.jpg", "s/x.jpg")]]
+    assert [str(b) for b in cli.output_bases(inputs)] == ["x", "X-3", "x-2", "x-4", "s/x"]
+
+
+# -- item 8: files the run did not create are never replaced ----------------------------------------
+
+def test_existing_files_are_kept_and_a_second_run_skips_done_pictures(tmp_path, loads, capsys):
+    photos = tmp_path / "photos"
+    picture(photos / "holiday.jpg", 1)
+    picture(photos / "beach.jpg", 2)
+    (photos / "holiday.png").write_bytes(b"the user's own picture")
+    (photos / "holiday-depth.png").write_bytes(b"the user's own file")
+    assert predict(str(photos / "*.jpg"), "-o", photos) == 0
+    err = capsys.readouterr().err
+    assert (photos / "holiday.png").read_bytes() == b"the user's own picture"
+    assert (photos / "holiday-depth.png").read_bytes() == b"the user's own file"
+    assert "1 skipped" in err and "--overwrite" in err
+    assert Image.open(photos / "beach-depth.png").mode == "RGB"
+    # A second run has nothing left to do: it says so and loads no model.
+    loads.clear()
+    assert predict(str(photos / "*.jpg"), "-o", photos) == 0
+    assert "2 skipped" in capsys.readouterr().err and loads == []
+    assert predict(str(photos / "holiday.jpg"), "-o", photos, "--overwrite") == 0
+    assert Image.open(photos / "holiday-depth.png").mode == "RGB"
+
+
+def test_outputs_never_replace_inputs_even_with_overwrite(tmp_path, no_model, capsys):
+    pic = tmp_path / "x-depth.png"
+    picture(pic)
+    picture(tmp_path / "x.png")
+    assert predict(tmp_path / "x.png", pic, "-o", tmp_path, "--overwrite") == 1
+    assert "refusing to overwrite input" in capsys.readouterr().err
+
+
+# -- item 9: decoded pixels in flight are bounded across a batch ------------------------------------
+
+class ShapeModel:
+    """Stands in for a DepthModel in pipeline tests: the real config, a cheap forward that records its input shapes."""
+
+    num_devices, devices, source = 1, None, "fake"
+
+    def __init__(self, config):
+        self.config, self.shapes = config, []
+
+    def apply(self, x):
+        self.shapes.append(tuple(x.shape))
+        return x.mean(-1) + x[..., 0]  # (B, H, W)
+
+
+def test_decoded_pixels_in_flight_stay_within_the_budget(model, monkeypatch):
+    pictures = [np.random.default_rng(i).integers(0, 255, (60, 70 + i % 2, 3), np.uint8) for i in range(5)]
+    held, peak = [0], [0]
+
+    def source(i, a):
+        def load():
+            held[0] += a.shape[0] * a.shape[1]
+            peak[0] = max(peak[0], held[0])
+            return a
+        return pipeline.Source(f"p{i}", a.shape[:2], load)
+
+    resize = pipeline.normalize_and_resize
+
+    def counted_resize(images, size):
+        held[0] -= images.shape[0] * images.shape[1] * images.shape[2]  # these pixels are released after this
+        return resize(images, size)
+
+    monkeypatch.setattr(pipeline, "normalize_and_resize", counted_resize)
+    fake = ShapeModel(model.config)
+    budget = 2 * 60 * 71
+    results = pipeline.run(fake, [source(i, a) for i, a in enumerate(pictures)], batch_size=4, pixel_budget=budget)
+    assert peak[0] <= budget and held[0] == 0
+    assert fake.shapes == [(4, 96, 128, 3), (1, 96, 128, 3)]  # the batches themselves are unchanged
+    monkeypatch.setattr(pipeline, "normalize_and_resize", resize)
+    unbounded = pipeline.run(fake, pictures, batch_size=4)
+    for r, u in zip(results, unbounded):
+        np.testing.assert_allclose(r.depth, u.depth, atol=1e-6)
+
+
+# -- item 10: globs do not follow directory links; inputs are de-duplicated --------------------------
+
+def test_recursive_glob_survives_directory_link_loops(tmp_path):
+    picture(tmp_path / "a" / "p.png")
+    (tmp_path / "a" / "loop").symlink_to(tmp_path / "a", target_is_directory=True)
+    (tmp_path / "a" / "up").symlink_to(tmp_path, target_is_directory=True)
+    found, notes = cli.expand_inputs([str(tmp_path / "**" / "*.png"), str(tmp_path / "a" / "p.png")])
+    assert [str(i.path) for i in found] == [str(tmp_path / "a" / "p.png")]
+    assert str(found[0].rel) == os.path.join("a", "p.png") and "processed once" in notes[0]
+    found, _ = cli.expand_inputs([str(tmp_path)], recursive=True)
+    assert [i.path for i in found] == [tmp_path / "a" / "p.png"]
+
+
+# -- item 11: temporary files of killed runs are recognised and removed ---------------------------------
+
+def test_stale_partial_files_of_dead_processes_are_removed(tmp_path, no_model, capsys):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f".partial-{dead_pid}-{_host_tag()}-abc.png"
+    running = out / f".partial-{os.getppid()}-{_host_tag()}-abc.png"  # a live process's
+    foreign = out / ".partial-xyz.png"  # not named by dpt-jax
+    for f in (stale, running, foreign):
+        f.write_bytes(b"x")
+    picture(tmp_path / "p.png")
+    (out / "p-depth.png").write_bytes(b"done before")  # nothing to compute: no model needed
+    assert predict(tmp_path / "p.png", "-o", out) == 0
+    assert not stale.exists() and running.exists() and foreign.exists()
+
+
+# -- item 12 and issue 12 item 5: the output folder and the inputs are checked before any model --------
+
+def test_unwritable_output_folder_fails_before_the_model(tmp_path, no_model, capsys):
+    picture(tmp_path / "p.png")
+    (tmp_path / "file").write_text("not a folder")
+    assert predict(tmp_path / "p.png", "-o", tmp_path / "file") == 1
+    assert "output folder" in capsys.readouterr().err
+    assert predict(tmp_path / "p.png", "-o", tmp_path / "file" / "sub") == 1
+    assert "cannot write there" in capsys.readouterr().err
+
+
+def test_missing_input_is_reported_before_any_download(tmp_path, no_model, capsys):
+    code = cli.main(["predict", str(tmp_path / "missing.jpg"), "-m", "dpt_swin2_tiny_256", "-o", str(tmp_path / "o")])
+    assert code == 1 and "missing.jpg: no such file" in capsys.readouterr().err
+
+
+# -- issue 12: formats, layout, status ------------------------------------------------------------------------
+
+def test_every_format_in_one_run(tmp_path, loads, capsys):
+    a = picture(tmp_path / "in" / "p.png", 3, size=(64, 80))
+    out = tmp_path / "out"
+    assert predict(tmp_path / "in", "-o", out, "-f", "color,gray8,png16,npy,pfm,side") == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["p-depth.png", "p-depth-gray8.png", "p-depth-16.png", "p-depth.npy", "p-depth.pfm", "p-side.png"])
+    depth = np.load(out / "p-depth.npy")
+    np.testing.assert_allclose(depth, dpt_jax.load(MINI).predict(a), atol=1e-6 * np.abs(depth).max())
+    raw = (out / "p-depth.pfm").read_bytes()
+    assert raw.startswith(b"Pf\n80 64\n-1.000000\n")
+    rows = np.frombuffer(raw[len(b"Pf\n80 64\n-1.000000\n"):], "<f4").reshape(64, 80)
+    np.testing.assert_array_equal(rows[::-1], depth)  # bottom row first
+    assert Image.open(out / "p-depth-gray8.png").mode == "L"
+    assert np.asarray(Image.open(out / "p-depth-16.png")).max() == 65535
+    side = np.asarray(Image.open(out / "p-side.png"))
+    assert side.shape == (64, 160, 3)
+    np.testing.assert_array_equal(side[:, :80], a)
+
+
+def test_sub_folders_are_reported_or_processed_with_recursive(tmp_path, loads, capsys):
+    picture(tmp_path / "in" / "top.png")
+    picture(tmp_path / "in" / "sub" / "deep" / "low.png", 1)
+    out = tmp_path / "out"
+    assert predict(tmp_path / "in", "-o", out) == 0
+    assert "1 sub-folder skipped" in capsys.readouterr().err and not (out / "sub").exists()
+    assert predict(tmp_path / "in", "-o", out, "--recursive") == 0
+    assert (out / "sub" / "deep" / "low-depth.png").is_file() and (out / "top-depth.png").is_file()
+
+
+def test_status_lines_and_quiet(tmp_path, loads, capsys):
+    picture(tmp_path / "a.png")
+    picture(tmp_path / "b.png", 1)
+    assert predict(tmp_path / "a.png", tmp_path / "b.png", "-o", tmp_path / "o1", "-v") == 0
+    out, err = capsys.readouterr()
+    assert out == ""  # status goes to stderr
+    assert "model custom_beit (beit)" in err and "float32" in err and "cpu" in err.lower()
+    assert f"[1/2] {tmp_path / 'a.png'} -> {tmp_path / 'o1' / 'a-depth.png'}" in err
+    assert "2 pictures done" in err
+    assert predict(tmp_path / "a.png", "-o", tmp_path / "o2", "-q") == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_height_size_and_bucket_options_set_the_network_input(tmp_path, model, monkeypatch):
+    fake = ShapeModel(model.config)
+    monkeypatch.setattr(dpt_jax, "load", lambda path, **kw: fake)
+    picture(tmp_path / "p.png", 4, size=(60, 70))
+    for option, shape in [([], (96, 128)), (["--height", "64"], (64, 64)), (["--size", "64x160"], (64, 64)),
+                          (["--size", "64x200", "--no-keep-aspect-ratio"], (64, 192)),
+                          (["--bucket"], (128, 128)), (["--height", "64", "--no-keep-aspect-ratio"], (64, 64))]:
+        fake.shapes.clear()
+        assert predict(tmp_path / "p.png", "-o", tmp_path / "o", "--overwrite", *option) == 0
+        assert fake.shapes == [(1, *shape, 3)], option
+    # MiDaS's rule for --size 64x160 on 60x70: the height's scale (1.07) is closer to 1 than the width's (2.3),
+    # so both sides take it (64 x 74.7), then round to multiples of 32.
+    assert pipeline.planner(model.config, size=(64, 160))((60, 70)) == (64, 64)
+
+
+# -- issue 12 item 5: bugs ---------------------------------------------------------------------------------------
+
+def test_convert_refuses_to_replace_its_source(tmp_path, capsys):
+    src = tmp_path / "m.pt"
+    src.write_bytes((FIXTURES / "mini_beit.pt").read_bytes())
+    before = src.read_bytes()
+    assert cli.main(["convert", str(src), "-o", str(src)]) == 1
+    assert "is the checkpoint being converted" in capsys.readouterr().err and src.read_bytes() == before
+
+
+def test_wrong_number_of_pretrained_window_sizes_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "o.safetensors"
+    assert cli.main(["convert", str(FIXTURES / "mini_swin2.pt"), "-o", str(out),
+                     "--pretrained-window-sizes", "4,4"]) == 1
+    assert "has 2 values; this checkpoint has 4 stages: give one per stage" in capsys.readouterr().err
+    assert not out.exists()
+    assert cli.main(["info", MINI, "--pretrained-window-sizes", "4,4,4,2"]) == 1
+    assert "pretrained_window_sizes does not apply to a beit model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["info", MINI, "--pretrained-window-sizes", "4,-4"])
+
+
+class _ClosedPipe(io.StringIO):
+    def write(self, s):
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_info_into_a_closed_pipe_is_quiet(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert cli.main(["info", MINI]) == 141
+    assert capsys.readouterr().err == ""
+
+
+def test_info_reports_devices(capsys):
+    assert cli.main(["info", MINI]) == 0
+    assert "devices:    1 x cpu" in capsys.readouterr().out
+
+
+def test_every_option_has_help_and_predict_help_lists_models_and_naming(capsys):
+    parser = cli.build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, cli.argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        if name == "bench":  # its own parser (dpt_jax.bench)
+            continue
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+    with pytest.raises(SystemExit):
+        cli.main(["predict", "--help"])
+    text = capsys.readouterr().out
+    assert all(n in text for n in hub.known_names()) and "-depth.png" in text and "--overwrite" in text
+
+
+def test_version_and_python_m(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert capsys.readouterr().out.strip() == f"dpt-jax {dpt_jax.__version__}"
+    assert dpt_jax.__version__ == version("dpt-jax")
+    proc = subprocess.run([sys.executable, "-m", "dpt_jax", "--version"], capture_output=True, text=True,
+                          cwd=FIXTURES.parent.parent, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"dpt-jax {dpt_jax.__version__}"
