@@ -24,6 +24,13 @@ LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "conv": lambda a: a.transpose(2, 3, 1, 0),  # (out, in, kh, kw) -> (kh, kw, in, out)
     "conv_transpose": lambda a: a.transpose(2, 3, 0, 1),  # (in, out, k, k) -> (k, k, in, out)
 }
+# ... and back (a Flax array as the PyTorch checkpoint holds it): for writing other formats.
+INVERSE_LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "copy": lambda a: a,
+    "linear": lambda a: a.T,
+    "conv": lambda a: a.transpose(3, 2, 0, 1),
+    "conv_transpose": lambda a: a.transpose(2, 3, 0, 1),
+}
 _SHAPE_OF = {
     "copy": lambda s: s,
     "linear": lambda s: s[::-1],
@@ -88,11 +95,14 @@ def skipped_keys(state: Iterable[str], skips: Iterable[Skip]) -> list[str]:
 
 
 def check_state_dict(state: Mapping, table: list[Entry], skips: Iterable[Skip],
-                     expected_shapes: Mapping[str, tuple]) -> list[str]:
-    """Every way `state` fails to fit the model (missing, unexpected, mis-shaped keys); reads no tensor data."""
+                     expected_shapes: Mapping[str, tuple], shown: Callable[[str], str] = str) -> list[str]:
+    """Every way `state` fails to fit the model (missing, unexpected, mis-shaped keys); reads no tensor data.
+
+    `shown(key)`: how a key is named in the messages (a file of another layout names its own keys).
+    """
     known = {e.source for e in table} | set(skipped_keys(state, skips))
-    missing = [e.source for e in table if e.source not in state]
-    unexpected = [k for k in state if k not in known]
+    missing = [shown(e.source) for e in table if e.source not in state]
+    unexpected = [shown(k) for k in state if k not in known]
     untargeted = sorted(set(expected_shapes) - {e.target for e in table})
     mis_shaped = []
     for e in table:
@@ -100,7 +110,7 @@ def check_state_dict(state: Mapping, table: list[Entry], skips: Iterable[Skip],
             got = _SHAPE_OF[e.layout](tuple(state[e.source].shape))
             want = tuple(expected_shapes.get(e.target, ()))
             if got != want:
-                mis_shaped.append(f"{e.source}: shape {tuple(state[e.source].shape)} does not fit {e.target} {want}")
+                mis_shaped.append(f"{shown(e.source)}: shape {tuple(state[e.source].shape)} does not fit {e.target} {want}")
     return problem_list(missing=missing, unexpected=unexpected, mis_shaped=mis_shaped,
                         **{"model parameters with no source": untargeted})
 

@@ -49,17 +49,18 @@ def count_params(tree) -> int:
     return sum(int(np.prod(a.shape)) for a in traverse_util.flatten_dict(dict(tree)).values())
 
 
-def convert_state_dict(state: Mapping[str, TensorRef], config: DPTConfig, path="<state dict>") -> Checkpoint:
+def convert_state_dict(state: Mapping[str, TensorRef], config: DPTConfig, path="<state dict>",
+                       shown=str) -> Checkpoint:
     """Map `state` onto the parameter tree of DPT(config), checking every key and shape first.
 
     Reads only the tensors the model uses. Raises ConversionError listing every missing,
-    unexpected and mis-shaped key.
+    unexpected and mis-shaped key (named by `shown(key)`).
     """
     from .dpt import param_shapes
 
     family = config.family
     table, skips = family.key_table(config), family.skipped(config)
-    problems = check_state_dict(state, table, skips, param_shapes(config))
+    problems = check_state_dict(state, table, skips, param_shapes(config), shown)
     if problems:
         raise ConversionError(path, f"does not fit {config.name} ({family.name}):\n  " + "\n  ".join(problems))
     return Checkpoint(config, apply_table(state, table), skipped_keys(state, skips), str(path))
@@ -72,12 +73,32 @@ def read_checkpoint(path, **options) -> Checkpoint:
     and `max_depth` for Depth Anything, whose keys cannot tell V1 from V2 nor relative from metric).
     """
     path = os.fspath(path)
+    from .convert import hf
+
+    if hf.is_hf_folder(path):
+        return read_hf(path, **options)
     if not os.path.isfile(path):
-        raise CheckpointError(path, "no such file" if not os.path.exists(path) else "not a regular file")
+        raise CheckpointError(path, "no such file" if not os.path.exists(path) else
+                              f"not a regular file (nor a folder with a Hugging Face {hf.CONFIG_NAME})")
     if is_converted(path):
         return read_converted(path, **options)
     state = read_state_dict(path)
     return convert_state_dict(state, detect_config(state, path, **options), path)
+
+
+def read_hf(path, **options) -> Checkpoint:
+    """A Hugging Face transformers folder (config.json + weights): renamed to the original keys, then
+    converted like an original checkpoint (convert/hf.py); `options` win over what config.json says."""
+    from .convert import hf
+    from .registry import FAMILIES, as_preset
+
+    source = hf.read(path)
+    if source.model.kind not in FAMILIES:
+        raise ConversionError(source.model.path, f"a {source.model.kind} model (Depth Anything): this dpt-jax has "
+                              f"no {source.model.kind} encoder family (it has {', '.join(FAMILIES)})")
+    config = detect_config(source.state, source.path, facts=source.options, **options)
+    config = as_preset(hf.finish(config, source))
+    return convert_state_dict(source.state, config, source.path, shown=source.shown)
 
 
 def is_converted(path) -> bool:

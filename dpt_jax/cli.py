@@ -24,15 +24,20 @@ def _windows(text: str | None):
 
 
 def cmd_convert(args) -> int:
+    from . import hub
     from .checkpoint import read_checkpoint, write_converted
+    from .convert import hf
 
     if os.path.exists(args.output) and os.path.exists(args.src) and os.path.samefile(args.src, args.output):
         raise ValueError(f"{args.output}: is the checkpoint being converted; choose another output file")
     options = {"pretrained_window_sizes": args.pretrained_window_sizes, "variant": args.variant,
                "max_depth": args.max_depth}
-    checkpoint = read_checkpoint(args.src, **{k: v for k, v in options.items() if v is not None})
+    checkpoint = read_checkpoint(hub.resolve(args.src), **{k: v for k, v in options.items() if v is not None})
     config = checkpoint.config
-    write_converted(args.output, config, checkpoint.params)
+    if args.to == "hf":  # a transformers folder: config.json + model.safetensors
+        hf.write(args.output, config, checkpoint.params, overwrite=args.overwrite)
+    else:
+        write_converted(args.output, config, checkpoint.params)
     print(f"variant:    {config.name} ({config.family.name})")
     print(f"output:     {output_kind(config)}")
     print(f"parameters: {checkpoint.num_params:,}")
@@ -433,7 +438,7 @@ def _predict(args, todo, plan, status: Status) -> tuple[list[Path], int]:
 def cmd_download(args) -> int:
     from . import hub
 
-    path = hub.download(args.name, progress=not args.no_progress)
+    path = hub.resolve(args.name, progress=not args.no_progress)  # a release name, or a Hugging Face repo
     print(path)
     return 0
 
@@ -450,8 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert an original MiDaS checkpoint to a dpt-jax safetensors file")
-    p.add_argument("src", help="original .pt or .safetensors checkpoint")
-    p.add_argument("-o", "--output", required=True, help="converted .safetensors file to write")
+    p.add_argument("src", help="original .pt or .safetensors checkpoint, Hugging Face folder, name or repo id")
+    p.add_argument("-o", "--output", required=True, help="converted .safetensors file (or, --to hf, folder) to write")
+    p.add_argument("--to", choices=["dpt-jax", "hf"], default="dpt-jax",
+                   help="dpt-jax: one converted .safetensors file; hf: a Hugging Face transformers folder")
+    p.add_argument("--overwrite", action="store_true", help="--to hf: replace a non-empty output folder")
     p.add_argument("--pretrained-window-sizes", type=_windows, metavar="A,B,C,D",
                    help="SwinV2 only: override the pretrained window sizes, one per stage (not stored in checkpoints)")
     p.add_argument("-v", "--verbose", action="store_true", help="list the skipped keys")
@@ -459,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="print a model's config, parameter count and input size")
-    p.add_argument("model", help="checkpoint path (original or converted) or official model name")
+    p.add_argument("model", help="checkpoint path (original, converted or Hugging Face folder), name or repo id")
     p.add_argument("--pretrained-window-sizes", type=_windows, metavar="A,B,C,D",
                    help="SwinV2 only: override the pretrained window sizes, one per stage")
     add_variant_arguments(p)
@@ -478,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="picture files, folders (their pictures) or globs ('**' matches sub-folders; quote it)")
     p.add_argument("-m", "--model", default=None,
-                   help="checkpoint path or official name (default: the smallest, dpt_swin2_tiny_256)")
+                   help="checkpoint path, Hugging Face folder, official name or Hugging Face repo id "
+                        "(default: the smallest, dpt_swin2_tiny_256)")
     p.add_argument("-o", "--output", default="depth", metavar="OUTDIR", help="output folder (default: ./depth)")
     p.add_argument("-f", "--format", type=_formats, default=["color"], metavar="FMT[,FMT...]",
                    help="one or more of: color (inferno colormap PNG, near is bright), gray8 (8-bit PNG), "
@@ -512,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_variant_arguments(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("download", help="fetch an official MiDaS v3.1 checkpoint into the cache and check it")
+    p = sub.add_parser("download", help="fetch an official MiDaS v3.1 checkpoint (or a Hugging Face repo) into the cache")
     p.add_argument("name", help="dpt_beit_large_512, dpt_beit_large_384, dpt_beit_base_384, dpt_swin2_large_384, "
                                 "dpt_swin2_base_384 or dpt_swin2_tiny_256 (the dpt_ prefix is optional)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

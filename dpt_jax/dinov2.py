@@ -298,16 +298,24 @@ def _architecture_of_config(c: DPTConfig) -> dict:
 VARIANTS = {c.name: c for c in PRESETS + MINIS}
 
 
-def detect_config(state, path, *, variant: str | None = None, max_depth: float | None = None, **options) -> DPTConfig:
+def detect_config(state, path, *, variant: str | None = None, max_depth: float | None = None,
+                  hooks: tuple[int, ...] | None = None, metric: bool | None = None, **options) -> DPTConfig:
     """The configuration of a Depth Anything checkpoint: its `variant`, checked against its keys and shapes.
 
     V1 and V2, relative and metric, Hypersim and Virtual KITTI files hold the same keys, so the
-    variant comes from the argument, else from an official release file name (RELEASE_FILES);
+    variant comes from the argument, else from what another file says (`hooks`, `metric`: a
+    Hugging Face config.json), else from an official release file name (RELEASE_FILES);
     otherwise the error lists the variants that fit the keys. `max_depth` (metres) overrides a
     metric variant's.
     """
     arch = _architecture_of_keys(state, path)
     fitting = [c for c in VARIANTS.values() if _architecture_of_config(c) == arch]
+    if variant is None and (hooks is not None or metric is not None):
+        said = [c for c in fitting if (hooks is None or c.encoder.hooks == tuple(hooks))
+                and (metric is None or c.is_metric == metric)]
+        exact = [c for c in said if max_depth is None or not c.is_metric or c.max_depth == max_depth]
+        if exact or said:
+            variant = (exact or said)[0].name
     if variant is None:
         variant = RELEASE_FILES.get(os.path.basename(str(path)))
     if variant is None:

@@ -40,6 +40,17 @@ Besides ``timeout`` (no byte at all for that long), a transfer that receives few
 trickling a byte every few seconds never trips a per-read timeout), and retried like a lost
 connection, resuming where it stopped.
 
+Hugging Face Hub repositories
+-----------------------------
+A repo id ("Intel/dpt-swinv2-tiny-256", "depth-anything/Depth-Anything-V2-Small-hf"), and the
+names in ``HF_REPOS``, are fetched with ``huggingface_hub`` (``hf_snapshot``): its cache
+(``$HF_HUB_CACHE``, default ``~/.cache/huggingface/hub``), its resumable, checksum-verified
+downloads, its tokens and its offline mode (``HF_HUB_OFFLINE=1``: the cache only, no network).
+Only ``config.json`` and the safetensors weights are fetched. The MiDaS v3.1 release files
+stay on the HTTP code below: they are GitHub release assets, not files of a Hub repository, and
+``huggingface_hub`` only serves repositories of a Hub endpoint. So there are two transports
+(one per host), one function (``resolve``) that picks them, and one checkpoint reader.
+
 Check
 -----
 A download is complete when its byte count equals the server's Content-Length. It is then
@@ -76,7 +87,7 @@ from .registry import PRESETS
 from .convert.torch_zip import CheckpointError
 
 __all__ = [
-    "DEFAULT_MODEL", "REGISTRY", "RELEASE_URL", "DownloadError", "ModelEntry", "UnknownModelError",
+    "DEFAULT_MODEL", "HF_REPOS", "REGISTRY", "hf_snapshot", "take_verified", "RELEASE_URL", "DownloadError", "ModelEntry", "UnknownModelError",
     "cache_dir", "cached_path", "download", "get_entry", "known_names", "register", "resolve",
     "unregister", "verify",
 ]
@@ -143,6 +154,26 @@ for _s, (_word, _bytes) in _DA_SIZES.items():
     REGISTRY[f"da1_{_s}"] = ModelEntry(f"da1_{_s}", f"{_HF}/spaces/LiheYoung/Depth-Anything/resolve/main/checkpoints/{_file}",
                                        PRESETS[f"da1_{_s}"], _bytes, "Apache-2.0", _file)
 REGISTRY = {name: REGISTRY[name] for name in PRESETS}  # in the presets' order
+
+
+#: Names served from Hugging Face Hub repositories in the transformers layout (converted by
+#: transformers from the original releases); any other "org/name" is taken as a repo id as well.
+HF_REPOS: dict[str, str] = {
+    "da1_vits": "LiheYoung/depth-anything-small-hf",
+    "da1_vitb": "LiheYoung/depth-anything-base-hf",
+    "da1_vitl": "LiheYoung/depth-anything-large-hf",
+    "da2_vits": "depth-anything/Depth-Anything-V2-Small-hf",
+    "da2_vitb": "depth-anything/Depth-Anything-V2-Base-hf",
+    "da2_vitl": "depth-anything/Depth-Anything-V2-Large-hf",
+    "da2_metric_indoor_vits": "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf",
+    "da2_metric_indoor_vitb": "depth-anything/Depth-Anything-V2-Metric-Indoor-Base-hf",
+    "da2_metric_indoor_vitl": "depth-anything/Depth-Anything-V2-Metric-Indoor-Large-hf",
+    "da2_metric_outdoor_vits": "depth-anything/Depth-Anything-V2-Metric-Outdoor-Small-hf",
+    "da2_metric_outdoor_vitb": "depth-anything/Depth-Anything-V2-Metric-Outdoor-Base-hf",
+    "da2_metric_outdoor_vitl": "depth-anything/Depth-Anything-V2-Metric-Outdoor-Large-hf",
+}
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
+_HF_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors"]
 
 
 class UnknownModelError(ValueError):
@@ -358,12 +389,16 @@ def verify(path, model) -> DPTConfig:
     Raises CheckpointError (naming `path`) when the file is unreadable, holds another
     architecture, has missing/unexpected/mis-shaped keys, or (torch zip) fails its CRC-32s.
     """
+    entry = model if isinstance(model, ModelEntry) else get_entry(model)
+    return _checked(os.fspath(path), entry)[1]
+
+
+def _checked(path: str, entry: ModelEntry):
+    """(state dict, config) of the file at `path` once it passed every check of `verify`."""
     from .convert.keys import check_state_dict
     from .convert.torch_zip import read_state_dict
     from .registry import detect_config, recognise
 
-    entry = model if isinstance(model, ModelEntry) else get_entry(model)
-    path = os.fspath(path)
     state = read_state_dict(path)
     family = recognise(state)
     if family is not None and family is not entry.config.family:
@@ -378,10 +413,15 @@ def verify(path, model) -> DPTConfig:
             diffs = _config_differences(config, entry.config)
             what = f"another {config.family.name} architecture than {entry.name} (" + "; ".join(diffs) + ")"
         raise CheckpointError(path, f"holds {what}")
+    _check_archive(path)
     family = config.family
     problems = check_state_dict(state, family.key_table(config), family.skipped(config), _param_shapes(config))
     if problems:
         raise CheckpointError(path, f"does not fit {entry.name}:\n  " + "\n  ".join(problems))
+    return state, config
+
+
+def _check_archive(path) -> None:
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as z:
@@ -390,11 +430,39 @@ def verify(path, model) -> DPTConfig:
             raise CheckpointError(path, f"damaged zip archive: {e}") from None
         if bad is not None:
             raise CheckpointError(path, f"damaged data: archive member {bad!r} does not match its CRC-32")
-    return config
+
+
+# The checkpoint read while checking a download, kept for the load that follows (one read, not two):
+# (path, size, mtime_ns) -> Checkpoint; at most one, handed out once.
+_VERIFIED: dict = {}
+
+
+def _verified_checkpoint(path, entry: ModelEntry):
+    """verify() that also builds the parameter tree (the same reading the load needs) and returns it."""
+    from .checkpoint import convert_state_dict
+
+    state, config = _checked(os.fspath(path), entry)
+    return convert_state_dict(state, config, os.fspath(path))
+
+
+def _remember(path: Path, checkpoint) -> None:
+    st = path.stat()
+    _VERIFIED.clear()
+    checkpoint.path = os.fspath(path)
+    _VERIFIED[(os.fspath(path), st.st_size, st.st_mtime_ns)] = checkpoint
+
+
+def take_verified(path):
+    """The Checkpoint read when `path` was checked after its download, if the file is unchanged since; once."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return _VERIFIED.pop((os.fspath(path), st.st_size, st.st_mtime_ns), None)
 
 
 def _verify_and_stamp(path: Path, entry: ModelEntry, url: str | None) -> None:
-    verify(path, entry)
+    _remember(path, _verified_checkpoint(path, entry))
     _write_stamp(path, entry, url)
 
 
@@ -642,7 +710,7 @@ def download(name: str, *, cache=None, progress: bool = True, url: str | None = 
         _fetch(url, partial, desc=entry.name, approx=entry.approx_bytes, progress=progress,
                timeout=timeout, retries=retries, stall_timeout=stall_timeout, stall_bytes=stall_bytes)
         try:
-            verify(partial, entry)
+            checkpoint = _verified_checkpoint(partial, entry)
         except CheckpointError as e:
             _unlink(partial)
             raise CheckpointError(
@@ -653,6 +721,7 @@ def download(name: str, *, cache=None, progress: bool = True, url: str | None = 
             ) from None
         os.replace(partial, dest)
         _write_stamp(dest, entry, url)
+        _remember(dest, checkpoint)
     return dest
 
 
@@ -660,22 +729,83 @@ def download(name: str, *, cache=None, progress: bool = True, url: str | None = 
 # Names or paths
 
 
+def hf_snapshot(repo_id: str, *, revision: str | None = None, progress: bool = True) -> Path:
+    """The local folder of Hub repository `repo_id` (config.json + safetensors weights), via huggingface_hub.
+
+    Offline (HF_HUB_OFFLINE=1, or no network) a cached snapshot is used without any network
+    access; without one, DownloadError says where the files are expected and how to pass a folder.
+    """
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    from .convert import hf
+
+    url = f"{constants.ENDPOINT}/{repo_id}"
+    cache = Path(constants.HF_HUB_CACHE)
+    expected = cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / (revision or "<revision>")
+    local = ("download it where the network is reachable (huggingface-cli download "
+             f"{repo_id}) into that cache, or pass the path of a local folder holding config.json and "
+             "model.safetensors instead of the name")
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=_HF_FILES,
+                                        tqdm_class=None if progress else _SilentBar))
+    except (RepositoryNotFoundError, GatedRepoError) as e:
+        raise UnknownModelError(f"{repo_id!r}: no such Hugging Face Hub repository, or it needs a token you do not "
+                                f"have ({type(e).__name__}); known names: {', '.join(known_names() + list(HF_REPOS))}") from None
+    except LocalEntryNotFoundError:
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached"
+        raise DownloadError(url, f"not in the Hugging Face cache and {why}: the files are expected in {expected}/; "
+                                 f"{local}") from None
+    except OSError as e:
+        raise DownloadError(url, f"{type(e).__name__}: {str(e)[:300]}; {local}") from None
+    if not hf.is_hf_folder(folder):
+        raise DownloadError(url, f"the cached snapshot {folder} holds no config.json (incomplete download?); {local}")
+    return folder
+
+
+class _SilentBar:
+    """A tqdm stand-in that shows nothing (progress=False)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, *args):
+        pass
+
+    def close(self):
+        pass
+
+
 def resolve(model=None, *, cache=None, progress: bool = True) -> Path:
-    """The checkpoint file for `model`: an existing file path (returned as it is), or a registry name
-    (short forms work), downloaded on first use and taken from the cache afterwards.
+    """The checkpoint for `model`: an existing file or Hugging Face folder (returned as it is), a
+    registry name (short forms work; downloaded on first use, from the cache afterwards), a name
+    of `HF_REPOS` or a Hugging Face Hub repo id "org/name" (fetched with huggingface_hub).
 
     `None` means DEFAULT_MODEL. Anything else raises UnknownModelError listing the known names.
     """
+    from .convert import hf
+
     if model is None:
         model = DEFAULT_MODEL
     text = os.fspath(model)
-    if os.path.isfile(text):
+    if os.path.isfile(text) or hf.is_hf_folder(text):
         return Path(text)
     if os.path.exists(text):
-        raise UnknownModelError(f"{text!r} is not a checkpoint file (it is a directory or a special file)")
+        raise UnknownModelError(f"{text!r} is not a checkpoint file (it is a directory without a config.json, "
+                                "or a special file)")
     if isinstance(model, str) and _lookup(model) is not None:
         return download(model, cache=cache, progress=progress)
+    if isinstance(model, str) and (model in HF_REPOS or _REPO_ID.fullmatch(model)) \
+            and not model.endswith((".pt", ".pth", ".safetensors", ".bin")):
+        return hf_snapshot(HF_REPOS.get(model, model), progress=progress)
     looks_like_path = os.sep in text or "/" in text or text.endswith((".pt", ".pth", ".safetensors"))
     what = "no such file, and not" if looks_like_path else "neither an existing file nor"
-    raise UnknownModelError(f"{text!r}: {what} a known model name; known models: {', '.join(REGISTRY)} "
-                            "(the 'dpt_' prefix may be left out)")
+    raise UnknownModelError(f"{text!r}: {what} a known model name; known models: {', '.join(REGISTRY)}, "
+                            f"{', '.join(HF_REPOS)} (the 'dpt_' prefix may be left out), or a Hugging Face "
+                            "Hub repo id such as Intel/dpt-swinv2-tiny-256")

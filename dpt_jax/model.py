@@ -134,6 +134,16 @@ class DepthModel:
         """Write a converted safetensors file (float32 parameters, config in the metadata)."""
         write_converted(path, self.config, jax.device_get(self.params))
 
+    def save_pretrained(self, directory, *, overwrite: bool = False):
+        """Write a Hugging Face transformers folder (config.json + model.safetensors) that
+        `transformers.AutoModelForDepthEstimation.from_pretrained(directory)` reads; see convert/hf.py.
+
+        A non-empty folder is refused unless it is a previous export or `overwrite` is set.
+        """
+        from .convert import hf
+
+        return hf.write(directory, self.config, jax.device_get(self.params), overwrite=overwrite)
+
 
 def configure_compilation_cache(directory=None) -> str | None:
     """Turn on JAX's persistent compilation cache, so a second process does not compile again.
@@ -157,8 +167,12 @@ def configure_compilation_cache(directory=None) -> str | None:
 
 def load(path, *, dtype: str = "float32", pretrained_window_sizes=None, variant: str | None = None,
          max_depth: float | None = None, devices=None, compilation_cache=None) -> DepthModel:
-    """Load an original checkpoint (MiDaS v3.1 .pt, Depth Anything .pth, or .safetensors) or a converted file.
+    """Load a model: a file or folder, or a name that is downloaded and cached on first use.
 
+    `path`: an original MiDaS v3.1 / Depth Anything checkpoint (.pt/.pth or .safetensors), a
+    dpt-jax converted file, a Hugging Face transformers folder (config.json + model.safetensors),
+    an official name ("dpt_swin2_tiny_256", see `hub.REGISTRY` and `hub.HF_REPOS`) or a Hugging
+    Face Hub repo id ("Intel/dpt-swinv2-tiny-256"); see `hub.resolve`.
     `pretrained_window_sizes` overrides the SwinV2 value that checkpoints do not store (the
     three official SwinV2 checkpoints are recognised and need no override).
     `variant`: which model the file holds, where its keys cannot tell (Depth Anything V1/V2,
@@ -168,7 +182,12 @@ def load(path, *, dtype: str = "float32", pretrained_window_sizes=None, variant:
     `compilation_cache`: directory of the persistent compilation cache, or "off"
     (see `configure_compilation_cache`).
     """
+    from . import hub
+
     configure_compilation_cache(compilation_cache)
+    source = hub.resolve(path) if isinstance(path, str) and not os.path.exists(path) else path
     options = {"pretrained_window_sizes": pretrained_window_sizes, "variant": variant, "max_depth": max_depth}
-    checkpoint = read_checkpoint(path, **{k: v for k, v in options.items() if v is not None})
-    return DepthModel(checkpoint.config, checkpoint.params, dtype=dtype, source=os.fspath(path), devices=devices)
+    options = {k: v for k, v in options.items() if v is not None}
+    # A download was read once when it was checked: that reading is the load's (no second read).
+    checkpoint = (None if options else hub.take_verified(source)) or read_checkpoint(source, **options)
+    return DepthModel(checkpoint.config, checkpoint.params, dtype=dtype, source=os.fspath(source), devices=devices)

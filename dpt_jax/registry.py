@@ -43,13 +43,17 @@ def recognise(state: Mapping) -> EncoderFamily | None:
     return next((f for f in FAMILIES.values() if f.recognises(state)), None)
 
 
-def detect_config(state: Mapping, path="<state dict>", *, variant: str | None = None, **options) -> DPTConfig:
+def detect_config(state: Mapping, path="<state dict>", *, variant: str | None = None, facts: Mapping | None = None,
+                  **options) -> DPTConfig:
     """The configuration of checkpoint `state` (key -> anything with `.shape`); reads no tensor data.
 
     A config equal to a preset but for its name is that preset. `options` are choices the file
     cannot tell (see each family's `options`; None means "not given"). `variant` names a preset
     (or a mini): for families whose keys cannot tell their variants (Depth Anything) it is the
     choice; for the others (MiDaS) it must be what the keys say.
+    `facts` are what another file says about the checkpoint (a Hugging Face config.json: window
+    sizes, the blocks feeding the neck, metric depth): passed to the family's detect_config where
+    it takes them; the user's `variant` and `options` win over them.
     """
     family = recognise(state)
     if family is not None:
@@ -65,20 +69,36 @@ def detect_config(state: Mapping, path="<state dict>", *, variant: str | None = 
                 raise ConversionError(path, f"holds a {family.name} checkpoint; variant {chosen.name} is a "
                                       f"{chosen.family.name} model")
             variant = chosen.name
+        options = {**_taken(family.detect_config, facts or {}), **options}
         if "variant" in allowed:
             return family.detect_config(state, path, variant=variant, **options)
-        config = family.detect_config(state, path, **options)
-        config = next((p for p in family.presets if p.replace(name=config.name) == config), config)
+        config = as_preset(family.detect_config(state, path, **options))
         if variant is not None and config.name != variant:
             raise ConversionError(path, f"its keys say it is {config.name}, not the variant {variant} given")
         return config
     hint = ""
     if any(k.startswith("backbone.") or k.startswith("dpt.") for k in state):
-        hint = " (this looks like a Hugging Face transformers checkpoint; use the original MiDaS .pt file)"
+        hint = (" (this looks like the weights of a Hugging Face transformers checkpoint: pass the folder "
+                "that holds them and their config.json)")
     raise ConversionError(
         path, f"not a checkpoint of a known DPT model ({', '.join(FAMILIES)}): none of them recognises "
         f"its {len(state)} keys{hint}"
     )
+
+
+def _taken(detect, facts: Mapping) -> dict:
+    """The entries of `facts` that the family's detect_config takes as keywords."""
+    import inspect
+
+    parameters = inspect.signature(detect).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(facts)
+    return {k: v for k, v in facts.items() if k in parameters}
+
+
+def as_preset(config: DPTConfig) -> DPTConfig:
+    """The preset equal to `config` but for its name, or `config` itself."""
+    return next((p for p in config.family.presets if p.replace(name=config.name) == config), config)
 
 
 def config_to_dict(config: DPTConfig) -> dict:

@@ -484,12 +484,14 @@ def _count(state, pattern: str) -> int:
     return len({m.group(1) for k in state if (m := rx.fullmatch(k))})
 
 
-def detect_config(state, path, *, pretrained_window_sizes=None, **options) -> DPTConfig:
+def detect_config(state, path, *, pretrained_window_sizes=None, window_size=None, native_size=None,
+                  **options) -> DPTConfig:
     """The configuration of a MiDaS SwinV2 checkpoint, read off its keys and shapes.
 
     `pretrained_window_sizes` are not stored in checkpoints: they come from the preset with the
     same architecture, or from the argument (which wins). A checkpoint that matches no preset
-    needs the argument: guessing wrong moves the hooks by 55-90 %.
+    needs the argument: guessing wrong moves the hooks by 55-90 %. `window_size` and `native_size`
+    stand in for the shift-mask buffer, which files without buffers (Hugging Face's) do not hold.
     """
     shape = lambda key: midas.shape(state, key, path)  # noqa: E731
     embed = shape("pretrained.model.patch_embed.proj.weight")[0]
@@ -498,11 +500,14 @@ def detect_config(state, path, *, pretrained_window_sizes=None, **options) -> DP
     heads = tuple(shape(f"pretrained.model.layers.{s}.blocks.0.attn.logit_scale")[0] for s in range(stages))
     # The first stage's shift mask (num_windows, ws*ws, ws*ws) gives the window and the native size.
     mask_key = "pretrained.model.layers.0.blocks.1.attn_mask"
-    if mask_key not in state:
+    if mask_key in state:
+        num_windows, ws2, _ = shape(mask_key)
+        window = math.isqrt(ws2)
+        size = window * math.isqrt(num_windows) * 4
+    elif window_size is not None and native_size is not None and native_size[0] == native_size[1]:
+        window, size = int(window_size), int(native_size[0])
+    else:
         raise ConversionError(path, f"cannot tell the window size and native input size: {mask_key!r} is missing")
-    num_windows, ws2, _ = shape(mask_key)
-    window = math.isqrt(ws2)
-    size = window * math.isqrt(num_windows) * 4
     architecture = (embed, depths, heads, window, (size, size))
     preset = next((p for p in PRESETS if _architecture(p.encoder) == architecture), None)
     windows = pretrained_window_sizes or (preset.encoder.pretrained_window_sizes if preset else None)
