@@ -226,6 +226,21 @@ def test_sizes_the_model_cannot_take_are_refused_before_tracing(tmp_path, monkey
     assert traced == [] and list(tmp_path.iterdir()) == []
 
 
+def test_cli_export_writes_verifies_and_refuses(tmp_path, capsys):
+    from dpt_jax import cli
+
+    src = str(FIXTURES / "mini_swin2.safetensors")
+    out = tmp_path / "m.stablehlo"
+    assert cli.main(["export", src, "-o", str(out), "--size", "64x96", "--batch", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "images (2, 64, 96, 3) float32" in printed
+    err = float(printed.split("= ")[-1].split()[0])
+    assert out.is_file() and err < BOUND
+    assert cli.main(["export", src, "-o", str(tmp_path / "n.stablehlo"), "--size", "64x100"]) == 1
+    assert "multiples of 32; got 64x100" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.stablehlo"]
+
+
 def test_a_failed_export_leaves_no_file(tmp_path, monkeypatch):
     model = load("mini_beit")
     (tmp_path / "m.stablehlo").write_bytes(b"previous")
