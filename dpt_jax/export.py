@@ -188,8 +188,8 @@ def run_stablehlo(path, inputs) -> np.ndarray:
 def to_onnx(config: DPTConfig, params, spec: ExportSpec, *, name: str = "dpt"):
     """The ONNX model (an onnx.ModelProto) converted by jax2onnx, batch "B" dynamic unless fixed."""
     if spec.dtype != "float32":
-        raise ValueError("ONNX export is float32 only: onnxruntime's CPU kernels have no bfloat16 "
-                         "matmuls and convolutions (export bfloat16 as .stablehlo)")
+        raise ValueError("ONNX export is float32 only: jax2onnx converts the bfloat16 program, but "
+                         "onnxruntime rejects its bfloat16 Einsum nodes (export bfloat16 as .stablehlo)")
     try:
         from jax2onnx import to_onnx as jax2onnx_convert
     except ImportError as e:
