@@ -449,6 +449,26 @@ def cmd_bench(args) -> int:
     return timing.run(args)
 
 
+def cmd_export(args) -> int:
+    from . import export, hub, load
+
+    model = load(hub.resolve(args.model), pretrained_window_sizes=args.pretrained_window_sizes,
+                 variant=args.variant, max_depth=args.max_depth)
+    if args.with_preprocessing:
+        spec = export.export(model, args.output, size=args.size, batch=args.batch, dtype=args.dtype,
+                             with_preprocessing=True, picture_size=args.picture_size or args.size)
+    elif args.picture_size:
+        raise ValueError("--picture-size applies only with --with-preprocessing")
+    else:
+        spec = export.export(model, args.output, size=args.size, batch=args.batch, dtype=args.dtype)
+    print(f"wrote      {args.output}: {model.config.name}")
+    print(f"program:   {spec.describe()}")
+    if not args.no_verify:
+        err = export.verify(model, args.output, spec)
+        print(f"verified:  max|exported - dpt-jax| / max|dpt-jax| = {err:.1e} on a random input")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpt-jax", description="MiDaS v3.1 DPT depth models in JAX")
     parser.add_argument("--version", action="version", version=f"dpt-jax {__version__}")
@@ -526,6 +546,27 @@ def build_parser() -> argparse.ArgumentParser:
                                 "dpt_swin2_base_384 or dpt_swin2_tiny_256 (the dpt_ prefix is optional)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("export", help="write a model as a StableHLO (.stablehlo) or ONNX (.onnx) program")
+    p.add_argument("model", help="checkpoint path (original or converted) or official name")
+    p.add_argument("-o", "--output", required=True, help="file to write: NAME.stablehlo or NAME.onnx")
+    p.add_argument("--size", metavar="HxW", help="network input size, sides multiples of the model's multiple (16 BEiT, "
+                   "32 SwinV2, 14 Depth Anything); with --with-preprocessing the default is the original's size "
+                   "for the picture size")
+    p.add_argument("--batch", default="dynamic", help="batch size, or 'dynamic' (default) for any batch")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="bfloat16 matmuls (StableHLO only); float32 pins full float32 precision")
+    p.add_argument("--with-preprocessing", action="store_true",
+                   help="take uint8 RGB pictures of one size (--picture-size, default --size) and return depth at "
+                        "that size, with the original's resize and normalisation inside")
+    p.add_argument("--picture-size", metavar="HxW", help="picture size taken with --with-preprocessing")
+    p.add_argument("--pretrained-window-sizes", type=_windows, metavar="A,B,C,D",
+                   help="SwinV2 only: the pretrained window sizes, one per stage")
+    add_variant_arguments(p)
+    p.add_argument("--no-verify", action="store_true",
+                   help="do not run the written file against dpt-jax on a random input")
+    p.set_defaults(func=cmd_export)
+
 
     p = sub.add_parser("bench", help="time dpt-jax on a model with random weights (no checkpoint needed)",
                        description="Compile time, median/min latency and images/s of a model with random weights. "

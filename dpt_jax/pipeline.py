@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Sequence, Union
 
 import numpy as np
 
-from .preprocess import normalize_and_resize, processed_size, resize_depth
+from .preprocess import network_size, to_network, to_picture
 
 #: Pictures with more pixels than this are refused before decoding (~100 MP: a 12000 x 8000 picture).
 MAX_PIXELS = 100_000_000
@@ -179,14 +179,11 @@ def bucket_size(size: tuple[int, int], multiple: int) -> tuple[int, int]:
 
 def planner(config, *, size=None, keep_aspect_ratio: bool | None = None, bucket: bool = False):
     """The function (h, w) picture size -> (H, W) network input size of a run with these options."""
-    keep = config.keep_aspect_ratio if keep_aspect_ratio is None else keep_aspect_ratio
-    target = config.native_size if size is None else as_target(size)
-    multiple = config.resize_multiple
+    target = None if size is None else as_target(size)
 
     def target_of(picture_size):
-        s = processed_size(*picture_size, target=target, keep_aspect_ratio=keep, multiple_of=multiple,
-                           rule=config.resize_rule)
-        return bucket_size(s, multiple) if bucket else s
+        s = network_size(config, picture_size, target=target, keep_aspect_ratio=keep_aspect_ratio)
+        return bucket_size(s, config.resize_multiple) if bucket else s
 
     return target_of
 
@@ -270,8 +267,7 @@ def run(model, items: Iterable[ImageLike | Source], *, batch_size: int = 4, keep
 
         def flush():
             for g in chunk.values():
-                inputs.append(normalize_and_resize(jnp.asarray(np.stack([p for _, p in g])), size_hw,
-                                                   config.input_mean, config.input_std))
+                inputs.append(to_network(config, jnp.asarray(np.stack([p for _, p in g])), size_hw))
                 order.extend(m for m, _ in g)
             chunk.clear()
 
@@ -316,7 +312,7 @@ def run(model, items: Iterable[ImageLike | Source], *, batch_size: int = 4, keep
             while j < len(order) and shape_of[order[j]] == ps and px + ps[0] * ps[1] <= budget:
                 px += ps[0] * ps[1]
                 j += 1
-            back = np.asarray(resize_depth(depth[k:j], ps, config.output_resize))  # (j - k, h, w)
+            back = np.asarray(to_picture(config, depth[k:j], ps))  # (j - k, h, w)
             for m, d in zip(order[k:j], back):
                 results[slot[m]].depth = d
                 _emit(on_result, results[slot[m]], keep_depth)

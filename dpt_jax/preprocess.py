@@ -119,3 +119,28 @@ def resize_depth(depth: jnp.ndarray, size: tuple[int, int], method: str = "bicub
     if method in ("bilinear_align_corners", "bilinear"):
         return resize_bilinear(depth, tuple(size), align_corners=method == "bilinear_align_corners", axes=(1, 2))
     raise ValueError(f"unknown output resize {method!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The same three steps as a model's config says (what pictures, videos and exports all use).
+
+
+def network_size(config, picture_size, *, target=None, keep_aspect_ratio: bool | None = None) -> tuple[int, int]:
+    """(H, W) the model runs a picture of `picture_size` (h, w) at: the config's target, rule and multiple.
+
+    `target` replaces the native size (an int for a square, or (H, W)); `keep_aspect_ratio`
+    replaces the config's.
+    """
+    keep = config.keep_aspect_ratio if keep_aspect_ratio is None else keep_aspect_ratio
+    return processed_size(*picture_size, target=config.native_size if target is None else target,
+                          keep_aspect_ratio=keep, multiple_of=config.resize_multiple, rule=config.resize_rule)
+
+
+def to_network(config, pictures, size) -> jnp.ndarray:
+    """(B, h, w, 3) pictures -> (B, H, W, 3) network input, normalised as the config says."""
+    return normalize_and_resize(pictures, tuple(size), tuple(config.input_mean), tuple(config.input_std))
+
+
+def to_picture(config, depth, size) -> jnp.ndarray:
+    """(B, H, W) network output -> (B, h, w) at the picture's size, resized as the config says."""
+    return resize_depth(depth, tuple(size), config.output_resize)

@@ -441,7 +441,7 @@ class _Run:
     def first_pass(self):
         import jax.numpy as jnp
 
-        from .preprocess import normalize_and_resize
+        from .preprocess import to_network
 
         resized_with_range, running_range, render = _device_steps()
         pending = None  # the previous batch: finished while the device runs the next one
@@ -452,8 +452,7 @@ class _Run:
                 n = len(frames)
                 pixels = np.stack(frames + [np.zeros_like(frames[0])] * (self.batch - n))  # (batch, h, w, 3)
                 c = self.model.config
-                net = self.model.apply(normalize_and_resize(jnp.asarray(pixels), self.net_size, c.input_mean,
-                                                            c.input_std))  # (batch, H, W)
+                net = self.model.apply(to_network(c, jnp.asarray(pixels), self.net_size))  # (batch, H, W)
                 depth, lo, hi = resized_with_range(net, self.size, c.output_resize)  # (batch, h, w), (batch,), (batch,)
                 depth, lo, hi, net = depth[:n], lo[:n], hi[:n], net[:n]
                 if self.normalize == "running":
@@ -474,13 +473,11 @@ class _Run:
             self.error = e
 
     def _open(self):
-        from .preprocess import processed_size
+        from .preprocess import network_size
 
         self.size = self.reader.size
         try:
-            c = self.model.config
-            self.net_size = processed_size(*self.size, target=c.native_size, keep_aspect_ratio=self.keep,
-                                           multiple_of=c.resize_multiple, rule=c.resize_rule)
+            self.net_size = network_size(self.model.config, self.size, keep_aspect_ratio=self.keep)
         except ValueError as e:
             raise ValueError(f"{self.reader.name}: {e}") from None
         if self.frames_format == "npy":

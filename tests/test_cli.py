@@ -138,19 +138,19 @@ def test_decoded_pixels_in_flight_stay_within_the_budget(model, monkeypatch):
             return a
         return pipeline.Source(f"p{i}", a.shape[:2], load)
 
-    resize = pipeline.normalize_and_resize
+    resize = pipeline.to_network
 
-    def counted_resize(images, size, *args):
+    def counted_resize(config, images, size):
         held[0] -= images.shape[0] * images.shape[1] * images.shape[2]  # these pixels are released after this
-        return resize(images, size, *args)
+        return resize(config, images, size)
 
-    monkeypatch.setattr(pipeline, "normalize_and_resize", counted_resize)
+    monkeypatch.setattr(pipeline, "to_network", counted_resize)
     fake = ShapeModel(model.config)
     budget = 2 * 60 * 71
     results = pipeline.run(fake, [source(i, a) for i, a in enumerate(pictures)], batch_size=4, pixel_budget=budget)
     assert peak[0] <= budget and held[0] == 0
     assert fake.shapes == [(4, 96, 128, 3), (1, 96, 128, 3)]  # the batches themselves are unchanged
-    monkeypatch.setattr(pipeline, "normalize_and_resize", resize)
+    monkeypatch.setattr(pipeline, "to_network", resize)
     unbounded = pipeline.run(fake, pictures, batch_size=4)
     for r, u in zip(results, unbounded):
         np.testing.assert_allclose(r.depth, u.depth, atol=1e-6)
