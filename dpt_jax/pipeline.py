@@ -22,6 +22,8 @@ to a coarser grid (`bucket_size`) so that near sizes share a program (see `run`)
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, Union
@@ -316,7 +318,7 @@ class _Dispatched:
 class _Overlapped:
     """The batches of `run`, with decoding, the device and the results overlapped.
 
-        decode batch k+1 (worker threads)  |  device: batch k  |  results of batch k-1 (on_result)
+        decode batch k+1 (worker threads)  |  device: batch k  |  results of batch k-1 (results thread)
 
     Pixel budget: a picture's decoded pixels are taken when its decode is submitted and given back
     when its chunk is resized to the network size (or it fails); a depth chunk's pixels are taken
@@ -328,6 +330,11 @@ class _Overlapped:
     boundaries follow the sequential rule (consecutive pictures while their pixels fit the budget),
     not the timing, so every run compiles and runs the same programs: the results are identical
     whatever `workers` is, and on_result sees them in batch order (failures of a batch first).
+
+    With workers, the depth maps are pulled to the host and handed to on_result by one results
+    thread (writing files there overlaps the next batches; one thread keeps the order), which
+    gives their pixels back; this thread then only waits for it when a take does not fit. With
+    workers=0 everything runs in the calling thread.
     """
 
     def __init__(self, model, sources, slot, results, plan, *, batch_size, budget, workers, on_result,
@@ -342,16 +349,37 @@ class _Overlapped:
         self.dispatched = 0  # batches sent to the device so far
         self.pending: list[_Dispatched] = []  # dispatched batches whose results are not all out, oldest first
         self.compiled: set = set()
-        self.pool = None
+        self.pool = self.results_thread = None
+        self.lock = threading.Condition()  # guards `held`, `handed` and `failure` (the results thread gives back)
+        self.handed = 0  # chunks handed to the results thread and not done yet
+        self.failure: BaseException | None = None  # raised by on_result in the results thread
+        self.handoff: queue.SimpleQueue = queue.SimpleQueue()
 
     def fits(self, px: int) -> bool:
-        return self.held == 0 or self.held + px <= self.limit
+        with self.lock:
+            return self.held == 0 or self.held + px <= self.limit
+
+    def give_back(self, px: int):
+        with self.lock:
+            self.held -= px
+            self.lock.notify_all()
+
+    def wait_for_results(self, px: int) -> bool:
+        """Wait until `px` fits or the results thread has nothing left to give back; whether it fits."""
+        with self.lock:
+            while not (self.held == 0 or self.held + px <= self.limit) and self.handed and self.failure is None:
+                self.lock.wait()
+            if self.failure is not None:
+                raise self.failure
+            return self.held == 0 or self.held + px <= self.limit
 
     def run(self):
         from concurrent.futures import ThreadPoolExecutor
 
         if self.workers > 0:
             self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="dpt-jax-decode")
+            self.results_thread = threading.Thread(target=self.hand_out, name="dpt-jax-results", daemon=True)
+            self.results_thread.start()
         try:
             self.pump()
             for k in range(len(self.plan)):
@@ -367,6 +395,11 @@ class _Overlapped:
         finally:
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)
+            if self.results_thread is not None:
+                self.handoff.put(None)  # what was handed over is still handed out, then the thread ends
+                self.results_thread.join()
+        if self.failure is not None:
+            raise self.failure
 
     def pump(self):
         """Take what fits from the budget, in the one fixed order: depth chunks of dispatched batches
@@ -389,14 +422,16 @@ class _Overlapped:
 
     def take_input(self, m):
         h, w = self.sources[m].size
-        self.held += h * w
+        with self.lock:
+            self.held += h * w
         self.next_in += 1
         submit = self.pool.submit if self.pool is not None else _Deferred
         self.decodes[m] = submit(_decode, self.sources[m])
 
     def take_chunk(self, batch: _Dispatched):
         start, end, shape, px = batch.chunks[len(batch.resized)]
-        self.held += px
+        with self.lock:
+            self.held += px
         batch.resized.append(resize_depth(batch.depth[start:end], shape))  # (end - start, h, w), dispatched
 
     def gather(self, k) -> _Dispatched:
@@ -414,7 +449,7 @@ class _Overlapped:
             for g in chunk.values():
                 inputs.append(normalize_and_resize(jnp.asarray(np.stack([p for _, p in g])), size_hw))
                 order.extend(m for m, _ in g)
-                self.held -= sum(self.sources[m].size[0] * self.sources[m].size[1] for m, _ in g)
+                self.give_back(sum(self.sources[m].size[0] * self.sources[m].size[1] for m, _ in g))
             chunk.clear()
 
         for m in members:
@@ -426,13 +461,13 @@ class _Overlapped:
                 self.pump()
                 if m in self.decodes:
                     break
-                if not self.pending:  # cannot happen (only this chunk is held, and it fits): take it anyway
+                if self.pending:
+                    self.finish(self.pending.pop(0))  # give back what the batches before hold
+                elif not self.wait_for_results(h * w):  # cannot happen (only this chunk is held, and it fits)
                     self.take_input(m)
-                    break
-                self.finish(self.pending.pop(0))  # give back what the batches before hold
             picture, message = self.decodes.pop(m).result()
             if message is not None:
-                self.held -= h * w
+                self.give_back(h * w)
                 failures.append((m, message))
                 continue
             shape_of[m] = picture.shape[:2]
@@ -483,18 +518,54 @@ class _Overlapped:
 
     def finish(self, batch: _Dispatched):
         """Hand out a dispatched batch's results: its failures, then each chunk's depth maps, pulled to
-        the host (waiting for the device) and given to on_result."""
+        the host (waiting for the device) and given to on_result (by the results thread, if any)."""
         for m, message in batch.failures:
-            self.emit(m, error=message)
-        for c, (start, end, _, px) in enumerate(batch.chunks):
-            if c == len(batch.resized):  # not taken by pump: everything before it is given back, so it fits
+            self.hand(self.emit, m, error=message)
+        for c in range(len(batch.chunks)):
+            if c == len(batch.resized):  # not taken by pump: wait for the chunks before to be given back
+                self.wait_for_results(batch.chunks[c][3])
                 self.take_chunk(batch)
-            back = np.asarray(batch.resized[c])  # (end - start, h, w)
-            batch.resized[c] = None
-            for m, d in zip(batch.order[start:end], back):
-                self.emit(m, depth=d)
-            del back
-            self.held -= px
+            self.hand(self.emit_chunk, batch, c)
+
+    def hand(self, fn, *args, **kw):
+        if self.results_thread is None:
+            return fn(*args, **kw)
+        with self.lock:
+            if self.failure is not None:
+                raise self.failure
+            self.handed += 1
+        self.handoff.put((fn, args, kw))
+
+    def hand_out(self):
+        """The results thread: runs what `hand` gave it, in order, until None; after an error in
+        on_result, only gives the pixels back (the calling thread raises the error)."""
+        while (job := self.handoff.get()) is not None:
+            fn, args, kw = job
+            try:
+                if self.failure is None:
+                    fn(*args, **kw)
+                elif fn == self.emit_chunk:
+                    batch, c = args
+                    batch.resized[c] = None
+                    self.give_back(batch.chunks[c][3])
+            except BaseException as e:  # noqa: BLE001 (handed to the calling thread)
+                with self.lock:
+                    self.failure = e
+                if fn == self.emit_chunk:
+                    self.give_back(args[0].chunks[args[1]][3])
+            finally:
+                with self.lock:
+                    self.handed -= 1
+                    self.lock.notify_all()
+
+    def emit_chunk(self, batch: _Dispatched, c: int):
+        start, end, _, px = batch.chunks[c]
+        back = np.asarray(batch.resized[c])  # (end - start, h, w)
+        batch.resized[c] = None
+        for m, d in zip(batch.order[start:end], back):
+            self.emit(m, depth=d)
+        del back
+        self.give_back(px)
 
     def emit(self, m, *, depth=None, error=None):
         result = self.results[self.slot[m]]

@@ -173,4 +173,19 @@ def test_a_model_error_stops_the_run_and_its_threads(model):
     before = {t.name for t in threading.enumerate()}
     with pytest.raises(ValueError, match="device lost"):
         pipeline.run(Broken(), [rec.source(i) for i in range(6)], batch_size=2, workers=3)
-    assert not [t for t in threading.enumerate() if t.name.startswith("dpt-jax-decode") and t.name not in before]
+    assert not [t for t in threading.enumerate() if t.name.startswith("dpt-jax-") and t.name not in before]
+
+
+def test_an_error_in_on_result_stops_the_run_and_reaches_the_caller(model):
+    seen = []
+
+    def on_result(r):
+        seen.append(r.name)
+        if len(seen) == 3:
+            raise OSError("disk full")
+
+    rec = Recorder([(64, 64)] * 8)
+    with pytest.raises(OSError, match="disk full"):
+        pipeline.run(model, [rec.source(i) for i in range(8)], batch_size=2, workers=2, on_result=on_result)
+    assert seen == ["p0", "p1", "p2"]  # nothing handed out after the error
+    assert not [t for t in threading.enumerate() if t.name.startswith("dpt-jax-")]
