@@ -262,11 +262,12 @@ def _positive(text: str) -> int:
 class Status:
     """Status lines on stderr: errors always; the rest unless quiet; details only when verbose."""
 
-    def __init__(self, quiet: bool, verbose: bool):
-        self.quiet, self.verbose = quiet, verbose
+    def __init__(self, quiet: bool, verbose: bool, prefix: str = ""):
+        self.quiet, self.verbose, self.prefix = quiet, verbose, prefix
         self.bar = None
 
     def _print(self, line: str):
+        line = self.prefix + line
         if self.bar is not None:
             self.bar.write(line, file=sys.stderr)
         else:
@@ -300,22 +301,64 @@ def _check_writable(outdir: Path) -> None:
         raise ValueError(f"output folder {outdir}: cannot write there ({e.strerror or e})") from None
 
 
+def start_distributed(requested: bool) -> tuple[int, int]:
+    """(this process's index, the number of processes) of a `predict` run on many hosts.
+
+    With --distributed, or when JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES or JAX_PROCESS_ID is
+    set, `jax.distributed.initialize()` joins the processes (the variables are passed on; on
+    clusters JAX detects, such as Slurm, Open MPI and TPU pods, none are needed). Each process
+    then runs its share on its own local devices: no arrays cross hosts, so a failing process
+    cannot leave the others waiting in a collective. Otherwise (0, 1), and JAX is not touched.
+    """
+    names = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+    if not requested and not any(os.environ.get(n) for n in names):
+        return 0, 1
+    import jax
+
+    options = {}
+    for name, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+        if os.environ.get(name):
+            try:
+                options[key] = int(os.environ[name])
+            except ValueError:
+                raise ValueError(f"{name} must be an integer; got {os.environ[name]!r}") from None
+    try:
+        jax.distributed.initialize(**options)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise RuntimeError(f"cannot start the distributed run (--distributed): {e}; set JAX_COORDINATOR_ADDRESS "
+                           "(host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID, or run under a "
+                           "cluster manager JAX detects (Slurm, Open MPI, TPU pods)") from None
+    return jax.process_index(), jax.process_count()
+
+
+def shard(items: list, process: int, processes: int) -> list:
+    """This process's share of a run's inputs: picture i goes to process i % processes. Every process
+    expands and sorts the inputs the same way, so the shares are disjoint and cover every picture."""
+    return items[process::processes]
+
+
 def cmd_predict(args) -> int:
     from . import output, pipeline
     from .atomic import clean_stale_partials
 
-    status = Status(args.quiet, args.verbose)
+    process, processes = start_distributed(args.distributed)
+    status = Status(args.quiet, args.verbose, prefix=f"[process {process}/{processes}] " if processes > 1 else "")
     args.size = args.size or args.height
     found, notes = expand_inputs(args.inputs, recursive=args.recursive)
-    for note in notes:
+    for note in notes if process == 0 else []:
         status.info(f"note: {note}")
     if not found:
         raise ValueError("no input pictures found")
+    # Names come from the whole list, the same in every process; then each process takes its share.
+    bases = dict(zip((id(i) for i in found), output_bases(found)))
+    mine = shard(found, process, processes)
+    if processes > 1:
+        status.info(f"{len(mine)} of {len(found)} pictures are this process's share")
 
     # 1. Inputs: read every header now, so that a missing or unreadable picture is named before any model loads.
     failed = 0
     sources, items = [], []
-    for i, item in enumerate(found):
+    for i, item in enumerate(mine):
         try:
             sources.append(pipeline.open_source(item.path, i))
             items.append(item)
@@ -326,7 +369,6 @@ def cmd_predict(args) -> int:
     # 2. The output folder: writable, stale temporary files of killed runs removed.
     outdir = Path(args.output)
     _check_writable(outdir)
-    bases = dict(zip((id(i) for i in found), output_bases(found)))
     resolved_inputs = {i.path.resolve() for i in found}
     plan, todo = {}, []  # source name -> {format: target}; sources with something to write
     skipped = 0
@@ -535,6 +577,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "Anything, off for SwinV2)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (it only shows on a terminal; otherwise one line per picture)")
+    p.add_argument("--distributed", action="store_true",
+                   help="one process per host: join them with jax.distributed.initialize() (JAX_COORDINATOR_ADDRESS, "
+                        "JAX_NUM_PROCESSES, JAX_PROCESS_ID, or a cluster JAX detects) and let each do every "
+                        "n-th picture on its own devices; on by itself when those variables are set")
     p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also print the devices, skipped pictures and removed temporary files")
