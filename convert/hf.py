@@ -571,10 +571,9 @@ def finish(config, source: Source):
         raise ConversionError(model.path, "disagrees with its weights:\n  " + "\n  ".join(problems))
     if model.hooks is not None and hasattr(encoder, "hooks") and tuple(encoder.hooks) != model.hooks:
         config = config.replace(encoder=dataclasses.replace(encoder, hooks=model.hooks))
-    if model.kind == "dinov2":
-        config = config.replace(depth_activation="sigmoid" if model.metric else "relu",
-                                max_depth=model.max_depth if model.metric else 0.0)
-    return config
+    # depth_estimation_type / max_depth (Depth Anything; MiDaS configs say relative, as their weights)
+    return config.replace(depth_activation="sigmoid" if model.metric else "relu",
+                          max_depth=model.max_depth if model.metric else 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
