@@ -101,7 +101,10 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 NAMING = """\
 Output files: OUTDIR/<relative path>/<stem><ending>, one per format:
   color -depth.png   gray8 -depth-gray8.png   png16 -depth-16.png
-  npy   -depth.npy   pfm   -depth.pfm         side  -side.png
+  npy   -depth.npy   pfm   -depth.pfm         side  -side.png     ply -points.ply
+Videos (by suffix: .mp4, .mov, .mkv, .webm, .avi, ...) ignore -f and write the depth video
+-depth.mp4 (-side.mp4 with --side-by-side), and with --frames npy the stack -depth.npy, with
+--frames png16 the folder -depth-16/ of 16-bit PNGs 000000.png, 000001.png, ...
 <relative path> is the picture's folder relative to the folder (or the fixed part of the glob)
 it was found under: empty for files named one by one and for pictures directly in a folder
 given. Two pictures that would get the same name (case-insensitively) are told apart by
@@ -174,9 +177,12 @@ def _glob(pattern: str) -> tuple[Path, list[Path]]:
 
 
 def expand_inputs(args: list[str], recursive: bool = False) -> tuple[list[Input], list[str]]:
-    """([Input], notes for the user): files as given, folders as the pictures inside them (sub-folders
-    too with `recursive`), globs expanded; sorted within each argument; each file once (by resolved path)."""
+    """([Input], notes for the user): files as given, folders as the pictures and videos inside them
+    (sub-folders too with `recursive`), globs expanded; sorted within each argument; each file once
+    (by resolved path)."""
     import glob
+
+    from .video import VIDEO_SUFFIXES
 
     found: list[Input] = []
     notes = []
@@ -184,7 +190,7 @@ def expand_inputs(args: list[str], recursive: bool = False) -> tuple[list[Input]
         p = Path(a)
         if p.is_dir():
             files, skipped = _walk_files(p, recursive)
-            found += [Input(f, f.relative_to(p)) for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+            found += [Input(f, f.relative_to(p)) for f in files if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
             if skipped:
                 notes.append(f"{a}: {skipped} sub-folder{'s' if skipped != 1 else ''} skipped (--recursive "
                              "processes them, keeping their layout)")
@@ -227,9 +233,15 @@ def output_bases(inputs: list[Input]) -> list[PurePath]:
     return bases
 
 
-def _formats(text: str) -> list[str]:
+def picture_formats() -> dict[str, str]:
+    """format -> the file name ending of a picture's output: output.FORMATS and the point cloud."""
     from .output import FORMATS
 
+    return {**FORMATS, "ply": "-points.ply"}
+
+
+def _formats(text: str) -> list[str]:
+    FORMATS = picture_formats()
     names = [f.strip() for f in text.split(",") if f.strip()]
     unknown = [f for f in names if f not in FORMATS]
     if unknown or not names:
@@ -247,6 +259,26 @@ def _size(text: str) -> tuple[int, int]:
     if min(size) < 1:
         raise argparse.ArgumentTypeError(f"sizes must be positive; got {text!r}")
     return size
+
+
+def _degrees(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 180:
+        raise argparse.ArgumentTypeError(f"expected a field of view in degrees between 0 and 180; got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -337,9 +369,41 @@ def shard(items: list, process: int, processes: int) -> list:
     return items[process::processes]
 
 
+def _check_3d_options(args, pictures: list[Input]) -> None:
+    """--fov, --align, --robust and --far belong to --format ply; --align to exactly one picture."""
+    given = [name for name, value in (("--fov", args.fov), ("--align", args.align), ("--robust", args.robust),
+                                      ("--far", args.far)) if value not in (None, False)]
+    if given and "ply" not in args.format:
+        raise ValueError(f"{', '.join(given)} apply to point clouds: add ply to -f/--format")
+    if args.robust and args.align is None:
+        raise ValueError("--robust applies to --align (a robust fit to the known depths)")
+    if args.align is not None and len(pictures) != 1:
+        raise ValueError(f"--align {args.align}: known depths belong to one picture; this run has "
+                         f"{len(pictures)} pictures (run each picture with its own file)")
+    if args.smoothing is not None and args.normalize != "running":
+        raise ValueError("--smoothing applies to --normalize running (a global mapping has nothing to smooth)")
+    if args.smoothing is not None and not 0 <= args.smoothing < 1:
+        raise ValueError(f"--smoothing must be in [0, 1); got {args.smoothing:g}")
+
+
+def _keep_missing(targets: dict, name: str, overwrite: bool, status: Status) -> dict | None:
+    """The targets to write for one input: all with --overwrite; else those that do not exist (None: none)."""
+    if overwrite:
+        return targets
+    there = [t for t in targets.values() if t.exists() or t.is_symlink()]
+    if len(there) == len(targets):
+        status.detail(f"{name}: skipped, {', '.join(map(str, there))} exist{'s' if len(there) == 1 else ''}")
+        return None
+    if there:
+        status.info(f"{name}: {', '.join(map(str, there))} exist{'s' if len(there) == 1 else ''}, "
+                    "not replaced (--overwrite replaces)")
+    return {f: t for f, t in targets.items() if t not in there}
+
+
 def cmd_predict(args) -> int:
-    from . import output, pipeline
+    from . import geometry, pipeline
     from .atomic import clean_stale_partials
+    from .video import is_video
 
     process, processes = start_distributed(args.distributed)
     status = Status(args.quiet, args.verbose, prefix=f"[process {process}/{processes}] " if processes > 1 else "")
@@ -349,6 +413,7 @@ def cmd_predict(args) -> int:
         status.info(f"note: {note}")
     if not found:
         raise ValueError("no input pictures found")
+    _check_3d_options(args, [i for i in found if not is_video(i.path)])
     # Names come from the whole list, the same in every process; then each process takes its share.
     bases = dict(zip((id(i) for i in found), output_bases(found)))
     mine = shard(found, process, processes)
@@ -357,14 +422,23 @@ def cmd_predict(args) -> int:
 
     # 1. Inputs: read every header now, so that a missing or unreadable picture is named before any model loads.
     failed = 0
-    sources, items = [], []
+    sources, items, videos = [], [], []
     for i, item in enumerate(mine):
+        if is_video(item.path):  # its frames are read when it is processed; here only that it is there
+            if item.path.is_file():
+                videos.append(item)
+            else:
+                status.error(f"{item.path}: {'no such file' if not item.path.exists() else 'not a file'}")
+                failed += 1
+            continue
         try:
             sources.append(pipeline.open_source(item.path, i))
             items.append(item)
         except pipeline.ImageError as e:
             status.error(f"{e.name}: {e.message}")
             failed += 1
+    if args.align is not None and sources:  # the file of known depths is checked before any model loads
+        geometry.load_known_depths(args.align, sources[0].size)
 
     # 2. The output folder: writable, stale temporary files of killed runs removed.
     outdir = Path(args.output)
@@ -372,37 +446,54 @@ def cmd_predict(args) -> int:
     resolved_inputs = {i.path.resolve() for i in found}
     plan, todo = {}, []  # source name -> {format: target}; sources with something to write
     skipped = 0
+    endings = picture_formats()
     for src, item in zip(sources, items):
         base = bases[id(item)]
-        targets = {fmt: outdir / base.parent / f"{base.name}{output.FORMATS[fmt]}" for fmt in args.format}
+        targets = {fmt: outdir / base.parent / f"{base.name}{endings[fmt]}" for fmt in args.format}
         if clash := [str(t) for t in targets.values() if t.resolve() in resolved_inputs]:
             raise ValueError(f"refusing to overwrite input pictures with outputs: {', '.join(clash)}")
-        if not args.overwrite:
-            there = [t for t in targets.values() if t.exists() or t.is_symlink()]
-            if len(there) == len(targets):
-                status.detail(f"{src.name}: skipped, {', '.join(map(str, there))} exist{'s' if len(there) == 1 else ''}")
-                skipped += 1
-                continue
-            if there:
-                status.info(f"{src.name}: {', '.join(map(str, there))} exist{'s' if len(there) == 1 else ''}, "
-                            "not replaced (--overwrite replaces)")
-            targets = {f: t for f, t in targets.items() if t not in there}
+        targets = _keep_missing(targets, src.name, args.overwrite, status)
+        if targets is None:
+            skipped += 1
+            continue
         plan[src.name] = targets
         todo.append(src)
-    for folder in sorted({outdir} | {t.parent for ts in plan.values() for t in ts.values()}):
+    video_todo = []  # (video, {"video" | "frames": target})
+    for item in videos:
+        base = outdir / bases[id(item)].parent / bases[id(item)].name
+        targets = {"video": base.with_name(base.name + ("-side.mp4" if args.side_by_side else "-depth.mp4"))}
+        if args.frames:
+            targets["frames"] = base.with_name(base.name + ("-depth.npy" if args.frames == "npy" else "-depth-16"))
+        if clash := [str(t) for t in targets.values() if t.resolve() in resolved_inputs]:
+            raise ValueError(f"refusing to overwrite input files with outputs: {', '.join(clash)}")
+        targets = _keep_missing(targets, str(item.path), args.overwrite, status)
+        if targets is None:
+            skipped += 1
+            continue
+        video_todo.append((item, targets))
+    folders = {t.parent for ts in plan.values() for t in ts.values()} | {t.parent for _, ts in video_todo for t in ts.values()}
+    for folder in sorted({outdir} | folders):
         for stale in clean_stale_partials(folder):
             status.detail(f"removed {stale}, left by a killed run")
+    what = "input" if videos else "picture"
     if skipped:
-        status.info(f"{skipped} picture{'s' if skipped != 1 else ''} skipped: their outputs exist "
+        status.info(f"{skipped} {what}{'s' if skipped != 1 else ''} skipped: their outputs exist "
                     "(--overwrite replaces them)")
 
     # 3. The model, only when there is something to do.
-    written, done = _predict(args, todo, plan, status) if todo else ([], 0)
-    failed += len(todo) - done
+    written, done = [], 0
+    if todo or video_todo:
+        model = _load_model(args, status)
+        if todo:
+            written, done = _predict(args, model, todo, plan, status)
+        if video_todo:
+            video_written, videos_done = _predict_videos(args, model, video_todo, status)
+            written, done = written + video_written, done + videos_done
+    failed += len(todo) + len(video_todo) - done
     if len(written) == 1:
-        summary = f"1 depth map written: {written[0]}"
+        summary = f"1 {'depth map' if todo else 'file'} written: {written[0]}"
     elif written:
-        summary = f"{done} picture{'s' if done != 1 else ''} done, {len(written)} files written under {outdir}"
+        summary = f"{done} {what}{'s' if done != 1 else ''} done, {len(written)} files written under {outdir}"
     else:
         summary = f"nothing written to {outdir}"
     extras = ([f"{skipped} skipped"] if skipped else []) + ([f"{failed} failed"] if failed else [])
@@ -410,14 +501,10 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
-def _predict(args, todo, plan, status: Status) -> tuple[list[Path], int]:
-    """Load the model and run it over `todo`, writing each picture's outputs as soon as its depth is known.
-    Returns (the files written, how many pictures got all theirs)."""
+def _load_model(args, status: Status):
     import time
 
-    from tqdm import tqdm
-
-    from . import hub, load, output, pipeline
+    from . import hub, load
 
     t0 = time.perf_counter()
     model = load(hub.resolve(args.model, progress=not args.quiet), dtype=args.dtype, variant=args.variant,
@@ -426,6 +513,19 @@ def _predict(args, todo, plan, status: Status) -> tuple[list[Path], int]:
     devices = describe_devices(model.devices or None)
     status.info(f"model {c.name} ({c.family.name}) from {model.source}, {args.dtype}, "
                 f"on {devices if args.verbose else devices.split(' (')[0]}; loaded in {time.perf_counter() - t0:.1f} s")
+    if args.align is not None and c.is_metric:
+        raise ValueError(f"--align: {c.name} is a metric model; its point clouds are in metres without alignment")
+    return model
+
+
+def _predict(args, model, todo, plan, status: Status) -> tuple[list[Path], int]:
+    """Run the model over `todo`, writing each picture's outputs as soon as its depth is known.
+    Returns (the files written, how many pictures got all theirs)."""
+    from tqdm import tqdm
+
+    from . import geometry, output, pipeline
+
+    c = model.config
     total = len(todo)
     tty = sys.stderr.isatty() and not args.no_progress and not args.quiet
     if tty:
@@ -435,13 +535,18 @@ def _predict(args, todo, plan, status: Status) -> tuple[list[Path], int]:
 
     def write_all(r: pipeline.Result) -> list[Path]:
         targets = plan[r.name]
-        picture = pipeline.open_source(r.name).load() if "side" in targets else None
+        picture = pipeline.open_source(r.name).load() if {"side", "ply"} & targets.keys() else None
         paths = []
         for fmt, path in targets.items():
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                output.write_depth(path, r.depth, fmt, picture=picture, replace=args.overwrite,
-                                   metric=c.is_metric)
+                if fmt == "ply":  # metric models: metres; relative: metres with --align, else arbitrary units
+                    geometry.save_point_cloud(path, r.depth, picture, fov=args.fov or 60.0, known=args.align,
+                                              robust=args.robust, metric=c.is_metric, max_depth=args.far,
+                                              source=r.name)
+                else:
+                    output.write_depth(path, r.depth, fmt, picture=picture, replace=args.overwrite,
+                                       metric=c.is_metric)
             except FileExistsError:
                 raise ValueError(f"{path} appeared meanwhile; not replaced (--overwrite replaces it)") from None
             except OSError as e:
@@ -474,6 +579,45 @@ def _predict(args, todo, plan, status: Status) -> tuple[list[Path], int]:
         if status.bar is not None:
             status.bar.close()
             status.bar = None
+    return written, done
+
+
+def _predict_videos(args, model, todo, status: Status) -> tuple[list[Path], int]:
+    """Write each video's depth video (and frames) one after the other; a video that fails is reported
+    and the next one goes on. Returns (the files and folders written, how many videos got all theirs)."""
+    from tqdm import tqdm
+
+    from . import video
+
+    tty = sys.stderr.isatty() and not args.no_progress and not args.quiet
+    written: list[Path] = []
+    done = 0
+    for k, (item, targets) in enumerate(todo, 1):
+        for target in targets.values():
+            target.parent.mkdir(parents=True, exist_ok=True)
+        if tty:
+            status.bar = tqdm(unit="frame", file=sys.stderr, desc=item.path.name)
+        try:
+            r = video.predict_video(model, item.path, targets.get("video"), batch_size=args.batch_size,
+                                    normalize=args.normalize, smoothing=args.smoothing,
+                                    side_by_side=args.side_by_side,
+                                    frames_format=args.frames if "frames" in targets else None,
+                                    frames_path=targets.get("frames"), keep_aspect_ratio=args.keep_aspect_ratio,
+                                    progress=status.bar.update if status.bar is not None else None)
+        except (ValueError, OSError) as e:  # VideoError included: this video is reported, the next one goes on
+            message = str(e)
+            status.error(message if message.startswith(str(item.path)) else f"{item.path}: {message}")
+            continue
+        finally:
+            if status.bar is not None:
+                status.bar.close()
+                status.bar = None
+        paths = [p for p in (r.video, r.frames_path) if p is not None]
+        written += paths
+        done += 1
+        status.info(f"[{k}/{len(todo)}] {item.path} -> {', '.join(map(str, paths))}: {r.frames} frames "
+                    f"{r.size[1]}x{r.size[0]} (model at {r.processed_size[1]}x{r.processed_size[0]}), "
+                    f"{r.seconds:.1f} s, {r.frames_per_second:.1f} frames/s")
     return written, done
 
 
@@ -585,6 +729,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also print the devices, skipped pictures and removed temporary files")
     add_variant_arguments(p)
+    v = p.add_argument_group("videos", "inputs with a video suffix (.mp4, .mov, .mkv, .webm, .avi, ...)")
+    v.add_argument("--normalize", choices=["global", "running"], default="global",
+                   help="colour mapping, never per frame: global (one min/max over the whole video; default) "
+                        "or running (a moving average of the frames' ranges; follows cuts and zooms)")
+    v.add_argument("--smoothing", type=float, metavar="A",
+                   help="--normalize running: the average's weight of the past, in [0, 1) (default 0.9)")
+    v.add_argument("--side-by-side", action="store_true",
+                   help="the video shows input | depth, twice as wide (named -side.mp4)")
+    v.add_argument("--frames", choices=["png16", "npy"],
+                   help="also write the frames: npy (an (n, h, w) float32 stack of raw inverse depth) or png16 "
+                        "(a folder of 16-bit PNGs, mapped as the video)")
+    g = p.add_argument_group("point clouds", "-f ply: a coloured binary PLY of each picture, camera coordinates")
+    g.add_argument("--fov", type=_degrees, metavar="DEG",
+                   help="horizontal field of view of the camera in degrees (default 60)")
+    g.add_argument("--align", metavar="FILE",
+                   help="known depths in metres for the one picture given (.csv rows x,y,depth, .npy or .npz): "
+                        "fits scale and shift so the PLY is in metres (relative models; metric ones are already)")
+    g.add_argument("--robust", action="store_true",
+                   help="--align: a robust fit that ignores wrong known depths (up to about a third)")
+    g.add_argument("--far", type=_positive_float, metavar="DEPTH",
+                   help="leave out points deeper than this, in the PLY's units (metres for metric models and "
+                        "--align; otherwise the arbitrary units 1 nearest .. 10 farthest)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("download", help="fetch an official MiDaS v3.1 checkpoint (or a Hugging Face repo) into the cache")
