@@ -49,6 +49,8 @@ def load(name):
         flat = traverse_util.flatten_dict(jax.tree_util.tree_map(np.asarray, load("mini_swin2").params))
         flat = {k: np.full_like(v, math.log(10.0)) if k[-1] == "logit_scale" else v for k, v in flat.items()}
         return dpt_jax.DepthModel(load("mini_swin2").config, traverse_util.unflatten_dict(flat))
+    if name.startswith("mini_da2"):  # Depth Anything: the file cannot tell its variant
+        return dpt_jax.load(FIXTURES / "depth_anything" / f"{name}.safetensors", variant=name)
     return dpt_jax.load(FIXTURES / f"{name}.safetensors", pretrained_window_sizes=PRETRAINED.get(name))
 
 
@@ -83,6 +85,8 @@ STABLEHLO_CASES = [
     ("mini_beit", (96, 160)),  # wider than native, shorter: the position-bias tables are resized
     ("mini_swin2", (128, 128)),  # native: the original's windows and shift masks
     ("mini_swin2", (96, 160)),  # padded, partly shifted windows
+    ("mini_da2", (98, 98)),  # Depth Anything, native: the stored position table
+    ("mini_da2_metric", (70, 154)),  # the position table resized with the 0.1 offset; metric head
 ]  # mini_swin2_pw runs the same program as mini_swin2 with other constants: left out, each case costs two compiles
 PICTURES = np.random.default_rng(7).integers(0, 256, (2, 100, 150, 3), dtype=np.uint8)
 
@@ -201,6 +205,15 @@ def test_onnx_swin2_equals_dpt_jax(tmp_path, size):
     export.export(load("mini_swin2_wc"), path, size=size)
     err = rel_err(export.run_onnx(path, images(size)), reference("mini_swin2_wc", size))
     print(f"mini_swin2 (logit scales ln 10) {size}: {err:.1e}")
+    assert err < BOUND
+
+
+@requires_onnx
+def test_onnx_depth_anything_non_native_equals_dpt_jax(tmp_path):
+    path = tmp_path / "da2.onnx"
+    export.export(load("mini_da2"), path, size=(70, 154))
+    err = rel_err(export.run_onnx(path, images((70, 154))), reference("mini_da2", (70, 154)))
+    print(f"mini_da2 70x154: {err:.1e}")
     assert err < BOUND
 
 
