@@ -20,7 +20,7 @@ import flax.linen as nn
 from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, Pair, bounded, checked_fields, require
 from .convert import keys, midas
 from .convert.keys import ConversionError, Entry, Skip
-from .family import EncoderFamily
+from .family import EncoderFamily, vit_encoder_flops
 from .layers import QKV, Mlp, attend, layer_norm, merge_heads
 from .resize import resize_bilinear
 
@@ -228,20 +228,6 @@ def detect_config(state, path, **options) -> DPTConfig:
     )
 
 
-def encoder_flops(c: BeitConfig, height: int, width: int, batch: int, add) -> Pair:
-    """Adds the encoder's FLOPs (2 x MACs) to `add(component, flops)`; returns the patch grid the neck gets."""
-    p = c.patch_size
-    h, w = height // p, width // p
-    T, C = h * w, c.embed_dim
-    N = T + 1  # with the cls token
-    blocks = max(c.hooks) + 1  # the encoder stops after the last hooked block
-    add("encoder.patch_embed", 2 * batch * T * 3 * p * p * C)
-    add("encoder.qkv_proj", blocks * (2 * batch * N * C * 3 * C + 2 * batch * N * C * C))
-    add("encoder.attention", blocks * 2 * (2 * batch * N * N * C))
-    add("encoder.mlp", blocks * 2 * (2 * batch * N * C * c.mlp_hidden))
-    return h, w
-
-
 FAMILY = EncoderFamily(
     name="beit",
     config_class=BeitConfig,
@@ -254,6 +240,6 @@ FAMILY = EncoderFamily(
     detect_config=detect_config,
     key_table=key_table,
     skipped=skipped,
-    encoder_flops=encoder_flops,
+    encoder_flops=vit_encoder_flops,
     options={},
 )

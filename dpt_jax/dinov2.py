@@ -29,7 +29,7 @@ import flax.linen as nn
 from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, bounded, checked_fields, require
 from .convert import depth_anything as da_keys, midas
 from .convert.keys import ConversionError, Skip
-from .family import EncoderFamily
+from .family import EncoderFamily, vit_encoder_flops
 from .layers import Mlp, attend, layer_norm, merge_heads
 from .resize import _keys_far, _keys_near, resample_axis
 
@@ -352,20 +352,6 @@ def skipped(config: DPTConfig) -> list[Skip]:
     return da_keys.skipped(config)
 
 
-def encoder_flops(c: Dinov2Config, height: int, width: int, batch: int, add) -> Pair:
-    """Adds the encoder's FLOPs (2 x MACs) to `add(component, flops)`; returns the patch grid the neck gets."""
-    p = c.patch_size
-    h, w = height // p, width // p
-    T, C = h * w, c.embed_dim
-    N = T + 1  # with the cls token
-    blocks = max(c.hooks) + 1  # the encoder stops after the last hooked block
-    add("encoder.patch_embed", 2 * batch * T * 3 * p * p * C)
-    add("encoder.qkv_proj", blocks * (2 * batch * N * C * 3 * C + 2 * batch * N * C * C))
-    add("encoder.attention", blocks * 2 * (2 * batch * N * N * C))
-    add("encoder.mlp", blocks * 2 * (2 * batch * N * C * c.mlp_hidden))
-    return h, w
-
-
 FAMILY = EncoderFamily(
     name="dinov2",
     config_class=Dinov2Config,
@@ -378,7 +364,7 @@ FAMILY = EncoderFamily(
     detect_config=detect_config,
     key_table=key_table,
     skipped=skipped,
-    encoder_flops=encoder_flops,
+    encoder_flops=vit_encoder_flops,
     options={
         "variant": "Depth Anything: which release (da2_vits, da2_metric_hypersim_vitl, da1_vitb, ...); the keys "
                    "cannot tell V1 from V2 nor relative from metric",

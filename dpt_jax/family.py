@@ -40,3 +40,21 @@ class EncoderFamily:
 
     def __repr__(self) -> str:
         return f"EncoderFamily({self.name!r})"
+
+
+def vit_encoder_flops(c, height: int, width: int, batch: int, add) -> tuple[int, int]:
+    """A plain ViT encoder's FLOPs (2 x MACs: BEiT, DINOv2) into `add(component, flops)`; returns the patch grid.
+
+    Patch embedding, then per block the q/k/v and output projections, both attention products
+    over the tokens and the cls token, and the MLP; the encoder stops after its last hooked block.
+    """
+    p = c.patch_size
+    h, w = height // p, width // p
+    T, C = h * w, c.embed_dim
+    N = T + 1  # with the cls token
+    blocks = max(c.hooks) + 1
+    add("encoder.patch_embed", 2 * batch * T * 3 * p * p * C)
+    add("encoder.qkv_proj", blocks * (2 * batch * N * C * 3 * C + 2 * batch * N * C * C))
+    add("encoder.attention", blocks * 2 * (2 * batch * N * N * C))
+    add("encoder.mlp", blocks * 2 * (2 * batch * N * C * c.mlp_hidden))
+    return h, w
