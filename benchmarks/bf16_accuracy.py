@@ -175,8 +175,11 @@ def main(argv=None) -> int:
     p.add_argument("--images", default=str(DEFAULT_IMAGES), metavar="NPZ",
                    help="an .npz of photos as '<name>__raw_bgr_uint8' arrays (default: the Depth Anything e2e fixture's two)")
     p.add_argument("--seed", type=int, default=0, help="PRNGKey of DPT(config).init (default 0)")
-    p.add_argument("--keep-aspect-ratio", choices=("config", "yes", "no"), default="config",
-                   help="resize rule for the network input (default: the config's; 'no' gives the native square)")
+    p.add_argument("--keep-aspect-ratio", choices=("auto", "config", "yes", "no"), default="auto",
+                   help="resize rule for the network input: 'no' gives the native square; 'auto' (default) is the "
+                        "config's, except Depth Anything: the native 518x518 square, where transformers' DINOv2 "
+                        "uses its position embeddings as they are (elsewhere it interpolates them differently "
+                        "from the original)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores this process may use)")
     p.add_argument("--out", default=str(bench.RESULTS_DIR), metavar="DIR", help="results folder (default benchmarks/results)")
     p.add_argument("--no-write", action="store_true", help="print only")
@@ -188,14 +191,16 @@ def main(argv=None) -> int:
 
     from benchmarks.measure import machine_info
     from benchmarks.report import result_paths, write_results
-    from dpt_jax.timing import cpu_cores
+    from dpt_jax.timing import cpu_cores, resolve_config
 
     jax.config.update("jax_default_matmul_precision", "highest")  # float32 means float32 everywhere
     photos = read_photos(args.images)
-    keep = {"config": None, "yes": True, "no": False}[args.keep_aspect_ratio]
     threads = args.threads or cpu_cores()
     rows = []
     for name in [m for m in args.models.split(",") if m]:
+        keep = {"config": None, "yes": True, "no": False}.get(args.keep_aspect_ratio)
+        if args.keep_aspect_ratio == "auto":
+            keep = False if resolve_config(name).family.name == "dinov2" else None
         rows += run_model(name, photos, seed=args.seed, keep_aspect_ratio=keep, threads=threads)
     checks = verdicts(rows)
     table = format_table(rows, checks)
