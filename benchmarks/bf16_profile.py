@@ -157,16 +157,29 @@ def hlo_summary(config, size, batch, seed):
     lowered = jax.jit(lambda p, x: forward(config, p, x, "bfloat16")).lower(params, images)
     for stage in ("lowered", "optimised"):
         text = lowered.as_text(dialect="hlo") if stage == "lowered" else lowered.compile().as_text()
-        counts = {}
-        for m in re.finditer(r"= (\w+)\[[^\]]*\][^ ]* (dot|convolution)\((\w+)\[", text):
-            key = f"{m.group(2)} {m.group(3)} -> {m.group(1)}"
-            counts[key] = counts.get(key, 0) + 1
-        # custom calls (oneDNN / Eigen matmuls) in the optimised program
-        for m in re.finditer(r"= (\w+)\[[^\]]*\][^ ]* custom-call\((\w+)\[[^)]*custom_call_target=\"([^\"]+)\"", text):
-            key = f"custom-call {m.group(3)} {m.group(2)} -> {m.group(1)}"
-            counts[key] = counts.get(key, 0) + 1
-        out[stage] = {"ops": counts, "converts": len(re.findall(r" convert\(", text))}
+        out[stage] = {"ops": hlo_ops(text), "converts": len(re.findall(r" convert\(", text))}
     return out
+
+
+def hlo_ops(text: str) -> dict:
+    """Counts of "dot / convolution / custom fusion <operand types> -> <result type>" in an HLO module's text."""
+    line_re = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\w+)\[[^=]*?\s(dot|convolution|fusion)\(([^)]*)\)(.*)$")
+    types = dict(re.findall(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\w+)\[", text, re.M))
+    counts = {}
+    for line in text.splitlines():
+        m = line_re.match(line)
+        if not m:
+            continue
+        _, result, op, operands, rest = m.groups()
+        if op == "fusion":
+            kind = re.search(r'"kind":"(\w+)"', rest)
+            if "kind=kCustom" not in rest or not kind:
+                continue
+            op = kind.group(1).strip("_")
+        args = [types.get(a.strip().lstrip("%"), "?") for a in operands.split(",") if a.strip()]
+        key = f"{op} ({', '.join(dict.fromkeys(args))}) -> {result}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def format_tables(rows, hlo, size, batch) -> str:
@@ -183,7 +196,8 @@ def format_tables(rows, hlo, size, batch) -> str:
                 extra = f" ({f['gflops_best']:.0f} vs {b['gflops_best']:.0f} GFLOP/s, best)"
             lines.append(f"| {name}{extra} | {f[key] * 1e3:.1f} | {b[key] * 1e3:.1f} | {b[key] / f[key]:.2f} | "
                          f"{(b[key] - f[key]) * 1e3:+.1f} |")
-    lines += ["", "XLA ops of the bfloat16 forward (operand -> result type):", ""]
+    lines += ["", "XLA ops of the bfloat16 forward, operand -> result types (optimised: the bodies of fusions "
+              "are counted too, next to the fusion calls; `?` is an operand defined outside the text parsed):", ""]
     for stage, d in hlo.items():
         ops = ", ".join(f"{k}: {v}" for k, v in sorted(d["ops"].items()))
         lines.append(f"- {stage}: {ops}; {d['converts']} converts")
