@@ -72,7 +72,8 @@ def errors(x: np.ndarray, ref: np.ndarray) -> dict:
     """Mean and max |x - ref| over ref's range (per image)."""
     span = float(ref.max() - ref.min())
     d = np.abs(x.astype(np.float64) - ref.astype(np.float64)) / span
-    return {"mean": float(d.mean()), "max": float(d.max()), "ref_range": span}
+    return {"mean": float(d.mean()), "max": float(d.max()), "ref_range": span,
+            "ref_zero_fraction": float(np.mean(ref == 0))}  # pixels the final ReLU clips
 
 
 def init_params(config, seed: int):
@@ -131,7 +132,7 @@ def run_model(name: str, photos: dict, *, seed: int, keep_aspect_ratio, threads:
             e = errors(outs[row], ref)
             rows.append({"model": config.name, "photo": photo, "picture_hw": list(rgb.shape[:2]),
                          "input_hw": list(size), "row": row, "mean": e["mean"], "max": e["max"],
-                         "ref_range": e["ref_range"], "seconds": secs[row], "seed": seed,
+                         "ref_range": e["ref_range"], "ref_zero_fraction": e["ref_zero_fraction"], "seconds": secs[row], "seed": seed,
                          "torch_float32_seconds": secs["torch float32"]})
             print(f"  {photo} {size[0]}x{size[1]} {row:24s} mean {e['mean']:.3e} max {e['max']:.3e}",
                   file=sys.stderr, flush=True)
@@ -152,10 +153,12 @@ def verdicts(rows: list[dict]) -> list[dict]:
 
 def format_table(rows: list[dict], checks: list[dict]) -> str:
     lines = ["Error against transformers float32 on the same input, over the reference's range "
-             "(|x - ref| / (max ref - min ref)), per photo:", "",
-             "| model | photo | input HxW | row | mean | max |", "|---|---|---|---|---:|---:|"]
+             "(|x - ref| / (max ref - min ref)), per photo; 'reference = 0': the share of pixels the final "
+             "ReLU sets to 0 in the reference (random weights):", "",
+             "| model | photo | input HxW | reference = 0 | row | mean | max |", "|---|---|---|---:|---|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['photo']} | {r['input_hw'][0]}x{r['input_hw'][1]} | {r['row']} | "
+        lines.append(f"| {r['model']} | {r['photo']} | {r['input_hw'][0]}x{r['input_hw'][1]} | "
+                     f"{r['ref_zero_fraction']:.0%} | {r['row']} | "
                      f"{r['mean']:.2e} | {r['max']:.2e} |")
     lines += ["", "Criterion: dpt-jax bfloat16 <= torch autocast bfloat16 (ratio = dpt-jax / torch):", "",
               "| model | photo | mean ratio | max ratio | met |", "|---|---|---:|---:|---|"]
