@@ -88,6 +88,30 @@ def init_params(config, seed: int):
     return jax.tree_util.tree_map(np.asarray, variables["params"])
 
 
+def preact_function(config, dtype: str):
+    """jit (params, images) -> (depth, head pre-activation) as `forward` runs in `dtype` (same context)."""
+    import jax
+
+    from dpt_jax.dpt import DPT
+    from dpt_jax.layers import COMPUTE_DTYPES, mixed_precision
+
+    def run(params, images):
+        ctx = jax.default_matmul_precision("highest") if dtype == "float32" else mixed_precision(COMPUTE_DTYPES[dtype])
+        with ctx:
+            depth, state = DPT(config).apply({"params": params}, images, mutable=["intermediates"])
+        return depth, state["intermediates"]["head"]["head_preact"][0][..., 0]  # (B, H, W), (B, H, W)
+
+    return jax.jit(run)
+
+
+def torch_preact_hook(hf, store: dict):
+    """Record the input of the head's final activation (ReLU) of a transformers depth model in store["preact"]."""
+    import torch
+
+    last = [m for m in hf.head.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.Sigmoid))][-1]
+    return last.register_forward_pre_hook(lambda _m, args: store.__setitem__("preact", args[0].detach().float().clone()))
+
+
 def run_model(name: str, photos: dict, *, seed: int, keep_aspect_ratio, threads: int) -> list[dict]:
     import jax.numpy as jnp
     import torch
@@ -101,10 +125,13 @@ def run_model(name: str, photos: dict, *, seed: int, keep_aspect_ratio, threads:
     t0 = time.perf_counter()
     params = init_params(config, seed)
     models = {dt: DepthModel(config, params, dtype=dt) for dt in ("float32", "bfloat16")}
+    with_preact = {dt: preact_function(config, dt) for dt in models}
     with tempfile.TemporaryDirectory() as tmp:
         folder = models["float32"].save_pretrained(Path(tmp) / name)
         hf = AutoModelForDepthEstimation.from_pretrained(str(folder)).eval()
     torch.set_num_threads(threads)
+    store = {}
+    torch_preact_hook(hf, store)
     print(f"{name}: init + export + transformers load {time.perf_counter() - t0:.1f} s ({type(hf).__name__})",
           file=sys.stderr, flush=True)
 
@@ -113,26 +140,32 @@ def run_model(name: str, photos: dict, *, seed: int, keep_aspect_ratio, threads:
         size = network_size(config, rgb.shape[:2], keep_aspect_ratio=keep_aspect_ratio)
         x = np.asarray(to_network(config, jnp.asarray(rgb[None]), size))  # (1, H, W, 3) float32, the one input
         pixel_values = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))  # (1, 3, H, W)
-        outs, secs = {}, {}
+        outs, pre, secs = {}, {}, {}
         t = time.perf_counter()
         with torch.inference_mode():
             ref = hf(pixel_values=pixel_values).predicted_depth.float().numpy()[0]  # (H, W)
+        ref_pre = store.pop("preact").numpy()[0, 0]  # (H, W)
         secs["torch float32"] = time.perf_counter() - t
         t = time.perf_counter()
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
             outs["torch autocast bfloat16"] = hf(pixel_values=pixel_values).predicted_depth.float().numpy()[0]
+        pre["torch autocast bfloat16"] = store.pop("preact").numpy()[0, 0]
         secs["torch autocast bfloat16"] = time.perf_counter() - t
         for dt in ("float32", "bfloat16"):
             t = time.perf_counter()
             outs[f"dpt-jax {dt}"] = np.asarray(models[dt].apply(x), np.float32)[0]
             secs[f"dpt-jax {dt}"] = time.perf_counter() - t  # includes compiling at a new size
+            _, preact = with_preact[dt](models[dt].params, x)
+            pre[f"dpt-jax {dt}"] = np.asarray(preact, np.float32)[0]
         for row in ROWS:
             if outs[row].shape != ref.shape:
                 raise RuntimeError(f"{name} {photo}: {row} gave {outs[row].shape}, transformers {ref.shape}")
             e = errors(outs[row], ref)
+            ep = errors(pre[row], ref_pre)
             rows.append({"model": config.name, "photo": photo, "picture_hw": list(rgb.shape[:2]),
                          "input_hw": list(size), "row": row, "mean": e["mean"], "max": e["max"],
-                         "ref_range": e["ref_range"], "ref_zero_fraction": e["ref_zero_fraction"], "seconds": secs[row], "seed": seed,
+                         "ref_range": e["ref_range"], "ref_zero_fraction": e["ref_zero_fraction"],
+                         "preact_mean": ep["mean"], "preact_max": ep["max"], "preact_ref_range": ep["ref_range"], "seconds": secs[row], "seed": seed,
                          "torch_float32_seconds": secs["torch float32"]})
             print(f"  {photo} {size[0]}x{size[1]} {row:24s} mean {e['mean']:.3e} max {e['max']:.3e}",
                   file=sys.stderr, flush=True)
@@ -147,25 +180,31 @@ def verdicts(rows: list[dict]) -> list[dict]:
         by = {r["row"]: r for r in rows if r["model"] == model and r["photo"] == photo}
         j, t = by["dpt-jax bfloat16"], by["torch autocast bfloat16"]
         out.append({"model": model, "photo": photo, "mean_ok": j["mean"] <= t["mean"], "max_ok": j["max"] <= t["max"],
-                    "mean_ratio": j["mean"] / t["mean"], "max_ratio": j["max"] / t["max"]})
+                    "mean_ratio": j["mean"] / t["mean"], "max_ratio": j["max"] / t["max"],
+                    "preact_mean_ratio": j["preact_mean"] / t["preact_mean"],
+                    "preact_max_ratio": j["preact_max"] / t["preact_max"]})
     return out
 
 
 def format_table(rows: list[dict], checks: list[dict]) -> str:
     lines = ["Error against transformers float32 on the same input, over the reference's range "
              "(|x - ref| / (max ref - min ref)), per photo; 'reference = 0': the share of pixels the final "
-             "ReLU sets to 0 in the reference (random weights):", "",
-             "| model | photo | input HxW | reference = 0 | row | mean | max |", "|---|---|---|---:|---|---:|---:|"]
+             "ReLU sets to 0 in the reference (random weights); 'pre-act.': the same for the head's output "
+             "before that ReLU (every pixel counts):", "",
+             "| model | photo | input HxW | reference = 0 | row | mean | max | pre-act. mean | pre-act. max |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['photo']} | {r['input_hw'][0]}x{r['input_hw'][1]} | "
                      f"{r['ref_zero_fraction']:.0%} | {r['row']} | "
-                     f"{r['mean']:.2e} | {r['max']:.2e} |")
+                     f"{r['mean']:.2e} | {r['max']:.2e} | {r['preact_mean']:.2e} | {r['preact_max']:.2e} |")
     lines += ["", "Criterion: dpt-jax bfloat16 <= torch autocast bfloat16 (ratio = dpt-jax / torch):", "",
-              "| model | photo | mean ratio | max ratio | met |", "|---|---|---:|---:|---|"]
+              "| model | photo | mean ratio | max ratio | met | pre-act. mean ratio | pre-act. max ratio |",
+              "|---|---|---:|---:|---|---:|---:|"]
     for c in checks:
         met = "yes" if c["mean_ok"] and c["max_ok"] else "NO (" + ", ".join(
             k for k, ok in (("mean", c["mean_ok"]), ("max", c["max_ok"])) if not ok) + ")"
-        lines.append(f"| {c['model']} | {c['photo']} | {c['mean_ratio']:.2f} | {c['max_ratio']:.2f} | {met} |")
+        lines.append(f"| {c['model']} | {c['photo']} | {c['mean_ratio']:.2f} | {c['max_ratio']:.2f} | {met} | "
+                     f"{c['preact_mean_ratio']:.2f} | {c['preact_max_ratio']:.2f} |")
     return "\n".join(lines)
 
 
