@@ -165,9 +165,11 @@ def run_model(name: str, photos: dict, *, seed: int, keep_aspect_ratio, threads:
             rows.append({"model": config.name, "photo": photo, "picture_hw": list(rgb.shape[:2]),
                          "input_hw": list(size), "row": row, "mean": e["mean"], "max": e["max"],
                          "ref_range": e["ref_range"], "ref_zero_fraction": e["ref_zero_fraction"],
-                         "preact_mean": ep["mean"], "preact_max": ep["max"], "preact_ref_range": ep["ref_range"], "seconds": secs[row], "seed": seed,
+                         "preact_mean": ep["mean"], "preact_max": ep["max"], "preact_ref_range": ep["ref_range"],
+                         "seconds": secs[row], "seed": seed,
                          "torch_float32_seconds": secs["torch float32"]})
-            print(f"  {photo} {size[0]}x{size[1]} {row:24s} mean {e['mean']:.3e} max {e['max']:.3e}",
+            print(f"  {photo} {size[0]}x{size[1]} {row:24s} mean {e['mean']:.3e} max {e['max']:.3e}  "
+                  f"pre-activation mean {ep['mean']:.3e} max {ep['max']:.3e}",
                   file=sys.stderr, flush=True)
     return rows
 
