@@ -240,19 +240,7 @@ def main(argv=None) -> int:
     jax.config.update("jax_default_matmul_precision", "highest")  # float32 means float32 everywhere
     photos = read_photos(args.images)
     threads = args.threads or cpu_cores()
-    rows = []
-    for name in [m for m in args.models.split(",") if m]:
-        keep = {"config": None, "yes": True, "no": False}.get(args.keep_aspect_ratio)
-        if args.keep_aspect_ratio == "auto":
-            keep = False if resolve_config(name).family.name == "dinov2" else None
-        rows += run_model(name, photos, seed=args.seed, keep_aspect_ratio=keep, threads=threads)
-    checks = verdicts(rows)
-    table = format_table(rows, checks)
-    print(table)
-    if args.no_write:
-        return 0
-    info = machine_info()
-    feats = cpu_features()
+    info, feats = machine_info(), cpu_features()
     bf16_units = [k for k in ("avx512_bf16", "amx_bf16") if feats[k]]
     extra = {
         "what": "dpt-jax bfloat16 vs torch.autocast('cpu', bfloat16), both against transformers float32 (issue 15)",
@@ -266,11 +254,21 @@ def main(argv=None) -> int:
         "torch threads": threads,
     }
     stem = result_paths(args.out, f"bf16-accuracy-{info['machine']}-{datetime.date.today().isoformat()}", False)[0].stem
-    md, js = write_results("bf16-accuracy", rows, {**info, "cpu_features": feats}, args.out, table=table,
-                           extra=extra, stem=stem)
-    print(f"wrote {md} and {js}", file=sys.stderr)
-    return 0 if all(c["mean_ok"] and c["max_ok"] for c in checks) else 1
-
+    ok = True
+    for name in [m for m in args.models.split(",") if m]:  # one section per model, written as soon as it is done
+        keep = {"config": None, "yes": True, "no": False}.get(args.keep_aspect_ratio)
+        if args.keep_aspect_ratio == "auto":
+            keep = False if resolve_config(name).family.name == "dinov2" else None
+        rows = run_model(name, photos, seed=args.seed, keep_aspect_ratio=keep, threads=threads)
+        checks = verdicts(rows)
+        ok &= all(c["mean_ok"] and c["max_ok"] for c in checks)
+        table = format_table(rows, checks)
+        print(table)
+        if not args.no_write:
+            md, js = write_results("bf16-accuracy", rows, {**info, "cpu_features": feats}, args.out, table=table,
+                                   extra=extra, stem=stem, append=True)
+            print(f"wrote {md} and {js}", file=sys.stderr)
+    return 0 if ok else 1
 
 if __name__ == "__main__":
     sys.exit(main())
