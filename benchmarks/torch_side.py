@@ -127,7 +127,8 @@ HF_MODELS: dict[str, HFModel] = {
     "beit": HFModel("DPTForDepthEstimation", hf_beit, default_attention="sdpa"),
     # transformers' SwinV2 backbone has only an explicit (eager) attention: scaled cosine attention
     "swinv2": HFModel("DPTForDepthEstimation", hf_swinv2, default_attention="eager"),
-    "dinov2": HFModel("DepthAnythingForDepthEstimation", hf_depth_anything, default_attention="sdpa",
+    # DepthAnythingForDepthEstimation refuses attn_implementation="sdpa" (transformers 5.23), though its Dinov2 has it
+    "dinov2": HFModel("DepthAnythingForDepthEstimation", hf_depth_anything, default_attention="eager",
                       unused_prefixes=("neck.fusion_stage.layers.0.residual_layer1.", "backbone.embeddings.mask_token")),
 }
 
