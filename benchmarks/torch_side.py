@@ -118,7 +118,8 @@ def hf_depth_anything(config: DPTConfig):
         backbone_config=backbone, patch_size=e.patch_size, reassemble_hidden_size=e.embed_dim,
         reassemble_factors=_factors(config), neck_hidden_sizes=list(config.reassembly_features),
         fusion_hidden_size=config.fusion_features, head_in_index=-1, head_hidden_size=config.head_features,
-        depth_estimation_type="metric" if metric else "relative", max_depth=max_depth if metric else None,
+        depth_estimation_type="metric" if metric else "relative",
+        **({"max_depth": max_depth} if metric else {}),  # relative: transformers' default (1), which it multiplies by
     )
 
 
