@@ -118,7 +118,8 @@ def hf_depth_anything(config: DPTConfig):
         backbone_config=backbone, patch_size=e.patch_size, reassemble_hidden_size=e.embed_dim,
         reassemble_factors=_factors(config), neck_hidden_sizes=list(config.reassembly_features),
         fusion_hidden_size=config.fusion_features, head_in_index=-1, head_hidden_size=config.head_features,
-        depth_estimation_type="metric" if metric else "relative", max_depth=max_depth if metric else None,
+        depth_estimation_type="metric" if metric else "relative",
+        **({"max_depth": max_depth} if metric else {}),  # relative: transformers' default (1), which it multiplies by
     )
 
 
@@ -127,7 +128,8 @@ HF_MODELS: dict[str, HFModel] = {
     "beit": HFModel("DPTForDepthEstimation", hf_beit, default_attention="sdpa"),
     # transformers' SwinV2 backbone has only an explicit (eager) attention: scaled cosine attention
     "swinv2": HFModel("DPTForDepthEstimation", hf_swinv2, default_attention="eager"),
-    "dinov2": HFModel("DepthAnythingForDepthEstimation", hf_depth_anything, default_attention="sdpa",
+    # DepthAnythingForDepthEstimation refuses attn_implementation="sdpa" (transformers 5.23), though its Dinov2 has it
+    "dinov2": HFModel("DepthAnythingForDepthEstimation", hf_depth_anything, default_attention="eager",
                       unused_prefixes=("neck.fusion_stage.layers.0.residual_layer1.", "backbone.embeddings.mask_token")),
 }
 
