@@ -235,14 +235,7 @@ def bench_jax(spec) -> dict:
     out = {
         "params": n_params,
         "compile_s": compile_s,
-        "latency_median_s": statistics.median(times),
-        "latency_min_s": min(times),
-        "latencies_s": times,
-        "output_shape": list(y.shape),
-        "output_finite": bool(np.isfinite(y).all()),
-        "peak_rss_mb": peak.peak_mb(),
-        "rss_start_mb": peak.start_mb,
-        "rss_scope": peak.scope,
+        **run_summary(times, y, peak),
         "device_peak_mb": _jax_device_peak_mb(),
         "matmul_precision": str(jax.config.jax_default_matmul_precision),
         "persistent_cache_dir": jax.config.jax_compilation_cache_dir,
@@ -254,6 +247,20 @@ def bench_jax(spec) -> dict:
             out["xla_flops_lowered"] = None
             out["xla_flops_error"] = f"{type(e).__name__}: {e}"
     return out
+
+
+def run_summary(times, output, peak) -> dict:
+    """The row fields both sides report: latencies, what came out, and host memory."""
+    return {
+        "latency_median_s": statistics.median(times),
+        "latency_min_s": min(times),
+        "latencies_s": times,
+        "output_shape": list(output.shape),
+        "output_finite": bool(np.isfinite(output).all()),
+        "peak_rss_mb": peak.peak_mb(),
+        "rss_start_mb": peak.start_mb,
+        "rss_scope": peak.scope,
+    }
 
 
 def _jax_device_peak_mb() -> Optional[float]:

@@ -15,17 +15,14 @@ its PyTorch columns empty and the reason recorded.
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-import numpy as np
-
 from dpt_jax.config import DPTConfig
 from dpt_jax.timing import cpu_cores, time_calls
 
-from .measure import PeakRSS
+from .measure import PeakRSS, run_summary
 
 INSTALL_HINT = "pip install 'dpt-jax[bench]'"
 
@@ -291,14 +288,7 @@ def bench_torch(spec) -> dict:
         "torch_device": dev,
         "torch_threads": threads,
         "first_call_s": first_s,
-        "latency_median_s": statistics.median(times),
-        "latency_min_s": min(times),
-        "latencies_s": times,
-        "output_shape": list(y.shape),
-        "output_finite": bool(np.isfinite(y).all()),
-        "peak_rss_mb": peak.peak_mb(),
-        "rss_start_mb": peak.start_mb,
-        "rss_scope": peak.scope,
+        **run_summary(times, y, peak),
         "device_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
     })
     return out

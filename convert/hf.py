@@ -86,7 +86,7 @@ def _fusion(orig_prefix: str) -> list:
 def _midas_neck() -> list:
     rules = []
     for n in range(1, 5):
-        o, h = f"pretrained.act_postprocess{n}", f"neck.reassemble_stage"
+        o, h = f"pretrained.act_postprocess{n}", "neck.reassemble_stage"
         rules += [_p(f"{o}.0.project.0", f"{h}.readout_projects.{n - 1}.0"),
                   _p(f"{o}.3", f"{h}.layers.{n - 1}.projection"), _p(f"{o}.4", f"{h}.layers.{n - 1}.resize"),
                   Rename(f"scratch.layer{n}_rn.weight", f"neck.convs.{n - 1}.weight")]

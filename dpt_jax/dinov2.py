@@ -27,7 +27,7 @@ import numpy as np
 import flax.linen as nn
 
 from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, bounded, checked_fields, require
-from .convert import depth_anything as da_keys, midas
+from .convert import depth_anything as da_keys
 from .convert.keys import ConversionError, Skip
 from .family import EncoderFamily, vit_encoder_flops
 from .layers import Mlp, attend, layer_norm, merge_heads

@@ -21,7 +21,7 @@ import pytest
 from flax import traverse_util
 
 import dpt_jax
-from dpt_jax import checkpoint, cli, output, preprocess, registry
+from dpt_jax import cli, output, preprocess, registry
 from dpt_jax.convert import keys
 from dpt_jax.convert.keys import ConversionError
 from dpt_jax.convert.torch_zip import CheckpointError
