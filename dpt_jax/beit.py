@@ -21,7 +21,7 @@ from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, Pair, bounded, checked_field
 from .convert import keys, midas
 from .convert.keys import ConversionError, Entry, Skip
 from .family import EncoderFamily, vit_encoder_flops
-from .layers import QKV, Mlp, attend, layer_norm, merge_heads
+from .layers import QKV, LayerScaleBlock, attend, merge_heads
 from .resize import resize_bilinear
 
 
@@ -96,19 +96,6 @@ class Attention(nn.Module):
         return nn.Dense(x.shape[-1], name="proj")(out)
 
 
-class Block(nn.Module):
-    config: BeitConfig
-
-    @nn.compact
-    def __call__(self, x, grid):
-        c = self.config
-        gamma_1 = self.param("gamma_1", nn.initializers.constant(0.1), (c.embed_dim,))
-        gamma_2 = self.param("gamma_2", nn.initializers.constant(0.1), (c.embed_dim,))
-        x = x + gamma_1 * Attention(c, name="attn")(layer_norm(c.layer_norm_eps, "norm1")(x), grid)
-        x = x + gamma_2 * Mlp(c.mlp_hidden, name="mlp")(layer_norm(c.layer_norm_eps, "norm2")(x))
-        return x
-
-
 class BeitEncoder(nn.Module):
     """Images (B, H, W, 3) -> the outputs of the four hooked blocks, each (B, 1 + h*w, C), cls token first."""
 
@@ -128,7 +115,9 @@ class BeitEncoder(nn.Module):
         x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, c.embed_dim)), x], axis=1)  # (B, 1 + h*w, C)
         hooks = []
         for i in range(c.depth):
-            x = Block(c, name=f"blocks_{i}")(x, grid)
+            block = LayerScaleBlock(functools.partial(Attention, c), c.embed_dim, c.mlp_hidden, c.layer_norm_eps,
+                                    gamma_init=0.1, name=f"blocks_{i}")
+            x = block(x, grid)  # (B, 1 + h*w, C)
             if i in c.hooks:
                 hooks.append(x)
             if i == max(c.hooks):

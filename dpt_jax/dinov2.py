@@ -30,7 +30,7 @@ from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, bounded, checked_fields, req
 from .convert import depth_anything as da_keys
 from .convert.keys import ConversionError, Skip
 from .family import EncoderFamily, vit_encoder_flops
-from .layers import Mlp, attend, layer_norm, merge_heads
+from .layers import LayerScaleBlock, attend, layer_norm, merge_heads
 from .resize import _keys_far, _keys_near, resample_axis
 
 Pair = tuple[int, int]
@@ -139,19 +139,6 @@ class Attention(nn.Module):
         return nn.Dense(dim, name="proj")(merge_heads(attend(q, k, v, 0.0)))  # (B, N, C)
 
 
-class Block(nn.Module):
-    config: Dinov2Config
-
-    @nn.compact
-    def __call__(self, x):
-        c = self.config
-        gamma_1 = self.param("gamma_1", nn.initializers.ones, (c.embed_dim,))
-        gamma_2 = self.param("gamma_2", nn.initializers.ones, (c.embed_dim,))
-        x = x + gamma_1 * Attention(c.num_heads, name="attn")(layer_norm(c.layer_norm_eps, "norm1")(x))
-        x = x + gamma_2 * Mlp(c.mlp_hidden, name="mlp")(layer_norm(c.layer_norm_eps, "norm2")(x))
-        return x
-
-
 class Dinov2Encoder(nn.Module):
     """Images (B, H, W, 3) -> the four hooked blocks' outputs after the final norm, each (B, 1 + h*w, C), cls first."""
 
@@ -180,7 +167,8 @@ class Dinov2Encoder(nn.Module):
         final_norm = layer_norm(c.layer_norm_eps, "norm")
         outputs = []
         for i in range(max(c.hooks) + 1):  # blocks after the last hook do not contribute
-            x = Block(c, name=f"blocks_{i}")(x)
+            x = LayerScaleBlock(functools.partial(Attention, c.num_heads), c.embed_dim, c.mlp_hidden,
+                                c.layer_norm_eps, name=f"blocks_{i}")(x)  # (B, 1 + h*w, C)
             if i in c.hooks:
                 self.sow("intermediates", f"block{i}_raw", x)
                 y = final_norm(x)  # the shared final norm, per hooked output; the stream stays raw

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -76,6 +77,28 @@ class Mlp(nn.Module):
     def __call__(self, x):
         dim = x.shape[-1]
         return nn.Dense(dim, name="fc2")(gelu(nn.Dense(self.hidden, name="fc1")(x)))
+
+
+class LayerScaleBlock(nn.Module):
+    """x + g1 * attn(LN1(x)), then x + g2 * mlp(LN2(x)): the pre-norm ViT block with layer scale (BEiT, DINOv2).
+
+    `attention` makes the block's attention module (called with name "attn"); extra call
+    arguments go to it (BEiT's patch grid).
+    """
+
+    attention: Callable[..., nn.Module]
+    embed_dim: int
+    mlp_hidden: int
+    layer_norm_eps: float
+    gamma_init: float = 1.0
+
+    @nn.compact
+    def __call__(self, x, *attention_args):
+        init = nn.initializers.constant(self.gamma_init)
+        gamma_1 = self.param("gamma_1", init, (self.embed_dim,))
+        gamma_2 = self.param("gamma_2", init, (self.embed_dim,))
+        x = x + gamma_1 * self.attention(name="attn")(layer_norm(self.layer_norm_eps, "norm1")(x), *attention_args)
+        return x + gamma_2 * Mlp(self.mlp_hidden, name="mlp")(layer_norm(self.layer_norm_eps, "norm2")(x))
 
 
 class QKV(nn.Module):
