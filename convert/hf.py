@@ -37,8 +37,9 @@ from typing import Mapping
 
 import numpy as np
 
-from .keys import INVERSE_LAYOUTS, ConversionError
-from .torch_zip import CheckpointError, read_state_dict
+from ..errors import CheckpointError, ConversionError
+from .files import read_state_dict
+from .keys import INVERSE_LAYOUTS
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

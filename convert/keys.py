@@ -15,7 +15,6 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from .torch_zip import CheckpointError
 
 # How a PyTorch array becomes a Flax one.
 LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -50,10 +49,6 @@ class Entry:
 class Skip:
     pattern: str  # regular expression over source keys
     reason: str  # why the model does not need it
-
-
-class ConversionError(CheckpointError):
-    """A checkpoint whose keys or shapes do not fit the model; lists every problem at once."""
 
 
 # -- table pieces ---------------------------------------------------------------------------------

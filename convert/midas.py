@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
-from .keys import ConversionError, Entry, Skip, conv, linear
+from ..errors import ConversionError
+from .keys import Entry, Skip, conv, linear
 
 
 def neck_table(config) -> list[Entry]:

@@ -44,37 +44,28 @@ storage, safetensors offsets within the file) is validated before
 ``read_state_dict`` returns; every failure is a ``CheckpointError`` naming the
 file.  Legacy (pre-1.6, non-zip) torch files are refused: they can only be read
 by unpickling the whole file.
-
-safetensors
------------
-8-byte little-endian header length N, N bytes of JSON mapping each tensor name
-to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets relative to the
-data section that follows the header) plus an optional ``"__metadata__"``
-mapping of strings.  Parsed here directly so that a tensor read touches only
-its own byte range.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import pickle
-import struct
 import sys
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
-__all__ = ["CheckpointError", "TensorRef", "read_state_dict", "read_safetensors_metadata"]
+from ..errors import CheckpointError
+from .tensors import MAX_ELEMENTS, MAX_NDIM, BFLOAT16, TensorRef, bounded, byteswapped, is_count, show
 
-_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+__all__ = ["read_torch_zip"]
+
 
 # torch storage class name -> numpy dtype of its elements.  UntypedStorage
 # counts bytes, so it reads as uint8 (as torch itself does).
@@ -82,7 +73,7 @@ _TORCH_STORAGE_DTYPES = {
     "DoubleStorage": np.dtype(np.float64),
     "FloatStorage": np.dtype(np.float32),
     "HalfStorage": np.dtype(np.float16),
-    "BFloat16Storage": _BFLOAT16,
+    "BFloat16Storage": BFLOAT16,
     "LongStorage": np.dtype(np.int64),
     "IntStorage": np.dtype(np.int32),
     "ShortStorage": np.dtype(np.int16),
@@ -92,112 +83,21 @@ _TORCH_STORAGE_DTYPES = {
     "UntypedStorage": np.dtype(np.uint8),
 }
 
-_SAFETENSORS_DTYPES = {
-    "F64": np.dtype(np.float64),
-    "F32": np.dtype(np.float32),
-    "F16": np.dtype(np.float16),
-    "BF16": _BFLOAT16,
-    "I64": np.dtype(np.int64),
-    "I32": np.dtype(np.int32),
-    "I16": np.dtype(np.int16),
-    "I8": np.dtype(np.int8),
-    "U64": np.dtype(np.uint64),
-    "U32": np.dtype(np.uint32),
-    "U16": np.dtype(np.uint16),
-    "U8": np.dtype(np.uint8),
-    "BOOL": np.dtype(np.bool_),
-}
-
 # torch.save spends about 200 pickle bytes per tensor (186-217 B in tests/fixtures/*.pt), so the
 # largest official MiDaS v3.1 checkpoint (487 tensors) has a data.pkl of about 100 KB.  16 MiB
 # leaves room for ~80,000 tensors while bounding what unpickling can allocate (at most a few dozen
 # bytes of Python objects per pickle byte).
 _MAX_PICKLE_BYTES = 16 << 20
-_MAX_SAFETENSORS_HEADER_BYTES = 100 << 20  # the limit the safetensors library uses
-# Declared element counts (storage sizes, tensor sizes ignoring zero dims, strides, offsets) above
-# 2**48 are refused outright: far beyond any file, and numpy cannot even describe some of them.
-_MAX_ELEMENTS = 1 << 48
-_MAX_NDIM = 32  # numpy's own limit on older versions; real weights have at most 5
 # The tensors of a file may together hold at most this many times the elements of the storages
 # they view: torch.save writes each tensor once (views of a shared storage split it; tied weights
 # repeat it), whereas a crafted file makes thousands of tensors out of one small storage.
 _MAX_VIEW_REUSE = 4
 _ZIP_LOCAL_HEADER_BYTES = 30
-_SNIFF_BYTES = 512
 _WRAPPER_KEYS = ("model", "state_dict")  # {"model": sd, "optimizer": ...} and the like
-
-
-class CheckpointError(ValueError):
-    """Raised for any unreadable/invalid/malicious checkpoint; str() always names the file path and what is wrong."""
-
-    def __init__(self, path, message):
-        self.path = os.fspath(path)
-        self.message = message
-        super().__init__(f"{self.path}: {message}")
-
-    def __reduce__(self):
-        return (type(self), (self.path, self.message))
-
-
-@dataclass(frozen=True)
-class TensorRef:
-    """One tensor of a checkpoint: its metadata now, its data on ``read()``."""
-
-    key: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    _source: _ZipTensorSource | _FileSpanSource = field(repr=False, compare=False)
-
-    def read(self) -> np.ndarray:
-        """Read only this tensor's bytes; returns a C-contiguous array of ``shape``/``dtype``."""
-        return self._source.load(self)
-
-
-def read_state_dict(path) -> dict[str, TensorRef]:
-    """Ordered dict key -> TensorRef. Detects the format from the file's bytes (not its extension):
-    torch zip (.pt/.pth written by torch.save >= 1.6) or safetensors.
-    Nothing but the pickle / header is read eagerly."""
-    kind = _sniff_format(path)
-    if kind == "zip":
-        return _read_torch_zip(path)
-    refs, _metadata = _read_safetensors(path)
-    return refs
-
-
-def read_safetensors_metadata(path) -> dict[str, str]:
-    """The ``__metadata__`` mapping of a safetensors file ({} if it has none)."""
-    if _sniff_format(path) != "safetensors":
-        raise CheckpointError(path, "not a safetensors file")
-    _refs, metadata = _read_safetensors(path)
-    return metadata
 
 
 # --------------------------------------------------------------------------
 # Format detection
-
-
-def _sniff_format(path) -> str:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(_SNIFF_BYTES)
-    except OSError as exc:
-        raise CheckpointError(path, f"cannot open checkpoint: {exc.strerror or exc}") from exc
-    if not head:
-        raise CheckpointError(path, "file is empty")
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        return "zip"
-    if head[8:9] == b"{":
-        return "safetensors"
-    if head.startswith(b"\x80") or head[257:262] == b"ustar":
-        raise CheckpointError(
-            path,
-            "legacy (pre-1.6, non-zip) torch checkpoint format is not supported: it can only be "
-            "read by unpickling arbitrary objects; re-save it with a newer torch "
-            "(torch.save(torch.load(old), new) with torch >= 1.6)",
-        )
-    raise CheckpointError(
-        path, f"unrecognized format: neither a torch zip checkpoint nor safetensors (starts with {head[:8]!r})"
-    )
 
 
 # --------------------------------------------------------------------------
@@ -217,7 +117,7 @@ def _zip_errors(path, what: str):
         raise CheckpointError(path, f"{what}: not enough memory") from None
 
 
-def _read_torch_zip(path) -> dict[str, TensorRef]:
+def read_torch_zip(path) -> dict[str, TensorRef]:
     with _zip_errors(path, "not a readable zip archive (truncated or corrupt?)"):
         file_size = os.path.getsize(path)
         zf = zipfile.ZipFile(path)
@@ -248,7 +148,7 @@ class _TorchArchive:
             if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
                 raise CheckpointError(
                     self.path,
-                    f"archive member {_show(info.filename)} is compressed (method {info.compress_type}, "
+                    f"archive member {show(info.filename)} is compressed (method {info.compress_type}, "
                     f"{info.compress_size} bytes stored for {info.file_size}); torch.save stores members "
                     "uncompressed, so this file was not written by torch.save and is refused",
                 )
@@ -256,7 +156,7 @@ class _TorchArchive:
     def _find_prefix(self) -> str:
         pickles = [n for n in self.zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
         if not pickles:
-            names = ", ".join(_show(n) for n in self.zf.namelist()[:5]) or "none"
+            names = ", ".join(show(n) for n in self.zf.namelist()[:5]) or "none"
             raise CheckpointError(
                 self.path,
                 f"zip archive has no '<folder>/data.pkl' record, so it is not a torch checkpoint (entries: {names})",
@@ -285,9 +185,9 @@ class _TorchArchive:
         info = self.zf.getinfo(name)
         if info.file_size > limit:
             raise CheckpointError(
-                self.path, f"record {_show(name)} is implausibly large ({info.file_size} bytes; at most {limit} accepted)"
+                self.path, f"record {show(name)} is implausibly large ({info.file_size} bytes; at most {limit} accepted)"
             )
-        with _zip_errors(self.path, f"cannot read record {_show(name)} (truncated or corrupt?)"):
+        with _zip_errors(self.path, f"cannot read record {show(name)} (truncated or corrupt?)"):
             return self.zf.read(info)
 
     def unpickle(self):
@@ -305,7 +205,7 @@ class _TorchArchive:
             raise CheckpointError(self.path, "data.pkl is nested too deeply") from None
         except Exception as exc:  # any failure of a corrupt pickle stream
             raise CheckpointError(
-                self.path, f"data.pkl is not a valid pickle ({type(exc).__name__}: {_bounded(str(exc))})"
+                self.path, f"data.pkl is not a valid pickle ({type(exc).__name__}: {bounded(str(exc))})"
             ) from None
 
     def storage(self, key: str, dtype: np.dtype, numel: int) -> _Storage:
@@ -313,23 +213,23 @@ class _TorchArchive:
         known = self.storages.get(key)
         if known is not None:
             if (known.dtype, known.numel) != (dtype, numel):
-                raise _Refused(f"storage {_show(key)} is referenced with conflicting types or sizes")
+                raise _Refused(f"storage {show(key)} is referenced with conflicting types or sizes")
             return known
         member = f"{self.prefix}data/{key}"
         info = self._info(member)
         if info is None:
             raise _Refused(
-                f"storage {_show(key)} is referenced but its entry {_show(member)} is missing from the archive"
+                f"storage {show(key)} is referenced but its entry {show(member)} is missing from the archive"
             )
         nbytes = numel * dtype.itemsize
         if info.file_size != nbytes:
             raise _Refused(
-                f"storage entry {_show(member)} holds {info.file_size} bytes but data.pkl declares "
+                f"storage entry {show(member)} holds {info.file_size} bytes but data.pkl declares "
                 f"{numel} x {dtype} = {nbytes} bytes"
             )
         data_end = info.header_offset + _ZIP_LOCAL_HEADER_BYTES + len(info.filename.encode()) + info.compress_size
         if data_end > self.file_size:
-            raise _Refused(f"storage entry {_show(member)} extends past the end of the file (truncated?)")
+            raise _Refused(f"storage entry {show(member)} extends past the end of the file (truncated?)")
         storage = _Storage(key, member, dtype, numel)
         self.storages[key] = storage
         return storage
@@ -340,8 +240,8 @@ class _TorchArchive:
         if problem is not None:
             raise CheckpointError(
                 self.path,
-                f"tensor {_show(key)} (shape {spec.shape}, stride {spec.stride}, offset {spec.offset}) is refused: "
-                f"{problem} (its storage {_show(storage.member)} holds {storage.numel} elements)",
+                f"tensor {show(key)} (shape {spec.shape}, stride {spec.stride}, offset {spec.offset}) is refused: "
+                f"{problem} (its storage {show(storage.member)} holds {storage.numel} elements)",
             )
         source = _ZipTensorSource(self.path, storage.member, storage.numel, spec.offset, spec.stride, self.byteorder)
         return TensorRef(key, spec.shape, storage.dtype, source)
@@ -356,10 +256,10 @@ def _view_problem(offset: int, shape: tuple[int, ...], stride: tuple[int, ...], 
     torch.save writes, and makes a tensor hold at most as many elements as its storage.  Refused:
     expanding views (stride 0 on a dimension of size > 1) and any other self-overlapping view,
     and views reaching past the storage's end.  (Sizes, strides and offsets are non-negative
-    ints, and at most ``_MAX_NDIM`` of them, by the time this runs.)
+    ints, and at most ``MAX_NDIM`` of them, by the time this runs.)
     """
-    if math.prod(max(n, 1) for n in shape) > _MAX_ELEMENTS or offset > _MAX_ELEMENTS:
-        return f"it declares more than 2**{_MAX_ELEMENTS.bit_length() - 1} elements"
+    if math.prod(max(n, 1) for n in shape) > MAX_ELEMENTS or offset > MAX_ELEMENTS:
+        return f"it declares more than 2**{MAX_ELEMENTS.bit_length() - 1} elements"
     if 0 in shape:
         return None if offset <= numel else "its offset lies past the end of its storage"
     span = 1  # storage elements spanned by the dimensions checked so far
@@ -408,28 +308,22 @@ class _ZipTensorSource:
             array = np.array(view, order="C", copy=True)
         except MemoryError:
             raise CheckpointError(
-                self.path, f"not enough memory to read tensor {_show(ref.key)} ({view.nbytes} bytes)"
+                self.path, f"not enough memory to read tensor {show(ref.key)} ({view.nbytes} bytes)"
             ) from None
         if self.byteorder != sys.byteorder:
-            array = _byteswapped(array)
+            array = byteswapped(array)
         return array
 
     def _read_storage(self, key: str, nbytes: int) -> bytes:
         # Reading the whole entry lets zipfile verify its CRC.
-        with _zip_errors(self.path, f"cannot read tensor {_show(key)} from {_show(self.member)} (truncated or corrupt?)"):
+        with _zip_errors(self.path, f"cannot read tensor {show(key)} from {show(self.member)} (truncated or corrupt?)"):
             with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as entry:
                 raw = entry.read()
         if len(raw) != nbytes:
             raise CheckpointError(
-                self.path, f"tensor {_show(key)}: entry {_show(self.member)} has {len(raw)} bytes, expected {nbytes}"
+                self.path, f"tensor {show(key)}: entry {show(self.member)} has {len(raw)} bytes, expected {nbytes}"
             )
         return raw
-
-
-def _byteswapped(array: np.ndarray) -> np.ndarray:
-    if array.dtype.itemsize == 1:
-        return array
-    return array.view(f"u{array.dtype.itemsize}").byteswap().view(array.dtype)
 
 
 # --------------------------------------------------------------------------
@@ -438,28 +332,6 @@ def _byteswapped(array: np.ndarray) -> np.ndarray:
 
 class _Refused(Exception):
     """Something in data.pkl that this reader refuses; the message says what."""
-
-
-def _bounded(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
-
-
-def _show(value) -> str:
-    """A short description of an untrusted value for a message, in time independent of its size.
-
-    Strings and small numbers are shown (strings cut to 80 characters); anything else only by type
-    and length, never by repr(): a pickle can build a list whose repr is 10**14 bytes in a few
-    hundred bytes, by sharing sublists through its memo.
-    """
-    if isinstance(value, str):
-        return repr(_bounded(value))
-    if type(value) in (bool, float) or value is None:
-        return repr(value)
-    if type(value) is int:
-        return str(value) if value.bit_length() <= 64 else f"an int of {value.bit_length()} bits"
-    if isinstance(value, (tuple, list, dict, bytes, bytearray, set, frozenset)):
-        return f"a {type(value).__name__} of length {len(value)}"
-    return f"a {type(value).__name__}"
 
 
 class _StandIn:
@@ -505,7 +377,7 @@ def _check_key(key) -> None:
     """Mapping keys in a state dict are strings (names) or ints (optimizer state); hashing
     anything else (a tuple of tuples sharing memo entries) could take exponential time."""
     if type(key) not in (str, int):
-        raise _Refused(f"mapping key is {_show(key)}; only strings and ints are accepted")
+        raise _Refused(f"mapping key is {show(key)}; only strings and ints are accepted")
 
 
 class _Storage(_StandIn):
@@ -538,14 +410,10 @@ class _TensorSpec(_StandIn):
         super().__init__(storage=storage, offset=offset, shape=shape, stride=stride)
 
 
-def _is_count(value) -> bool:
-    return type(value) is int and 0 <= value <= _MAX_ELEMENTS
-
-
 def _as_counts(value, what: str) -> tuple[int, ...]:
-    if not isinstance(value, (tuple, list)) or len(value) > _MAX_NDIM or not all(_is_count(v) for v in value):
+    if not isinstance(value, (tuple, list)) or len(value) > MAX_NDIM or not all(is_count(v) for v in value):
         raise _Refused(
-            f"tensor {what} must be a tuple of at most {_MAX_NDIM} ints in [0, 2**48], got {_show(value)}"
+            f"tensor {what} must be a tuple of at most {MAX_NDIM} ints in [0, 2**48], got {show(value)}"
         )
     return tuple(value)
 
@@ -560,9 +428,9 @@ class _RebuildTensor(_StandIn):
             raise _Refused(f"_rebuild_tensor_v2 takes 6 or 7 arguments, got {len(args)}")
         storage, offset, size, stride = args[:4]
         if not isinstance(storage, _Storage):
-            raise _Refused(f"_rebuild_tensor_v2 got {_show(storage)} instead of a storage")
-        if not _is_count(offset):
-            raise _Refused(f"tensor storage offset must be an int in [0, 2**48], got {_show(offset)}")
+            raise _Refused(f"_rebuild_tensor_v2 got {show(storage)} instead of a storage")
+        if not is_count(offset):
+            raise _Refused(f"tensor storage offset must be an int in [0, 2**48], got {show(offset)}")
         shape = _as_counts(size, "size")
         strides = _as_counts(stride, "stride")
         if len(shape) != len(strides):
@@ -653,22 +521,22 @@ class _RestrictedUnpickler(pickle._Unpickler):
         if stand_in is not None:
             return stand_in
         if module == "torch" and str(name).endswith("Storage"):
-            raise _Refused(f"unknown storage type 'torch.{_bounded(str(name))}'")
+            raise _Refused(f"unknown storage type 'torch.{bounded(str(name))}'")
         raise _Refused(
-            f"refuses to load global '{_bounded(str(module))}.{_bounded(str(name))}': a state dict may only "
+            f"refuses to load global '{bounded(str(module))}.{bounded(str(name))}': a state dict may only "
             "contain tensors and (ordered) dicts, so this checkpoint is malformed or malicious"
         )
 
     def persistent_load(self, pid):
         if not (type(pid) is tuple and len(pid) == 5 and pid[0] == "storage"):
-            raise _Refused(f"unsupported persistent id ({_show(pid)}; expected a 5-tuple starting 'storage')")
+            raise _Refused(f"unsupported persistent id ({show(pid)}; expected a 5-tuple starting 'storage')")
         _, storage_type, key, _location, numel = pid
         if not isinstance(key, str) or not key:
-            raise _Refused(f"storage key must be a non-empty string, got {_show(key)}")
+            raise _Refused(f"storage key must be a non-empty string, got {show(key)}")
         if not isinstance(storage_type, _StorageType):
-            raise _Refused(f"unknown storage type ({_show(storage_type)}) for storage {_show(key)}")
-        if not _is_count(numel):
-            raise _Refused(f"storage {_show(key)} has invalid size {_show(numel)}")
+            raise _Refused(f"unknown storage type ({show(storage_type)}) for storage {show(key)}")
+        if not is_count(numel):
+            raise _Refused(f"storage {show(key)} has invalid size {show(numel)}")
         return self._archive.storage(key, storage_type.dtype, numel)
 
 
@@ -689,142 +557,9 @@ def _unwrap_state_dict(path, obj) -> Mapping[str, _TensorSpec]:
             break
     for key, value in obj.items():
         if not isinstance(key, str):
-            raise CheckpointError(path, f"state dict key {_show(key)} is not a string")
+            raise CheckpointError(path, f"state dict key {show(key)} is not a string")
         if not isinstance(value, _TensorSpec):
-            raise CheckpointError(path, f"state dict entry {_show(key)} is {_describe(value)}, not a tensor")
+            raise CheckpointError(path, f"state dict entry {show(key)} is {_describe(value)}, not a tensor")
     return obj
 
 
-# --------------------------------------------------------------------------
-# safetensors
-
-
-def _read_safetensors(path) -> tuple[dict[str, TensorRef], dict[str, str]]:
-    header, data_start, data_size = _read_safetensors_header(path)
-    metadata = _safetensors_metadata(path, header.pop("__metadata__", {}))
-    refs = OrderedDict()
-    spans = []
-    for key, entry in header.items():
-        dtype, shape, (begin, end) = _parse_safetensors_entry(path, key, entry)
-        if end > data_size:
-            raise CheckpointError(
-                path, f"tensor {_show(key)}: data_offsets [{begin}, {end}] run past the {data_size}-byte data section "
-                "(truncated file or lying header)"
-            )
-        expected = math.prod(shape) * dtype.itemsize
-        if end - begin != expected:
-            raise CheckpointError(
-                path, f"tensor {_show(key)}: shape {shape} {dtype} needs {expected} bytes but data_offsets "
-                f"[{begin}, {end}] span {end - begin}"
-            )
-        spans.append((begin, end, key))
-        refs[key] = TensorRef(key, shape, dtype, _FileSpanSource(path, data_start + begin, end - begin))
-    _check_spans_tile(path, spans, data_size)
-    return refs, metadata
-
-
-def _read_safetensors_header(path) -> tuple[dict, int, int]:
-    """The parsed JSON header, where the data section starts and its size."""
-    try:
-        with open(path, "rb") as f:
-            file_size = os.fstat(f.fileno()).st_size
-            prefix = f.read(8)
-            if len(prefix) < 8:
-                raise CheckpointError(path, "too short to be a safetensors file")
-            (header_size,) = struct.unpack("<Q", prefix)
-            if header_size > _MAX_SAFETENSORS_HEADER_BYTES:
-                raise CheckpointError(
-                    path, f"safetensors header size {header_size} is implausibly large "
-                    f"(at most {_MAX_SAFETENSORS_HEADER_BYTES} bytes accepted)"
-                )
-            if header_size > file_size - 8:
-                raise CheckpointError(
-                    path, f"safetensors header claims {header_size} bytes but only {file_size - 8} follow (truncated?)"
-                )
-            raw = f.read(header_size)
-    except OSError as exc:
-        raise CheckpointError(path, f"cannot read safetensors header: {exc.strerror or exc}") from exc
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(path, f"safetensors header is not valid JSON: {_bounded(str(exc))}") from None
-    except RecursionError:
-        raise CheckpointError(path, "safetensors header is not valid JSON: nested too deeply") from None
-    except MemoryError:
-        raise CheckpointError(path, "safetensors header: not enough memory to parse it") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(path, "safetensors header is not a JSON object")
-    return header, 8 + header_size, file_size - 8 - header_size
-
-
-def _safetensors_metadata(path, metadata) -> dict[str, str]:
-    if not isinstance(metadata, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
-        raise CheckpointError(path, "safetensors __metadata__ must map strings to strings")
-    return dict(metadata)
-
-
-def _parse_safetensors_entry(path, key: str, entry) -> tuple[np.dtype, tuple[int, ...], tuple[int, int]]:
-    if not isinstance(entry, dict):
-        raise CheckpointError(path, f"safetensors entry {_show(key)} is not a JSON object")
-    dtype_name = entry.get("dtype")
-    dtype = _SAFETENSORS_DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
-    if dtype is None:
-        raise CheckpointError(
-            path, f"tensor {_show(key)} has unsupported dtype {_show(dtype_name)} "
-            f"(known: {', '.join(_SAFETENSORS_DTYPES)})"
-        )
-    shape = entry.get("shape")
-    if (not isinstance(shape, list) or len(shape) > _MAX_NDIM or not all(_is_count(n) for n in shape)
-            or math.prod(max(n, 1) for n in shape) > _MAX_ELEMENTS):
-        raise CheckpointError(
-            path, f"tensor {_show(key)} has invalid shape {_show(shape)} (expected at most {_MAX_NDIM} "
-            "non-negative ints, at most 2**48 elements)"
-        )
-    offsets = entry.get("data_offsets")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)
-            and offsets[0] <= offsets[1]):
-        raise CheckpointError(path, f"tensor {_show(key)} has invalid data_offsets {_show(offsets)}")
-    return dtype, tuple(shape), (offsets[0], offsets[1])
-
-
-def _check_spans_tile(path, spans: list[tuple[int, int, str]], data_size: int) -> None:
-    """Tensors must cover the data section exactly, without overlaps or gaps."""
-    position = 0
-    for begin, end, key in sorted(spans):
-        if begin != position:
-            problem = "overlaps the previous tensor" if begin < position else f"leaves a gap at byte {position}"
-            raise CheckpointError(path, f"tensor {_show(key)}: data_offsets [{begin}, {end}] {problem}")
-        position = end
-    if position != data_size:
-        raise CheckpointError(path, f"data section has {data_size} bytes but the tensors cover {position}")
-
-
-@dataclass(frozen=True)
-class _FileSpanSource:
-    path: str | os.PathLike
-    start: int
-    nbytes: int
-
-    def load(self, ref: TensorRef) -> np.ndarray:
-        try:
-            buffer = bytearray(self.nbytes)
-            with open(self.path, "rb") as f:
-                f.seek(self.start)
-                got = f.readinto(buffer)
-        except MemoryError:
-            raise CheckpointError(
-                self.path, f"not enough memory to read tensor {_show(ref.key)} ({self.nbytes} bytes)"
-            ) from None
-        except OSError as exc:
-            raise CheckpointError(self.path, f"cannot read tensor {_show(ref.key)}: {exc.strerror or exc}") from exc
-        if got != self.nbytes:
-            raise CheckpointError(
-                self.path, f"tensor {_show(ref.key)}: expected {self.nbytes} bytes at offset {self.start}, "
-                f"got {got} (truncated?)"
-            )
-        array = np.frombuffer(buffer, dtype=ref.dtype).reshape(ref.shape)
-        if sys.byteorder != "little":
-            array = _byteswapped(array)
-        return array

@@ -14,7 +14,7 @@ if not _os.path.isdir(_os.path.join(__path__[0], "convert")) and _os.path.isfile
 
 from .beit import BeitConfig
 from .config import DPTConfig
-from .convert.torch_zip import CheckpointError
+from .errors import CheckpointError, DptJaxError
 from .model import DepthModel, forward, load
 from .registry import FAMILIES, PRESETS, get_config
 from .swinv2 import SwinV2Config

@@ -19,7 +19,8 @@ import flax.linen as nn
 
 from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, Pair, bounded, checked_fields, require
 from .convert import keys, midas
-from .convert.keys import ConversionError, Entry, Skip
+from .errors import ConversionError
+from .convert.keys import Entry, Skip
 from .family import EncoderFamily, vit_encoder_flops
 from .layers import QKV, LayerScaleBlock, attend, merge_heads
 from .resize import resize_bilinear

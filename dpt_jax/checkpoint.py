@@ -20,10 +20,12 @@ from typing import Mapping
 
 import numpy as np
 
-from .atomic import atomic_write
-from .config import ConfigError, DPTConfig
-from .convert.keys import ConversionError, apply_table, check_state_dict, problem_list, skipped_keys
-from .convert.torch_zip import CheckpointError, TensorRef, read_safetensors_metadata, read_state_dict
+from .config import DPTConfig
+from .convert.files import read_state_dict
+from .convert.keys import apply_table, check_state_dict, problem_list, skipped_keys
+from .convert.safetensors_io import read_safetensors_metadata, write_safetensors
+from .convert.tensors import TensorRef
+from .errors import CheckpointError, ConfigError, ConversionError
 from .registry import config_from_json, detect_config
 
 FORMAT = "dpt-jax"  # value of the "format" metadata entry of converted files
@@ -173,29 +175,3 @@ def _upgrade_v1(text):
         return text  # config_from_json says what is wrong
     d.update(reassemble_factors=[4, 2, 1, 0.5] if beit else [1, 1, 1, 1], readout="project" if beit else "none")
     return json.dumps(d)
-
-
-_SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64",
-                       "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
-
-
-def write_safetensors(path, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
-    """Stream `arrays` into a safetensors file, one array at a time, via a temporary file and a rename.
-
-    A crash or a full disk leaves no partial file at `path`.
-    """
-    import json
-
-    header, offset = {}, 0
-    for key, a in arrays.items():
-        header[key] = {"dtype": _SAFETENSORS_DTYPES[a.dtype.name], "shape": list(a.shape),
-                       "data_offsets": [offset, offset + a.nbytes]}
-        offset += a.nbytes
-    header["__metadata__"] = dict(metadata)
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # the data section starts 8-byte aligned
-    with atomic_write(path, ".safetensors") as f:
-        f.write(len(blob).to_bytes(8, "little"))
-        f.write(blob)
-        for a in arrays.values():
-            f.write(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False).tobytes())

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from . import __version__
+from .errors import ImageError
 
 
 def _windows(text: str | None):
@@ -434,7 +435,7 @@ def cmd_predict(args) -> int:
         try:
             sources.append(pipeline.open_source(item.path, i))
             items.append(item)
-        except pipeline.ImageError as e:
+        except ImageError as e:
             status.error(f"{e.name}: {e.message}")
             failed += 1
     if args.align is not None and sources:  # the file of known depths is checked before any model loads

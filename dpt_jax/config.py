@@ -16,15 +16,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import ConfigError
+
 Pair = tuple[int, int]
 
 #: The largest input side any config may declare as native (pixels), and the widest layer.
 MAX_SIDE = 4096
 MAX_WIDTH = 16384
-
-
-class ConfigError(ValueError):
-    """A config field of the wrong type or out of range; the message names the field."""
 
 
 def bounded(lo, hi, **kw):

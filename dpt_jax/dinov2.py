@@ -28,7 +28,8 @@ import flax.linen as nn
 
 from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, bounded, checked_fields, require
 from .convert import depth_anything as da_keys
-from .convert.keys import ConversionError, Skip
+from .errors import ConversionError
+from .convert.keys import Skip
 from .family import EncoderFamily, vit_encoder_flops
 from .layers import LayerScaleBlock, attend, layer_norm, merge_heads
 from .resize import _keys_far, _keys_near, resample_axis

@@ -22,14 +22,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from .atomic import atomic_write
-
-
-class AlignError(ValueError):
-    """A file of known depths that cannot be used; the message names it and says what is wrong."""
-
-    def __init__(self, name, message):
-        self.name, self.message = str(name), message
-        super().__init__(f"{name}: {message}")
+from .errors import AlignError
 
 
 # ------------------------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ from pathlib import Path
 from .atomic import atomic_write
 from .config import DPTConfig
 from .registry import PRESETS
-from .convert.torch_zip import CheckpointError
+from .errors import CheckpointError, DownloadError, UnknownModelError
 
 __all__ = [
     "DEFAULT_MODEL", "HF_REPOS", "REGISTRY", "hf_snapshot", "take_verified", "RELEASE_URL", "DownloadError", "ModelEntry", "UnknownModelError",
@@ -174,25 +174,6 @@ HF_REPOS: dict[str, str] = {
 }
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 _HF_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors"]
-
-
-class UnknownModelError(ValueError):
-    """A model name that is neither in the registry nor an existing file."""
-
-
-class DownloadError(OSError):
-    """A download that failed (network, HTTP status, timeout, disk space); str() names the URL."""
-
-    def __init__(self, url: str, message: str):
-        self.url = url
-        self.message = message
-        super().__init__(f"cannot download {url}: {message}")
-
-    def __str__(self):
-        return self.args[0]
-
-    def __reduce__(self):
-        return (type(self), (self.url, self.message))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,7 +377,7 @@ def verify(path, model) -> DPTConfig:
 def _checked(path: str, entry: ModelEntry):
     """(state dict, config) of the file at `path` once it passed every check of `verify`."""
     from .convert.keys import check_state_dict
-    from .convert.torch_zip import read_state_dict
+    from .convert.files import read_state_dict
     from .registry import detect_config, recognise
 
     state = read_state_dict(path)

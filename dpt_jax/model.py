@@ -20,6 +20,7 @@ from . import pipeline
 from .checkpoint import count_params, read_checkpoint, write_converted
 from .config import DPTConfig
 from .dpt import DPT
+from .errors import ImageError
 from .layers import COMPUTE_DTYPES, matmul_params, mixed_precision
 
 
@@ -124,7 +125,7 @@ class DepthModel:
                                keep_aspect_ratio=keep_aspect_ratio, size=size, bucket=bucket)
         for r in results:
             if r.error is not None:
-                raise pipeline.ImageError(r.name, r.error)
+                raise ImageError(r.name, r.error)
         depths = [r.depth for r in results]
         if output != "array":
             depths = [_output.to_pil(d, "gray16" if output == "pil" else "color") for d in depths]

@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Sequence, Union
 
 import numpy as np
 
+from .errors import ImageError
 from .preprocess import network_size, to_network, to_picture
 
 #: Pictures with more pixels than this are refused before decoding (~100 MP: a 12000 x 8000 picture).
@@ -39,14 +40,6 @@ MAX_PIXELS = 100_000_000
 PIXEL_BUDGET = 100_000_000
 
 ImageLike = Union[str, os.PathLike, np.ndarray, "PIL.Image.Image"]  # noqa: F821
-
-
-class ImageError(ValueError):
-    """A picture that cannot be used; the message names it and says what is wrong."""
-
-    def __init__(self, name, message):
-        self.name, self.message = str(name), message
-        super().__init__(f"{name}: {message}")
 
 
 def _as_rgb_array(img, name) -> np.ndarray:

@@ -13,8 +13,8 @@ import json
 from typing import Mapping
 
 from . import beit, dinov2, swinv2
-from .config import ConfigError, DPTConfig, from_dict
-from .convert.keys import ConversionError
+from .config import DPTConfig, from_dict
+from .errors import ConfigError, ConversionError
 from .family import EncoderFamily
 
 FAMILIES: dict[str, EncoderFamily] = {f.name: f for f in (beit.FAMILY, swinv2.FAMILY, dinov2.FAMILY)}

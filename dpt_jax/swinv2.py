@@ -70,7 +70,8 @@ import flax.linen as nn
 
 from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, Pair, bounded, checked_fields, require
 from .convert import keys, midas
-from .convert.keys import ConversionError, Entry, Skip
+from .errors import ConversionError
+from .convert.keys import Entry, Skip
 from .family import EncoderFamily
 from .layers import QKV, Mlp, attend, layer_norm, merge_heads
 

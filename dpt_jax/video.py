@@ -40,6 +40,7 @@ from typing import Callable
 import numpy as np
 
 from .atomic import atomic_write
+from .errors import VideoError
 
 #: File suffixes the command line treats as videos (anything FFmpeg reads works through the API).
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
@@ -50,14 +51,6 @@ CONTAINERS = {".mp4": ("mp4", ("libx264", "mpeg4")), ".m4v": ("mp4", ("libx264",
               ".webm": ("webm", ("libvpx-vp9", "libvpx")), ".avi": ("avi", ("mpeg4",))}
 FRAMES_FORMATS = (None, "png16", "npy")
 NORMALIZATIONS = ("global", "running")
-
-
-class VideoError(ValueError):
-    """A video that cannot be used; the message names it and says what is wrong."""
-
-    def __init__(self, name, message):
-        self.name, self.message = str(name), message
-        super().__init__(f"{name}: {message}")
 
 
 def is_video(path) -> bool:

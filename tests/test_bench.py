@@ -171,7 +171,7 @@ def test_convert_memory_on_fixture_manifest():
 
 
 def test_synthesized_checkpoint_has_the_manifest_layout(tmp_path):
-    from dpt_jax.convert.torch_zip import read_state_dict
+    from dpt_jax.convert.files import read_state_dict
 
     manifest = json.loads((FIXTURES / "mini_swin2.json").read_text())
     path = tmp_path / "synthetic.safetensors"

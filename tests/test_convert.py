@@ -11,8 +11,10 @@ import pytest
 import dpt_jax
 from dpt_jax import checkpoint, cli
 from dpt_jax.convert import keys
-from dpt_jax.convert.keys import ConversionError
-from dpt_jax.convert.torch_zip import CheckpointError, read_safetensors_metadata, read_state_dict
+from dpt_jax.errors import ConversionError
+from dpt_jax.convert.files import read_state_dict
+from dpt_jax.convert.safetensors_io import read_safetensors_metadata
+from dpt_jax.errors import CheckpointError
 from dpt_jax.registry import PRESETS, detect_config
 from dpt_jax.dpt import param_shapes
 from helpers import FIXTURES, MANIFESTS, nchw_to_nhwc

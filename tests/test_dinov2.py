@@ -23,8 +23,8 @@ from flax import traverse_util
 import dpt_jax
 from dpt_jax import cli, output, preprocess, registry
 from dpt_jax.convert import keys
-from dpt_jax.convert.keys import ConversionError
-from dpt_jax.convert.torch_zip import CheckpointError
+from dpt_jax.errors import ConversionError
+from dpt_jax.errors import CheckpointError
 from dpt_jax.dinov2 import (
     DA1_VITB, DA1_VITL, DA1_VITS, DA2_VITB, DA2_VITL, DA2_VITS, RELEASE_FILES, Dinov2Encoder, interpolate_pos_embed,
     scaled_cubic_taps,
@@ -325,7 +325,7 @@ def test_release_manifest_detected_and_covered(manifest):
 @pytest.mark.parametrize("name", MINIS)
 @pytest.mark.parametrize("source", SOURCES)
 def test_mini_checkpoint_keys_are_all_used_or_skipped(name, source, loaded):
-    from dpt_jax.convert.torch_zip import read_state_dict
+    from dpt_jax.convert.files import read_state_dict
 
     state = read_state_dict(DA / f"{name}.{source}")
     model = loaded[name, source]

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from plyfile import PlyData
 
+from dpt_jax import errors
 from dpt_jax import geometry
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -185,7 +186,7 @@ def test_known_depth_files(tmp_path):
         np.testing.assert_array_equal(d[m], depth[expected_mask])
 
     def refused(name, match):
-        with pytest.raises(geometry.AlignError, match=match) as e:
+        with pytest.raises(errors.AlignError, match=match) as e:
             geometry.load_known_depths(tmp_path / name, shape)
         assert name in str(e.value)
 

@@ -22,12 +22,14 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from dpt_jax import errors
 import dpt_jax
 from dpt_jax import cli, hub
 from dpt_jax.checkpoint import read_checkpoint
 from dpt_jax.convert import hf
-from dpt_jax.convert.keys import ConversionError
-from dpt_jax.convert.torch_zip import CheckpointError, read_state_dict
+from dpt_jax.errors import ConversionError
+from dpt_jax.convert.files import read_state_dict
+from dpt_jax.errors import CheckpointError
 from dpt_jax.registry import FAMILIES
 from helpers import FIXTURES, nchw_to_nhwc, rel_err
 
@@ -564,7 +566,7 @@ dpt_jax.load("depth-anything/Depth-Anything-V2-Small-hf")
 
 def test_known_hf_names_map_to_repos():
     assert hub.HF_REPOS["da2_vits"] == "depth-anything/Depth-Anything-V2-Small-hf"
-    with pytest.raises(hub.UnknownModelError, match="known models: .*da2_vits.*Intel/dpt-swinv2-tiny-256"):
+    with pytest.raises(errors.UnknownModelError, match="known models: .*da2_vits.*Intel/dpt-swinv2-tiny-256"):
         hub.resolve("no_such_model")
 
 

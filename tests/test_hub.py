@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from dpt_jax import errors
 from dpt_jax import hub
 from dpt_jax.registry import PRESETS
 from dpt_jax.registry import detect_config
-from dpt_jax.convert.torch_zip import CheckpointError, read_state_dict
+from dpt_jax.convert.files import read_state_dict
+from dpt_jax.errors import CheckpointError
 from helpers import FIXTURES
 
 BEIT = FIXTURES / "mini_beit.pt"
@@ -193,7 +195,7 @@ def test_registry_holds_the_six_releases():
     assert hub.REGISTRY["dpt_beit_large_512"].approx_bytes == 1_581_777_764
     assert hub.DEFAULT_MODEL == "dpt_swin2_tiny_256" and hub.DEFAULT_MODEL in hub.REGISTRY
     assert hub.get_entry("swin2_tiny_256") is hub.REGISTRY["dpt_swin2_tiny_256"]
-    with pytest.raises(hub.UnknownModelError, match="dpt_beit_large_512.*dpt_swin2_tiny_256"):
+    with pytest.raises(errors.UnknownModelError, match="dpt_beit_large_512.*dpt_swin2_tiny_256"):
         hub.get_entry("dpt_vit_hybrid_384")
     with pytest.raises(ValueError, match="already registered"):
         hub.register(hub.REGISTRY["dpt_beit_base_384"])
@@ -257,7 +259,7 @@ def test_default_cache_is_the_environment_one(server, mini, tmp_path, monkeypatc
 def test_interrupted_download_resumes(server, mini, cache):
     size = BEIT.stat().st_size
     server.cut_after, server.cuts = 500_000, 1
-    with pytest.raises(hub.DownloadError, match=re.escape(mini.url)) as err:
+    with pytest.raises(errors.DownloadError, match=re.escape(mini.url)) as err:
         hub.download("mini_beit", cache=cache, progress=False, retries=0)
     assert "500000 of" in str(err.value) and "resumes" in str(err.value)
     assert (cache / "mini_beit.pt.partial").stat().st_size == 500_000
@@ -283,7 +285,7 @@ def test_lost_connections_are_resumed_within_one_call(server, mini, cache):
 def test_server_ignoring_range_restarts_from_zero(server, mini, cache):
     size = BEIT.stat().st_size
     server.cut_after, server.cuts = 400_000, 1
-    with pytest.raises(hub.DownloadError):
+    with pytest.raises(errors.DownloadError):
         hub.download("mini_beit", cache=cache, progress=False, retries=0)
     server.ignore_range = True
     path = hub.download("mini_beit", cache=cache, progress=False)
@@ -294,7 +296,7 @@ def test_server_ignoring_range_restarts_from_zero(server, mini, cache):
 
 def test_file_changed_on_the_server_is_fetched_again(server, mini, cache):
     server.cut_after, server.cuts = 400_000, 1
-    with pytest.raises(hub.DownloadError):
+    with pytest.raises(errors.DownloadError):
         hub.download("mini_beit", cache=cache, progress=False, retries=0)
     old_etag = server.etags["/mini_beit.pt"]
     server.etags["/mini_beit.pt"] = '"republished"'
@@ -327,7 +329,7 @@ def test_partial_of_another_origin_is_not_continued(server, mini, cache):
 @pytest.mark.parametrize("code", [404, 500])
 def test_http_errors_name_the_url_and_leave_nothing(server, mini, cache, code):
     server.status["/mini_beit.pt"] = code
-    with pytest.raises(hub.DownloadError, match=rf"{re.escape(mini.url)}.*HTTP {code}") as err:
+    with pytest.raises(errors.DownloadError, match=rf"{re.escape(mini.url)}.*HTTP {code}") as err:
         hub.download("mini_beit", cache=cache, progress=False)
     assert err.value.url == mini.url
     assert len(server.requests) == 1  # HTTP errors are not retried
@@ -336,7 +338,7 @@ def test_http_errors_name_the_url_and_leave_nothing(server, mini, cache, code):
 
 def test_unreachable_server(server, mini, cache):
     server.stop()
-    with pytest.raises(hub.DownloadError, match=re.escape(mini.url)):
+    with pytest.raises(errors.DownloadError, match=re.escape(mini.url)):
         hub.download("mini_beit", cache=cache, progress=False, timeout=5)
     assert files_in(cache) == []
 
@@ -344,7 +346,7 @@ def test_unreachable_server(server, mini, cache):
 def test_timeout_names_the_url(server, mini, cache):
     server.stall = 3.0
     t0 = time.monotonic()
-    with pytest.raises(hub.DownloadError, match=rf"{re.escape(mini.url)}.*no data for 0.3 s"):
+    with pytest.raises(errors.DownloadError, match=rf"{re.escape(mini.url)}.*no data for 0.3 s"):
         hub.download("mini_beit", cache=cache, progress=False, timeout=0.3, retries=0)
     assert time.monotonic() - t0 < 2.5
     assert not (cache / "mini_beit.pt").exists()
@@ -353,7 +355,7 @@ def test_timeout_names_the_url(server, mini, cache):
 def test_trickling_server_is_abandoned_as_stalled(server, mini, cache):
     server.trickle = 0.05  # 20 bytes a second: every read returns data, so no per-read timeout ever fires
     t0 = time.monotonic()
-    with pytest.raises(hub.DownloadError, match=rf"{re.escape(mini.url)}.*stalled") as err:
+    with pytest.raises(errors.DownloadError, match=rf"{re.escape(mini.url)}.*stalled") as err:
         hub.download("mini_beit", cache=cache, progress=False, timeout=30, retries=0,
                      stall_timeout=0.5, stall_bytes=10_000)
     assert time.monotonic() - t0 < 5
@@ -383,7 +385,7 @@ def test_lock_wait_ends_with_a_message_naming_the_lock_file(server, mini, cache)
     fd = hold_lock(lock)  # another download of the same model that makes no progress
     try:
         t0 = time.monotonic()
-        with pytest.raises(hub.DownloadError) as err:
+        with pytest.raises(errors.DownloadError) as err:
             hub.download("mini_beit", cache=cache, progress=False, lock_timeout=0.5)
         assert time.monotonic() - t0 < 5
     finally:
@@ -505,9 +507,9 @@ def test_file_placed_in_cache_by_hand_is_checked_not_fetched(server, mini, cache
 def test_resolve_an_existing_path(tmp_path):
     assert hub.resolve(str(BEIT)) == BEIT
     assert hub.resolve(BEIT) == BEIT
-    with pytest.raises(hub.UnknownModelError, match="no such file"):
+    with pytest.raises(errors.UnknownModelError, match="no such file"):
         hub.resolve(str(tmp_path / "missing.pt"))
-    with pytest.raises(hub.UnknownModelError, match="not a checkpoint file"):
+    with pytest.raises(errors.UnknownModelError, match="not a checkpoint file"):
         hub.resolve(tmp_path)
 
 
@@ -523,7 +525,7 @@ def test_resolve_downloads_on_first_use(server, mini, cache):
 
 
 def test_resolve_unknown_name_lists_the_known_ones():
-    with pytest.raises(hub.UnknownModelError, match="neither an existing file nor.*dpt_swin2_tiny_256"):
+    with pytest.raises(errors.UnknownModelError, match="neither an existing file nor.*dpt_swin2_tiny_256"):
         hub.resolve("midas_v21_small")
 
 

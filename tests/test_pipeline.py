@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dpt_jax import errors
 import dpt_jax
 from dpt_jax import cli, pipeline
 from dpt_jax.preprocess import normalize_and_resize, processed_size, resize_depth
@@ -103,7 +104,7 @@ def test_bad_pictures_are_reported_and_the_rest_go_on(model, tmp_path):
     assert "decode" in errors[str(truncated)] or "cannot read" in errors[str(truncated)]
     assert "no such file" in errors[str(tmp_path / "missing.png")]
     assert "[0, 1]" in results[5].error and "shape" in results[6].error
-    with pytest.raises(pipeline.ImageError, match="notes.png: not an image"):
+    with pytest.raises(errors.ImageError, match="notes.png: not an image"):
         model.predict(text)
 
 
@@ -111,7 +112,7 @@ def test_too_large_pictures_are_refused_before_decoding(model, monkeypatch, tmp_
     path = tmp_path / "big.png"
     Image.fromarray(smooth_picture(64, 80)).save(path)
     monkeypatch.setattr(pipeline, "MAX_PIXELS", 64 * 79)
-    with pytest.raises(pipeline.ImageError, match="80x64 pixels is over the limit"):
+    with pytest.raises(errors.ImageError, match="80x64 pixels is over the limit"):
         model.predict(path)
 
 

@@ -24,7 +24,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from dpt_jax.convert.torch_zip import CheckpointError, TensorRef, read_safetensors_metadata, read_state_dict
+from dpt_jax.convert.files import read_state_dict
+from dpt_jax.convert.safetensors_io import read_safetensors_metadata
+from dpt_jax.convert.tensors import TensorRef
+from dpt_jax.errors import CheckpointError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_NAMES = ["mini_beit", "mini_swin2", "mini_swin2_pw"]

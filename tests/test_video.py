@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dpt_jax import errors
 import dpt_jax
 from dpt_jax import output, video
 from helpers import FIXTURES
@@ -134,12 +135,12 @@ def test_rotated_videos_are_turned_upright(model, tmp_path):
 def test_broken_videos_leave_no_video_behind(model, tmp_path):
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
-    with pytest.raises(video.VideoError, match="garbage.mp4: cannot open as a video"):
+    with pytest.raises(errors.VideoError, match="garbage.mp4: cannot open as a video"):
         video.predict_video(model, garbage, tmp_path / "out.mp4", frames_format="npy")
     (tmp_path / "empty.mp4").write_bytes(b"")
-    with pytest.raises(video.VideoError, match="empty.mp4: the file is empty"):
+    with pytest.raises(errors.VideoError, match="empty.mp4: the file is empty"):
         video.predict_video(model, tmp_path / "empty.mp4", tmp_path / "out.mp4")
-    with pytest.raises(video.VideoError, match="no such file"):
+    with pytest.raises(errors.VideoError, match="no such file"):
         video.predict_video(model, tmp_path / "missing.mp4", tmp_path / "out.mp4")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.mp4", "garbage.mp4"]
 
@@ -152,12 +153,12 @@ def test_truncated_video_keeps_the_frames_asked_for_and_no_video(model, tmp_path
     cut.write_bytes(data[: int(len(data) * 0.8)])
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(video.VideoError, match=r"cut.mp4: truncated or corrupt: decoded (\d) of the 8 frames") as e:
+    with pytest.raises(errors.VideoError, match=r"cut.mp4: truncated or corrupt: decoded (\d) of the 8 frames") as e:
         video.predict_video(model, cut, out / "cut.mp4", batch_size=BATCH, normalize=normalize)
     assert list(out.iterdir()) == []  # no frames asked for: nothing written
     decoded = int(e.value.message.split("decoded ")[1].split()[0])
     assert 0 < decoded < FRAMES
-    with pytest.raises(video.VideoError, match="truncated"):
+    with pytest.raises(errors.VideoError, match="truncated"):
         video.predict_video(model, cut, out / "cut.mp4", batch_size=BATCH, normalize=normalize, frames_format="npy")
     partial = np.load(out / "cut.npy")
     video.predict_video(model, full, out / "full.mp4", batch_size=BATCH, frames_format="npy")
