@@ -81,7 +81,7 @@ def load_model(name: str):
     from dpt_jax.model import DepthModel
 
     if name == "mini":
-        return dpt_jax.load(ROOT / "tests" / "fixtures" / "mini_beit.safetensors", compilation_cache="off")
+        return dpt_jax.load(ROOT / "tests" / "fixtures" / "mini_beit.safetensors")
     config = registry.get_config(name)
     h, w = config.native_size
     params = DPT(config).init(jax.random.PRNGKey(0), np.zeros((1, h, w, 3), np.float32))["params"]

@@ -17,14 +17,17 @@ weights into config.json. This module only translates; converting stays one path
     write(folder, config, params)   the inverse: Flax tree -> original keys (INVERSE_LAYOUTS) ->
                    HF names (q/k/v split) + a config.json that transformers' from_pretrained takes.
 
-The renames are one table per model kind (`RULES`) of (original, HF) name templates read in both
-directions; `{i}`, `{j}`, `{u}`, `{c}` are integers copied as they are, `{p}` is weight or bias.
+Everything family-specific comes from the family's `HFLayout` (family.py; written in
+convert/<family>.py): its rename table of (original, HF) name templates read in both directions
+(`{i}`, `{j}`, `{u}`, `{c}` are integers copied as they are, `{p}` is weight or bias), its
+config.json reader and writer. The layouts are passed in (`layouts`): this module knows none.
 Semantics stay the original's: an imported model computes what MiDaS / Depth Anything compute,
 not where transformers deviates (README, "Hugging Face checkpoints").
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -38,8 +41,10 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import CheckpointError, ConversionError
+from ..atomic import atomic_write
 from .files import read_state_dict
 from .keys import INVERSE_LAYOUTS
+from .safetensors_io import write_safetensors
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -69,32 +74,22 @@ class Split:
     hf: tuple[str, str, str]
 
 
-def _p(orig: str, hf: str) -> Rename:
+def same_names(orig: str, hf: str) -> Rename:
     """A module whose weight and bias keep their names: `orig.{p}` <-> `hf.{p}`."""
     return Rename(f"{orig}.{{p}}", f"{hf}.{{p}}")
 
 
-def _fusion(orig_prefix: str) -> list:
+def fusion_rules(orig_prefix: str) -> list:
     """refinenet{k} (k = 1 finest .. 4 deepest) <-> neck.fusion_stage.layers.{4-k} (order reversed)."""
     rules = []
     for k in range(1, 5):
         o, h = f"{orig_prefix}refinenet{k}", f"neck.fusion_stage.layers.{4 - k}"
-        rules += [_p(f"{o}.out_conv", f"{h}.projection"),
-                  _p(f"{o}.resConfUnit{{u}}.conv{{c}}", f"{h}.residual_layer{{u}}.convolution{{c}}")]
+        rules += [same_names(f"{o}.out_conv", f"{h}.projection"),
+                  same_names(f"{o}.resConfUnit{{u}}.conv{{c}}", f"{h}.residual_layer{{u}}.convolution{{c}}")]
     return rules
 
 
-def _midas_neck() -> list:
-    rules = []
-    for n in range(1, 5):
-        o, h = f"pretrained.act_postprocess{n}", "neck.reassemble_stage"
-        rules += [_p(f"{o}.0.project.0", f"{h}.readout_projects.{n - 1}.0"),
-                  _p(f"{o}.3", f"{h}.layers.{n - 1}.projection"), _p(f"{o}.4", f"{h}.layers.{n - 1}.resize"),
-                  Rename(f"scratch.layer{n}_rn.weight", f"neck.convs.{n - 1}.weight")]
-    return rules + _fusion("scratch.") + [_p(f"scratch.output_conv.{i}", f"head.head.{i}") for i in (0, 2, 4)]
-
-
-def _qkv(o: str, h: str, bias: bool) -> list:
+def qkv_rules(o: str, h: str, bias: bool) -> list:
     parts = ("query", "key", "value")
     rules = [Split(f"{o}.qkv.weight", tuple(f"{h}.{x}.weight" for x in parts))]
     if bias:  # DINOv2: one fused bias
@@ -103,67 +98,6 @@ def _qkv(o: str, h: str, bias: bool) -> list:
         rules += [Rename(f"{o}.q_bias", f"{h}.query.bias"), Rename(f"{o}.v_bias", f"{h}.value.bias")]
     return rules
 
-
-def _beit() -> list:
-    o, h = "pretrained.model.blocks.{i}", "backbone.encoder.layer.{i}"
-    return [
-        Rename("pretrained.model.cls_token", "backbone.embeddings.cls_token"),
-        _p("pretrained.model.patch_embed.proj", "backbone.embeddings.patch_embeddings.projection"),
-        Rename(f"{o}.gamma_1", f"{h}.lambda_1"), Rename(f"{o}.gamma_2", f"{h}.lambda_2"),
-        _p(f"{o}.norm1", f"{h}.layernorm_before"), _p(f"{o}.norm2", f"{h}.layernorm_after"),
-        _p(f"{o}.mlp.fc1", f"{h}.intermediate.dense"), _p(f"{o}.mlp.fc2", f"{h}.output.dense"),
-        _p(f"{o}.attn.proj", f"{h}.attention.output.dense"),
-        Rename(f"{o}.attn.relative_position_bias_table",
-               f"{h}.attention.attention.relative_position_bias.relative_position_bias_table"),
-        # a buffer some transformers versions saved; the original holds it too and dpt-jax skips it
-        Rename(f"{o}.attn.relative_position_index",
-               f"{h}.attention.attention.relative_position_bias.relative_position_index"),
-    ] + _qkv(f"{o}.attn", f"{h}.attention.attention", bias=False) + _midas_neck()
-
-
-def _swinv2() -> list:
-    o, h = "pretrained.model.layers.{i}.blocks.{j}", "backbone.encoder.layers.{i}.blocks.{j}"
-    return [
-        _p("pretrained.model.patch_embed.proj", "backbone.embeddings.patch_embeddings.projection"),
-        _p("pretrained.model.patch_embed.norm", "backbone.embeddings.norm"),
-        Rename(f"{o}.attn.logit_scale", f"{h}.attention.self.logit_scale"),
-        _p(f"{o}.attn.cpb_mlp.{{c}}", f"{h}.attention.self.continuous_position_bias_mlp.{{c}}"),
-        _p(f"{o}.attn.proj", f"{h}.attention.output.dense"),
-        _p(f"{o}.norm1", f"{h}.layernorm_before"), _p(f"{o}.norm2", f"{h}.layernorm_after"),
-        _p(f"{o}.mlp.fc1", f"{h}.intermediate.dense"), _p(f"{o}.mlp.fc2", f"{h}.output.dense"),
-        Rename("pretrained.model.layers.{i}.downsample.reduction.weight",
-               "backbone.encoder.layers.{i}.downsample.reduction.weight"),
-        _p("pretrained.model.layers.{i}.downsample.norm", "backbone.encoder.layers.{i}.downsample.norm"),
-        # buffers some transformers versions saved; the original holds them too and dpt-jax skips them
-        Rename(f"{o}.attn.relative_coords_table", f"{h}.attention.self.relative_coords_table"),
-        Rename(f"{o}.attn.relative_position_index", f"{h}.attention.self.relative_position_index"),
-    ] + _qkv(f"{o}.attn", f"{h}.attention.self", bias=False) + _midas_neck()
-
-
-def _dinov2() -> list:
-    o, h = "pretrained.blocks.{i}", "backbone.encoder.layer.{i}"
-    d = "depth_head"
-    rules = [
-        Rename("pretrained.cls_token", "backbone.embeddings.cls_token"),
-        Rename("pretrained.mask_token", "backbone.embeddings.mask_token"),
-        Rename("pretrained.pos_embed", "backbone.embeddings.position_embeddings"),
-        _p("pretrained.patch_embed.proj", "backbone.embeddings.patch_embeddings.projection"),
-        _p(f"{o}.norm1", f"{h}.norm1"), _p(f"{o}.norm2", f"{h}.norm2"),
-        _p(f"{o}.mlp.fc1", f"{h}.mlp.fc1"), _p(f"{o}.mlp.fc2", f"{h}.mlp.fc2"),
-        _p(f"{o}.attn.proj", f"{h}.attention.output.dense"),
-        Rename(f"{o}.ls1.gamma", f"{h}.layer_scale1.lambda1"), Rename(f"{o}.ls2.gamma", f"{h}.layer_scale2.lambda1"),
-        _p("pretrained.norm", "backbone.layernorm"),
-    ] + _qkv(f"{o}.attn", f"{h}.attention.attention", bias=True)
-    for n in range(4):
-        rules.append(_p(f"{d}.projects.{n}", f"neck.reassemble_stage.layers.{n}.projection"))
-    rules += [_p(f"{d}.resize_layers.{n}", f"neck.reassemble_stage.layers.{n}.resize") for n in (0, 1, 3)]
-    rules += [Rename(f"{d}.scratch.layer{n}_rn.weight", f"neck.convs.{n - 1}.weight") for n in range(1, 5)]
-    return rules + _fusion(f"{d}.scratch.") + [
-        _p(f"{d}.scratch.output_conv1", "head.conv1"), _p(f"{d}.scratch.output_conv2.0", "head.conv2"),
-        _p(f"{d}.scratch.output_conv2.2", "head.conv3")]
-
-
-RULES: dict[str, list] = {"beit": _beit(), "swinv2": _swinv2(), "dinov2": _dinov2()}
 
 _FIELD = re.compile(r"\{(\w+)\}")
 
@@ -189,16 +123,20 @@ class _Compiled:
 class Renamer:
     """One model kind's rename table, compiled, for both directions."""
 
-    kind: str
+    kind: str  # the layout's model_type/backbone_type
     rules: tuple = field(repr=False)
 
     @classmethod
-    def of(cls, kind: str) -> "Renamer":
+    def of(cls, layout) -> "Renamer":
+        return _compiled_renamer(layout)
+
+    @classmethod
+    def _compile(cls, layout) -> "Renamer":
         compiled = []
-        for r in RULES[kind]:
+        for r in layout.rules:
             hf = r.hf if isinstance(r, Split) else (r.hf,)
             compiled.append(_Compiled(r, _regex(r.orig), tuple(_regex(h) for h in hf)))
-        return cls(kind, tuple(compiled))
+        return cls(f"{layout.model_type}/{layout.backbone_type}", tuple(compiled))
 
     def from_hf(self, key: str) -> tuple[str, int | None] | None:
         """(original key, which third of it or None) of HF key `key`, or None when it maps to nothing."""
@@ -220,6 +158,11 @@ class Renamer:
         """How an original key is named in messages about an HF file: its HF name(s), then the original."""
         names = self.to_hf(key)
         return key if names is None else f"{' + '.join(names)} (original {key})"
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_renamer(layout) -> Renamer:
+    return Renamer._compile(layout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,17 +217,21 @@ def to_original(tensors: Mapping, renamer: Renamer) -> dict:
 # config.json
 
 
+#: Other models stored in transformers' layout, named in the refusal.
 _UNSUPPORTED_TYPES = {
     "zoedepth": "ZoeDepth", "glpn": "GLPN", "depth_pro": "Depth Pro", "prompt_depth_anything": "Prompt Depth Anything",
     "dinov2_with_registers": "DINOv2 with registers", "vitmatte": "ViTMatte", "upernet": "UperNet",
 }
 
 
+#: Models of a supported model_type that have no backbone_config (a plain ViT of their own).
+_NO_BACKBONE = {"dpt": "DPT-Large / DPT-Base (plain ViT backbone, MiDaS v3.0)"}
+
+
 @dataclass(frozen=True)
 class HFModel:
     """What dpt-jax takes from a transformers config.json."""
 
-    kind: str  # "beit", "swinv2" (DPTForDepthEstimation) or "dinov2" (DepthAnythingForDepthEstimation)
     path: str  # the config.json
     options: dict  # detect options: what the original checkpoint file does not hold
     hooks: tuple[int, ...] | None  # 0-based blocks feeding the neck (out_indices - 1)
@@ -294,7 +241,7 @@ class HFModel:
     # (only fields config.json states: a default transformers would fill in is no evidence)
 
 
-class _Fields:
+class Fields:
     """Typed, bounded reads of one JSON object; errors name the file and the field."""
 
     def __init__(self, d: dict, path: str, prefix: str = ""):
@@ -348,11 +295,11 @@ class _Fields:
         """The entries of {name: (attribute, value)} whose field this object states."""
         return {f"{self.prefix}{k}": v for k, v in checks.items() if self.d.get(k) is not None}
 
-    def sub(self, name) -> "_Fields":
+    def sub(self, name) -> "Fields":
         v = self.d.get(name)
         if not isinstance(v, dict):
             raise self.error(name, f"must be an object; got {type(v).__name__}")
-        return _Fields(v, self.path, f"{self.prefix}{name}.")
+        return Fields(v, self.path, f"{self.prefix}{name}.")
 
 
 def load_json(path, limit: int) -> dict:
@@ -372,98 +319,52 @@ def load_json(path, limit: int) -> dict:
     return d
 
 
-def parse_config(path) -> HFModel:
-    """The model a transformers config.json describes; an unsupported model is named in the error."""
+def parse_config(path, families) -> tuple:
+    """(family, HFModel): the model a transformers config.json describes, read by the family whose
+    `HFLayout` has its model_type and backbone type; an unsupported model is named in the error."""
     path = os.fspath(path)
-    top = _Fields(load_json(path, MAX_CONFIG_BYTES), path)
+    top = Fields(load_json(path, MAX_CONFIG_BYTES), path)
+    layouts = [f for f in families if f.hf is not None]
+    implemented = ", ".join(f.title for f in layouts)
     model_type = top.d.get("model_type")
-    architectures = top.d.get("architectures") or []
-    if model_type == "dpt":
-        if top.d.get("is_hybrid"):
-            raise CheckpointError(path, "DPT-Hybrid (ViT-hybrid backbone) is not supported: dpt-jax implements "
-                                        "DPT-BEiT, DPT-SwinV2 and Depth Anything")
-        if not isinstance(top.d.get("backbone_config"), dict):
-            raise CheckpointError(path, "DPT-Large / DPT-Base (plain ViT backbone, MiDaS v3.0) is not supported: "
-                                        "dpt-jax implements DPT-BEiT, DPT-SwinV2 and Depth Anything")
-        backbone = top.sub("backbone_config")
-        kind = backbone.d.get("model_type")
-        if kind not in ("beit", "swinv2"):
-            raise CheckpointError(path, f"DPT with a {str(kind)[:40]!r} backbone (field backbone_config.model_type) "
-                                        "is not supported: dpt-jax implements DPT-BEiT, DPT-SwinV2 and Depth Anything")
-        if architectures and "DPTForDepthEstimation" not in architectures:
-            raise CheckpointError(path, f"field architectures: {str(architectures)[:80]} is not supported; "
-                                        "dpt-jax implements depth estimation (DPTForDepthEstimation)")
-        return _parse_beit(top, backbone) if kind == "beit" else _parse_swinv2(top, backbone)
-    if model_type == "depth_anything":
-        backbone = top.sub("backbone_config")
-        if backbone.d.get("model_type") != "dinov2":
-            raise CheckpointError(path, f"Depth Anything with a {str(backbone.d.get('model_type'))[:40]!r} backbone "
-                                        "(field backbone_config.model_type) is not supported; only dinov2")
-        return _parse_dinov2(top, backbone)
-    if isinstance(model_type, str) and model_type in _UNSUPPORTED_TYPES:
-        raise CheckpointError(path, f"{_UNSUPPORTED_TYPES[model_type]} (model_type {model_type!r}) is not "
-                                    "supported: dpt-jax implements DPT-BEiT, DPT-SwinV2 and Depth Anything")
-    raise CheckpointError(path, f"field model_type: {str(model_type)[:40]!r} is not a model dpt-jax implements "
-                                "(DPT-BEiT and DPT-SwinV2: 'dpt'; Depth Anything: 'depth_anything')")
+    candidates = [f for f in layouts if f.hf.model_type == model_type]
+    if not candidates:
+        if isinstance(model_type, str) and model_type in _UNSUPPORTED_TYPES:
+            raise CheckpointError(path, f"{_UNSUPPORTED_TYPES[model_type]} (model_type {model_type!r}) is not "
+                                        f"supported: dpt-jax implements {implemented}")
+        types = ", ".join(sorted({repr(f.hf.model_type) for f in layouts}))
+        raise CheckpointError(path, f"field model_type: {str(model_type)[:40]!r} is not a model dpt-jax implements "
+                                    f"(model_type {types}: {implemented})")
+    if top.d.get("is_hybrid"):
+        raise CheckpointError(path, f"DPT-Hybrid (ViT-hybrid backbone) is not supported: dpt-jax implements {implemented}")
+    if not isinstance(top.d.get("backbone_config"), dict):
+        what = _NO_BACKBONE.get(model_type, f"a {model_type!r} model without a backbone_config object")
+        raise CheckpointError(path, f"{what} is not supported: dpt-jax implements {implemented}")
+    backbone = top.sub("backbone_config")
+    kind = backbone.d.get("model_type")
+    family = next((f for f in candidates if f.hf.backbone_type == kind), None)
+    if family is None:
+        known = ", ".join(repr(f.hf.backbone_type) for f in candidates)
+        raise CheckpointError(path, f"a {model_type!r} model with a {str(kind)[:40]!r} backbone (field "
+                                    f"backbone_config.model_type) is not supported; dpt-jax implements {known} there")
+    architectures = top.d.get("architectures", [])
+    if architectures is not None:
+        if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+            raise top.error("architectures", f"must be a list of class names; got {type(architectures).__name__}")
+        if architectures and family.hf.architecture not in architectures:
+            shown = ", ".join(repr(a[:60]) for a in architectures[:5])
+            raise top.error("architectures", f"{shown} is not supported; dpt-jax implements depth estimation "
+                                             f"({family.hf.architecture})")
+    return family, family.hf.parse(top, backbone)
 
 
-def _hooks(backbone: _Fields, depth: int) -> tuple[int, ...] | None:
+def hooks_of(backbone: Fields, depth: int) -> tuple[int, ...] | None:
     if backbone.d.get("out_indices") is None:
         return None
     indices = backbone.ints("out_indices", lo=1, hi=depth, length=4)
     if list(indices) != sorted(set(indices)):
         raise backbone.error("out_indices", f"must be increasing; got {list(indices)}")
     return tuple(i - 1 for i in indices)  # hidden_states[0] is the embedding
-
-
-def _parse_beit(top: _Fields, b: _Fields) -> HFModel:
-    depth = b.int("num_hidden_layers", 12, lo=1, hi=64)
-    if b.d.get("use_absolute_position_embeddings") or b.d.get("use_shared_relative_position_bias"):
-        raise b.error("use_absolute_position_embeddings", "BEiT with absolute or shared position embeddings is not "
-                                                          "supported (MiDaS's BEiT has a relative bias per block)")
-    patch = b.int("patch_size", 16, lo=1, hi=64)
-    h, w = b.side("image_size", 224)
-    expected = b.stated({"num_attention_heads": ("num_heads", b.int("num_attention_heads", 12, lo=1, hi=256)),
-                         "hidden_size": ("embed_dim", b.int("hidden_size", 768, lo=1)),
-                         "patch_size": ("patch_size", patch), "image_size": ("native_grid", (h // patch, w // patch))})
-    return HFModel("beit", top.path, {}, _hooks(b, depth), expected=expected)
-
-
-def _parse_swinv2(top: _Fields, b: _Fields) -> HFModel:
-    depths = b.ints("depths", [2, 2, 6, 2], lo=1, hi=64)
-    windows = b.ints("pretrained_window_sizes", [0] * len(depths), lo=0, hi=64, length=len(depths))
-    size = b.side("image_size", 224)
-    window = b.int("window_size", 7, lo=1, hi=64)
-    if b.d.get("out_indices") is not None and b.ints("out_indices", lo=1, hi=len(depths)) != tuple(
-            range(1, len(depths) + 1)):
-        raise b.error("out_indices", "dpt-jax's SwinV2 feeds every stage to the neck ([1, 2, 3, 4])")
-    expected = b.stated({"embed_dim": ("embed_dim", b.int("embed_dim", 96, lo=1)), "depths": ("depths", depths),
-                         "num_heads": ("num_heads", b.ints("num_heads", [3, 6, 12, 24], lo=1, hi=256)),
-                         "patch_size": ("patch_size", b.int("patch_size", 4, lo=1, hi=16))})
-    options = {"pretrained_window_sizes": windows, "window_size": window, "native_size": size}
-    return HFModel("swinv2", top.path, options, None, expected=expected)
-
-
-def _parse_dinov2(top: _Fields, b: _Fields) -> HFModel:
-    depth = b.int("num_hidden_layers", 12, lo=1, hi=64)
-    if b.d.get("use_swiglu_ffn"):
-        raise b.error("use_swiglu_ffn", "DINOv2 with a SwiGLU feed-forward (ViT-giant) is not supported")
-    patch = b.int("patch_size", 14, lo=1, hi=64)
-    h, w = b.side("image_size", 518)
-    hooks = _hooks(b, depth)
-    kind = top.str("depth_estimation_type", "relative")
-    if kind not in ("relative", "metric"):
-        raise top.error("depth_estimation_type", f"must be 'relative' or 'metric'; got {kind!r}")
-    max_depth = top.number("max_depth", 1.0, lo=0.0, hi=1e6)
-    if kind == "metric" and max_depth <= 0:
-        raise top.error("max_depth", "a metric model needs max_depth > 0")
-    options = {"metric": kind == "metric", **({"hooks": hooks} if hooks is not None else {}),
-               **({"max_depth": max_depth} if kind == "metric" else {})}
-    expected = b.stated({"num_attention_heads": ("num_heads", b.int("num_attention_heads", 12, lo=1, hi=256)),
-                         "hidden_size": ("embed_dim", b.int("hidden_size", 768, lo=1)),
-                         "patch_size": ("patch_size", patch), "image_size": ("native_grid", (h // patch, w // patch))})
-    return HFModel("dinov2", top.path, options, hooks, kind == "metric", max_depth if kind == "metric" else 0.0,
-                   expected)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,6 +431,7 @@ class Source:
     """An HF checkpoint as an original one: original key -> ref, plus what config.json adds."""
 
     path: str  # the folder
+    family: object  # the EncoderFamily whose layout it is
     model: HFModel
     state: dict
     renamer: Renamer
@@ -542,15 +444,18 @@ class Source:
         return self.renamer.shown(key)
 
 
-def read(path) -> Source:
-    """The HF checkpoint in folder `path` (or whose config.json / index file `path` is), renamed to original keys."""
+def read(path, families) -> Source:
+    """The HF checkpoint in folder `path` (or whose config.json / index file `path` is), renamed to original keys.
+
+    `families`: the encoder families to recognise its config.json by (registry.FAMILIES.values()).
+    """
     p = Path(os.fspath(path))
     folder = p if p.is_dir() else p.parent
     if not (folder / CONFIG_NAME).is_file():
         raise CheckpointError(folder, f"no {CONFIG_NAME}: not a Hugging Face checkpoint folder")
-    model = parse_config(folder / CONFIG_NAME)
-    renamer = Renamer.of(model.kind)
-    return Source(str(folder), model, to_original(read_weights(folder), renamer), renamer)
+    family, model = parse_config(folder / CONFIG_NAME, families)
+    renamer = Renamer.of(family.hf)
+    return Source(str(folder), family, model, to_original(read_weights(folder), renamer), renamer)
 
 
 def finish(config, source: Source):
@@ -572,7 +477,6 @@ def finish(config, source: Source):
         raise ConversionError(model.path, "disagrees with its weights:\n  " + "\n  ".join(problems))
     if model.hooks is not None and hasattr(encoder, "hooks") and tuple(encoder.hooks) != model.hooks:
         config = config.replace(encoder=dataclasses.replace(encoder, hooks=model.hooks))
-    # depth_estimation_type / max_depth (Depth Anything; MiDaS configs say relative, as their weights)
     return config.replace(depth_activation="sigmoid" if model.metric else "relu",
                           max_depth=model.max_depth if model.metric else 0.0)
 
@@ -581,11 +485,12 @@ def finish(config, source: Source):
 # Writing
 
 
-def kind_of(config) -> str:
-    kind = config.family.name
-    if kind not in RULES:
-        raise ValueError(f"{config.name}: no Hugging Face layout is known for the {kind} family")
-    return kind
+def layout_of(config):
+    """The family's HFLayout; ValueError when the family has none."""
+    layout = config.family.hf
+    if layout is None:
+        raise ValueError(f"{config.name}: no Hugging Face layout is known for the {config.family.title} family")
+    return layout
 
 
 def original_state(config, params) -> dict[str, np.ndarray]:
@@ -599,14 +504,12 @@ def original_state(config, params) -> dict[str, np.ndarray]:
         if (m := re.fullmatch(r"(.*refinenet\d)\.resConfUnit2\.(.*)", key)) and \
                 f"{m.group(1)}.resConfUnit1.{m.group(2)}" not in out:
             out[f"{m.group(1)}.resConfUnit1.{m.group(2)}"] = np.zeros_like(out[key])
-    if kind_of(config) == "dinov2":  # DINOv2's masked-modelling token, never used for depth
-        out["pretrained.mask_token"] = np.zeros((1, out["pretrained.cls_token"].shape[-1]), np.float32)
-    return out
+    return {**out, **layout_of(config).extra_tensors(config, out)}
 
 
 def hf_state(config, params) -> dict[str, np.ndarray]:
     """The HF-named tensors of a model: the original tensors renamed, the fused q/k/v split in three."""
-    renamer = Renamer.of(kind_of(config))
+    renamer = Renamer.of(layout_of(config))
     out = {}
     for key, array in original_state(config, params).items():
         names = renamer.to_hf(key)
@@ -622,85 +525,26 @@ def hf_state(config, params) -> dict[str, np.ndarray]:
 
 
 _LABELS = {"id2label": {"0": "LABEL_0", "1": "LABEL_1"}, "label2id": {"LABEL_0": 0, "LABEL_1": 1}}
-_PRETRAINED = {"_name_or_path": "", "architectures": None, "chunk_size_feed_forward": 0, "dtype": "float32",
-               "initializer_range": 0.02, "is_encoder_decoder": False, "output_attentions": False,
-               "output_hidden_states": False, "problem_type": None, "return_dict": True, **_LABELS}
+#: The fields transformers' save_pretrained writes into every (backbone) config.
+PRETRAINED_FIELDS = {"_name_or_path": "", "architectures": None, "chunk_size_feed_forward": 0, "dtype": "float32",
+                     "initializer_range": 0.02, "is_encoder_decoder": False, "output_attentions": False,
+                     "output_hidden_states": False, "problem_type": None, "return_dict": True, **_LABELS}
 
 
-def _stages(out_indices, n: int) -> dict:
+def stage_fields(out_indices, n: int) -> dict:
+    """A transformers backbone's stage fields: the stages feeding the neck (1-based, 0 is the embedding) of n."""
     return {"out_indices": list(out_indices), "out_features": [f"stage{i}" for i in out_indices],
             "stage_names": ["stem"] + [f"stage{i}" for i in range(1, n + 1)]}
 
 
-def _dpt_top(config, backbone: dict) -> dict:
-    return {
-        "add_projection": False, "architectures": ["DPTForDepthEstimation"], "attention_probs_dropout_prob": 0.0,
-        "auxiliary_loss_weight": 0.4, "backbone_config": backbone, "backbone_featmap_shape": None,
-        "backbone_out_indices": [2, 5, 8, 11], "dtype": "float32", "fusion_hidden_size": config.fusion_features,
-        "head_in_index": -1, "hidden_act": "gelu", "hidden_dropout_prob": 0.0, "hidden_size": 768, "image_size": 384,
-        "initializer_range": 0.02, "intermediate_size": 3072, "is_hybrid": False, "layer_norm_eps": 1e-12,
-        "model_type": "dpt", "neck_hidden_sizes": list(config.reassembly_features), "neck_ignore_stages": [],
-        "num_attention_heads": 12, "num_channels": 3, "num_hidden_layers": 12, "patch_size": 16,
-        "pooler_act": "tanh", "pooler_output_size": 768, "qkv_bias": True, "readout_type": "project",
-        "reassemble_factors": [4, 2, 1, 0.5], "semantic_classifier_dropout": 0.1, "semantic_loss_ignore_index": 255,
-        "use_auxiliary_head": True, "use_batch_norm_in_fusion_residual": False, "use_bias_in_fusion_residual": None,
-    }
+def as_transformers_factors(factors) -> list:
+    """Reassemble factors as transformers writes them: integers for the (transposed) convolutions, 0.5 as is."""
+    return [int(f) if float(f).is_integer() else f for f in factors]
 
 
 def hf_config(config) -> dict:
     """The transformers config.json of a model (the fields and values transformers' save_pretrained writes)."""
-    kind, e = kind_of(config), config.encoder
-    if kind in ("beit", "swinv2") and config.head_features != 32:
-        raise ValueError(f"{config.name}: transformers' DPT head has 32 hidden channels; this model has "
-                         f"{config.head_features}, so it has no transformers equivalent")
-    if kind == "beit":
-        n = e.depth
-        backbone = {**_PRETRAINED, "add_fpn": False, "attention_probs_dropout_prob": 0.0, "auxiliary_channels": 256,
-                    "auxiliary_concat_input": False, "auxiliary_loss_weight": 0.4, "auxiliary_num_convs": 1,
-                    "drop_path_rate": 0.1, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
-                    "hidden_size": e.embed_dim, "image_size": e.native_grid[0] * e.patch_size,
-                    "intermediate_size": e.mlp_hidden, "layer_norm_eps": e.layer_norm_eps,
-                    "layer_scale_init_value": 0.1, "model_type": "beit", "num_attention_heads": e.num_heads,
-                    "num_channels": 3, "num_hidden_layers": n, "patch_size": e.patch_size, "pool_scales": [1, 2, 3, 6],
-                    "reshape_hidden_states": False, "semantic_loss_ignore_index": 255,
-                    "use_absolute_position_embeddings": False, "use_auxiliary_head": True, "use_mask_token": False,
-                    "use_mean_pooling": True, "use_relative_position_bias": True,
-                    "use_shared_relative_position_bias": False, "vocab_size": 8192,
-                    **_stages([h + 1 for h in e.hooks], n)}
-        if e.native_grid[0] != e.native_grid[1]:
-            backbone["image_size"] = [g * e.patch_size for g in e.native_grid]
-        top = _dpt_top(config, backbone)
-    elif kind == "swinv2":
-        n = len(e.depths)
-        backbone = {**_PRETRAINED, "attention_probs_dropout_prob": 0.0, "depths": list(e.depths),
-                    "drop_path_rate": 0.1, "embed_dim": e.embed_dim, "encoder_stride": 32, "hidden_act": "gelu",
-                    "hidden_dropout_prob": 0.0, "hidden_size": e.stage_dims[-1], "image_size": e.native_size[0],
-                    "layer_norm_eps": e.layer_norm_eps, "mlp_ratio": float(e.mlp_ratio), "model_type": "swinv2",
-                    "num_channels": 3, "num_heads": list(e.num_heads), "num_layers": n, "patch_size": e.patch_size,
-                    "pretrained_window_sizes": list(e.pretrained_window_sizes), "qkv_bias": True,
-                    "use_absolute_embeddings": False, "window_size": e.window_size,
-                    **_stages(range(1, n + 1), n)}
-        top = _dpt_top(config, backbone)
-    else:
-        n = e.depth
-        if e.mlp_hidden % e.embed_dim:
-            raise ValueError(f"{config.name}: transformers' DINOv2 needs an integer mlp_ratio; "
-                             f"mlp_hidden {e.mlp_hidden} / embed_dim {e.embed_dim}")
-        backbone = {**_PRETRAINED, "apply_layernorm": True, "attention_probs_dropout_prob": 0.0,
-                    "drop_path_rate": 0.0, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
-                    "hidden_size": e.embed_dim, "image_size": e.native_grid[0] * e.patch_size,
-                    "layer_norm_eps": e.layer_norm_eps, "layerscale_value": 1.0,
-                    "mlp_ratio": e.mlp_hidden // e.embed_dim, "model_type": "dinov2",
-                    "num_attention_heads": e.num_heads, "num_channels": 3, "num_hidden_layers": n,
-                    "patch_size": e.patch_size, "qkv_bias": True, "reshape_hidden_states": False,
-                    "use_mask_token": True, "use_swiglu_ffn": False, **_stages([h + 1 for h in e.hooks], n)}
-        top = {"architectures": ["DepthAnythingForDepthEstimation"], "backbone_config": backbone,
-               "depth_estimation_type": "metric" if config.is_metric else "relative", "dtype": "float32",
-               "fusion_hidden_size": config.fusion_features, "head_hidden_size": config.head_features,
-               "head_in_index": -1, "initializer_range": 0.02,
-               "max_depth": config.max_depth if config.is_metric else 1, "model_type": "depth_anything",
-               "neck_hidden_sizes": list(config.reassembly_features), "patch_size": e.patch_size,
-               "reassemble_factors": [4, 2, 1, 0.5], "reassemble_hidden_size": e.embed_dim}
+    top = layout_of(config).config_json(config)
     return {**dict(sorted(top.items())), "transformers_version": TRANSFORMERS_VERSION, "exported_by": EXPORT_MARK}
 
 
@@ -721,9 +565,6 @@ def write(folder, config, params, *, overwrite: bool = False) -> Path:
     A non-empty `folder` is refused unless it is a previous export or `overwrite` is set. The
     files are written into a temporary folder beside it, which then takes its place.
     """
-    from dpt_jax.atomic import atomic_write
-    from dpt_jax.checkpoint import write_safetensors
-
     folder = Path(os.fspath(folder))
     text = json.dumps(hf_config(config), indent=2, sort_keys=False) + "\n"
     tensors = hf_state(config, params)

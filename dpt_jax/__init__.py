@@ -1,4 +1,8 @@
-"""dpt-jax: DPT depth models (MiDaS v3.1 BEiT and SwinV2 encoders) in JAX/Flax."""
+"""dpt-jax: the DPT depth models (MiDaS v3.1, Depth Anything V1/V2) in JAX/Flax.
+
+    model = dpt_jax.load("da2_vits")          # a file, folder, released name or Hub repo
+    depth = model.predict("photo.jpg")        # float32 (h, w) at the picture's size
+"""
 
 import os as _os
 
@@ -12,13 +16,12 @@ if not _os.path.isdir(_os.path.join(__path__[0], "convert")) and _os.path.isfile
 ):
     __path__.append(_checkout)
 
-from .beit import BeitConfig
 from .config import DPTConfig
+from .dpt import forward
 from .errors import CheckpointError, DptJaxError
-from .model import DepthModel, forward, load
-from .registry import FAMILIES, PRESETS, get_config
-from .swinv2 import SwinV2Config
+from .model import DepthModel, load
+from .registry import FAMILIES, PRESETS, get_config, register_family
 
-__all__ = ["FAMILIES", "PRESETS", "BeitConfig", "CheckpointError", "DPTConfig", "DepthModel", "SwinV2Config",
-           "forward", "get_config", "load"]
+__all__ = ["FAMILIES", "PRESETS", "CheckpointError", "DPTConfig", "DepthModel", "DptJaxError", "forward",
+           "get_config", "load", "register_family"]
 __version__ = "0.1.0"  # the package version: pyproject.toml reads it from here

@@ -9,20 +9,15 @@ multiples of 16 works.
 from __future__ import annotations
 
 import functools
-import math
-import re
 from dataclasses import dataclass
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
 from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, Pair, bounded, checked_fields, require
-from .convert import keys, midas
-from .errors import ConversionError
-from .convert.keys import Entry, Skip
-from .family import EncoderFamily, vit_encoder_flops
-from .layers import QKV, LayerScaleBlock, attend, merge_heads
+from .layers import QKV, Conv, Dense, LayerScaleBlock, attend, merge_heads
 from .resize import resize_bilinear
 
 
@@ -82,6 +77,7 @@ def relative_position_bias(table: jnp.ndarray, native_grid, grid) -> jnp.ndarray
 
 class Attention(nn.Module):
     config: BeitConfig
+    dtype_mm: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, grid):  # (B, N, C), N = 1 + h*w
@@ -90,17 +86,18 @@ class Attention(nn.Module):
         table = self.param(
             "relative_position_bias_table", nn.initializers.zeros, ((2 * gh - 1) * (2 * gw - 1) + 3, c.num_heads)
         )
-        q, k, v = QKV(c.num_heads, name="qkv")(x)  # (B, heads, N, hd)
+        q, k, v = QKV(c.num_heads, self.dtype_mm, name="qkv")(x)  # (B, heads, N, hd)
         q = q * (q.shape[-1] ** -0.5)
         bias = relative_position_bias(table, c.native_grid, grid).astype(jnp.float32)  # (heads, N, N)
-        out = merge_heads(attend(q, k, v, bias))  # (B, N, C)
-        return nn.Dense(x.shape[-1], name="proj")(out)
+        out = merge_heads(attend(q, k, v, bias, dtype_mm=self.dtype_mm))  # (B, N, C)
+        return Dense(x.shape[-1], dtype=self.dtype_mm, name="proj")(out)
 
 
 class BeitEncoder(nn.Module):
     """Images (B, H, W, 3) -> the outputs of the four hooked blocks, each (B, 1 + h*w, C), cls token first."""
 
     config: BeitConfig
+    dtype_mm: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images):
@@ -110,14 +107,14 @@ class BeitEncoder(nn.Module):
         if height % p or width % p:
             raise ValueError(f"BEiT needs image sides that are multiples of {p}; got {height}x{width} (HxW)")
         grid = (height // p, width // p)
-        x = nn.Conv(c.embed_dim, (p, p), strides=(p, p), padding="VALID", name="patch_embed")(images)
+        x = Conv(c.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype_mm, name="patch_embed")(images)
         x = x.reshape(x.shape[0], -1, c.embed_dim)  # (B, h*w, C), row-major over the grid
         cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, c.embed_dim)).astype(x.dtype)
         x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, c.embed_dim)), x], axis=1)  # (B, 1 + h*w, C)
         hooks = []
         for i in range(c.depth):
-            block = LayerScaleBlock(functools.partial(Attention, c), c.embed_dim, c.mlp_hidden, c.layer_norm_eps,
-                                    gamma_init=0.1, name=f"blocks_{i}")
+            block = LayerScaleBlock(functools.partial(Attention, c, self.dtype_mm), c.embed_dim, c.mlp_hidden,
+                                    c.layer_norm_eps, self.dtype_mm, gamma_init=0.1, name=f"blocks_{i}")
             x = block(x, grid)  # (B, 1 + h*w, C)
             if i in c.hooks:
                 hooks.append(x)
@@ -158,78 +155,4 @@ MINI = DPTConfig(
     encoder=BeitConfig(embed_dim=128, depth=4, num_heads=4, mlp_hidden=512, hooks=(0, 1, 2, 3), native_grid=(8, 8)),
     reassembly_features=(32, 64, 128, 128), reassemble_factors=(4, 2, 1, 0.5), readout="project",
     native_size=(128, 128), keep_aspect_ratio=True, fusion_features=64,
-)
-
-
-# ---------------------------------------------------------------------------------------------
-# MiDaS checkpoints: key table, recognition, configuration
-
-
-def key_table(config: DPTConfig) -> list[Entry]:
-    c = config.encoder
-    t = [Entry("pretrained.model.cls_token", "encoder/cls_token", "copy")]
-    t += keys.conv("pretrained.model.patch_embed.proj", "encoder/patch_embed")
-    for i in range(max(c.hooks) + 1):
-        s, d = f"pretrained.model.blocks.{i}", f"encoder/blocks_{i}"
-        t += [Entry(f"{s}.gamma_1", f"{d}/gamma_1", "copy"), Entry(f"{s}.gamma_2", f"{d}/gamma_2", "copy")]
-        t += keys.norm(f"{s}.norm1", f"{d}/norm1") + keys.norm(f"{s}.norm2", f"{d}/norm2")
-        t.append(Entry(f"{s}.attn.relative_position_bias_table", f"{d}/attn/relative_position_bias_table", "copy"))
-        t += keys.biased_qkv_and_mlp(s, d) + keys.linear(f"{s}.attn.proj", f"{d}/attn/proj")
-    return t + midas.neck_table(config)
-
-
-def skipped(config: DPTConfig) -> list[Skip]:
-    return [
-        Skip(r"pretrained\.model\.blocks\.\d+\.attn\.relative_position_index",
-             "a buffer of constants: the model computes the index itself (never read from disk)"),
-        Skip(r"pretrained\.model\.fc_norm\.(weight|bias)", "the classifier's norm of the pretraining (timm)"),
-    ] + midas.NECK_SKIPS + midas.unused_fusion_units(config, "scratch.refinenet{i}")
-
-
-def recognises(state) -> bool:
-    return "pretrained.model.blocks.0.attn.relative_position_bias_table" in state
-
-
-def _count(state, pattern: str) -> int:
-    rx = re.compile(pattern)
-    return len({m.group(1) for k in state if (m := rx.fullmatch(k))})
-
-
-def detect_config(state, path, **options) -> DPTConfig:
-    """The configuration of a MiDaS BEiT checkpoint, read off its keys and shapes."""
-    shape = lambda key: midas.shape(state, key, path)  # noqa: E731
-    embed = shape("pretrained.model.cls_token")[-1]
-    depth = _count(state, r"pretrained\.model\.blocks\.(\d+)\..*")
-    rows, heads = shape("pretrained.model.blocks.0.attn.relative_position_bias_table")
-    side = math.isqrt(max(rows - 3, 0))
-    if side * side != rows - 3 or side % 2 == 0:
-        raise ConversionError(path, f"relative_position_bias_table has {rows} rows, not (2G-1)^2 + 3")
-    grid = (side + 1) // 2
-    hooks = tuple(depth * q // 4 - 1 for q in (1, 2, 3, 4))  # the last block of each quarter
-    encoder = BeitConfig(
-        embed_dim=embed, depth=depth, num_heads=heads, mlp_hidden=shape("pretrained.model.blocks.0.mlp.fc1.weight")[0],
-        hooks=hooks, native_grid=(grid, grid),
-    )
-    return DPTConfig(
-        name="custom_beit", encoder=encoder,
-        reassembly_features=tuple(shape(f"pretrained.act_postprocess{i}.3.weight")[0] for i in range(1, 5)),
-        reassemble_factors=(4, 2, 1, 0.5), readout="project", native_size=(grid * 16, grid * 16),
-        keep_aspect_ratio=True, **midas.neck_widths(state, path),
-    )
-
-
-FAMILY = EncoderFamily(
-    name="beit",
-    config_class=BeitConfig,
-    encoder=BeitEncoder,
-    outputs_tokens=True,
-    presets=PRESETS,
-    minis=(MINI,),
-    input_multiple=lambda c: c.patch_size,
-    recognises=recognises,
-    detect_config=detect_config,
-    key_table=key_table,
-    skipped=skipped,
-    encoder_flops=vit_encoder_flops,
-    options={},
 )

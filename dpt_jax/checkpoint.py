@@ -1,12 +1,18 @@
-"""Checkpoint files in, parameter trees out: original checkpoints and dpt-jax converted files.
+"""The one checkpoint service: any source in, (config, parameter tree) out, each file read once.
 
-    read_checkpoint(path)        any supported file -> Checkpoint(config, params, skipped)
-      original .pt / .safetensors: the family that recognises the keys gives the config and the
-      key table; every missing, unexpected and mis-shaped key is listed at once (ConversionError)
-      converted .safetensors: the config stored in the metadata, validated field by field
-
+    load_checkpoint(source, *, variant, max_depth, **options) -> Checkpoint(config, params, skipped)
+        source: a file or folder (below), a released model's name (fetched by `hub`, and checked
+        as that model by the same reading that loads it), "<name>_hf" or a Hub repo id
+    read_checkpoint(path, ...)   the same for a local file or folder:
+      original .pt / .pth / .safetensors: the family that recognises the keys gives the config
+        and the key table; every missing, unexpected and mis-shaped key is listed at once
+      a Hugging Face transformers folder: renamed to the original keys (convert/hf.py), then the same
+      a dpt-jax converted file: the config stored in its metadata, validated field by field
     write_converted(path, config, params)   float32 parameters + config in the metadata, atomically
 
+The user's choices apply the same way to every source: `variant` names the model a file holds
+(it must agree with what the file says), `max_depth` overrides a metric model's largest depth,
+and each family's `options` (family.py) supply what its files do not store.
 Nothing is read that the model does not use (lazy tensors), nothing is allocated before the
 file's shapes have been checked against what the model expects.
 """
@@ -16,17 +22,19 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
+from . import hub, registry
 from .config import DPTConfig
+from .convert import hf
 from .convert.files import read_state_dict
 from .convert.keys import apply_table, check_state_dict, problem_list, skipped_keys
-from .convert.safetensors_io import read_safetensors_metadata, write_safetensors
+from .convert.safetensors_io import is_safetensors, read_safetensors_metadata, write_safetensors
 from .convert.tensors import TensorRef
 from .errors import CheckpointError, ConfigError, ConversionError
-from .registry import config_from_json, detect_config
 
 FORMAT = "dpt-jax"  # value of the "format" metadata entry of converted files
 FORMAT_VERSION = "2"  # 2: the neck and head as data (reassemble factors, readout, head, activation)
@@ -51,6 +59,60 @@ def count_params(tree) -> int:
     return sum(int(np.prod(a.shape)) for a in traverse_util.flatten_dict(dict(tree)).values())
 
 
+def load_checkpoint(source=None, *, variant: str | None = None, max_depth: float | None = None,
+                    progress: bool = True, **options) -> Checkpoint:
+    """The checkpoint of `source`: a path, a released model's name (None: hub.DEFAULT_MODEL), or a Hub repo.
+
+    A release is downloaded on first use; a new or changed file is checked as the release's model
+    by reading it, and that reading is the one returned (no second read).
+    """
+    text = hub.DEFAULT_MODEL if source is None else os.fspath(source)
+    release = hub.lookup(text) if isinstance(source, (str, type(None))) and not os.path.exists(text) else None
+    if release is None:
+        return read_checkpoint(hub.resolve(text, progress=progress), variant=variant, max_depth=max_depth, **options)
+    expected = registry.get_config(release.name)
+    read: list[Checkpoint] = []
+
+    def check(path: Path) -> None:
+        read.append(read_release(path, expected, variant=variant, **options))
+
+    path = hub.download(release.name, check=check, progress=progress)
+    checkpoint = read[-1] if read else read_release(path, expected, variant=variant, **options)
+    checkpoint.path = os.fspath(path)
+    return _with_max_depth(checkpoint, max_depth)
+
+
+def read_release(path, expected: DPTConfig, *, variant: str | None = None, **options) -> Checkpoint:
+    """Read `path` as the checkpoint of the released model `expected`: its keys must say exactly that model."""
+    path = os.fspath(path)
+    if variant is not None and registry.canonical_name(variant) != expected.name:
+        raise ConversionError(path, f"is the release {expected.name}, not the variant {variant} given")
+    state = read_state_dict(path)
+    family = registry.recognise(state)
+    if family is not None and family is not expected.family:
+        raise CheckpointError(path, f"holds a {family.title} ({family.name}) model, not the "
+                              f"{expected.family.title} model {expected.name}")
+    chosen = {"variant": expected.name} if expected.family.chooses_variant else {}
+    config = registry.detect_config(state, path, **chosen, **options)
+    if config != expected:
+        diffs = _differences(config, expected)
+        raise CheckpointError(path, f"holds another {expected.family.name} architecture than {expected.name} ("
+                              + "; ".join(diffs) + ")")
+    return convert_state_dict(state, config, path)
+
+
+def _differences(got: DPTConfig, want: DPTConfig) -> list[str]:
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(dataclasses.asdict(got)), flat(dataclasses.asdict(want))
+    return [f"{k}: {a.get(k)!r}, expected {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k != "name" and a.get(k) != b.get(k)]
+
+
 def convert_state_dict(state: Mapping[str, TensorRef], config: DPTConfig, path="<state dict>",
                        shown=str) -> Checkpoint:
     """Map `state` onto the parameter tree of DPT(config), checking every key and shape first.
@@ -64,48 +126,55 @@ def convert_state_dict(state: Mapping[str, TensorRef], config: DPTConfig, path="
     table, skips = family.key_table(config), family.skipped(config)
     problems = check_state_dict(state, table, skips, param_shapes(config), shown)
     if problems:
-        raise ConversionError(path, f"does not fit {config.name} ({family.name}):\n  " + "\n  ".join(problems))
+        raise ConversionError(path, f"does not fit {config.name} ({family.title}):\n  " + "\n  ".join(problems))
     return Checkpoint(config, apply_table(state, table), skipped_keys(state, skips), str(path))
 
 
-def read_checkpoint(path, **options) -> Checkpoint:
-    """Read an original checkpoint or a converted file (lazily: unused tensors stay on disk).
-
-    `options`: choices a checkpoint cannot tell (`pretrained_window_sizes` for SwinV2; `variant`
-    and `max_depth` for Depth Anything, whose keys cannot tell V1 from V2 nor relative from metric).
-    """
+def read_checkpoint(path, *, variant: str | None = None, max_depth: float | None = None, **options) -> Checkpoint:
+    """Read an original checkpoint, a Hugging Face folder or a converted file (lazily: unused tensors stay on disk)."""
     path = os.fspath(path)
-    from .convert import hf
-
+    if unknown := sorted(set(options) - set(registry.options())):
+        raise TypeError(f"unknown option {', '.join(unknown)}; the options are variant, max_depth and "
+                        f"{', '.join(registry.options())}")
+    options = {k: v for k, v in options.items() if v is not None}
     if hf.is_hf_folder(path):
-        return read_hf(path, **options)
-    if not os.path.isfile(path):
+        checkpoint = read_hf(path, variant=variant, **options)
+    elif not os.path.isfile(path):
         raise CheckpointError(path, "no such file" if not os.path.exists(path) else
                               f"not a regular file (nor a folder with a Hugging Face {hf.CONFIG_NAME})")
-    if is_converted(path):
-        return read_converted(path, **options)
-    state = read_state_dict(path)
-    return convert_state_dict(state, detect_config(state, path, **options), path)
+    elif is_converted(path):
+        checkpoint = read_converted(path, variant=variant, **options)
+    else:
+        state = read_state_dict(path)
+        checkpoint = convert_state_dict(state, registry.detect_config(state, path, variant=variant, **options), path)
+    return _with_max_depth(checkpoint, max_depth)
 
 
-def read_hf(path, **options) -> Checkpoint:
+def _with_max_depth(checkpoint: Checkpoint, max_depth: float | None) -> Checkpoint:
+    if max_depth is None:
+        return checkpoint
+    config = checkpoint.config
+    if not config.is_metric:
+        raise ConversionError(checkpoint.path, f"max_depth applies to metric models; {config.name} is relative")
+    try:
+        checkpoint.config = config.replace(max_depth=float(max_depth))
+    except ConfigError as e:
+        raise ConversionError(checkpoint.path, f"max_depth: {e}") from None
+    return checkpoint
+
+
+def read_hf(path, *, variant: str | None = None, **options) -> Checkpoint:
     """A Hugging Face transformers folder (config.json + weights): renamed to the original keys, then
     converted like an original checkpoint (convert/hf.py); `options` win over what config.json says."""
-    from .convert import hf
-    from .registry import FAMILIES, as_preset
-
-    source = hf.read(path)
-    if source.model.kind not in FAMILIES:
-        raise ConversionError(source.model.path, f"a {source.model.kind} model (Depth Anything): this dpt-jax has "
-                              f"no {source.model.kind} encoder family (it has {', '.join(FAMILIES)})")
-    config = detect_config(source.state, source.path, facts=source.options, **options)
-    config = as_preset(hf.finish(config, source))
+    source = hf.read(path, registry.FAMILIES.values())
+    config = registry.detect_config(source.state, source.path, variant=variant, facts=source.options, **options)
+    config = registry.as_preset(hf.finish(config, source))
     return convert_state_dict(source.state, config, source.path, shown=source.shown)
 
 
 def is_converted(path) -> bool:
     try:
-        return read_safetensors_metadata(path).get("format") == FORMAT
+        return is_safetensors(path) and read_safetensors_metadata(path).get("format") == FORMAT
     except CheckpointError:
         return False
 
@@ -119,10 +188,11 @@ def write_converted(path, config: DPTConfig, params: Mapping) -> None:
     write_safetensors(path, flat, metadata)
 
 
-def read_converted(path, *, pretrained_window_sizes=None, variant=None, max_depth=None, **options) -> Checkpoint:
+def read_converted(path, *, variant: str | None = None, **options) -> Checkpoint:
     """Config and parameter tree of a converted file; the config is validated and every shape checked.
 
-    The variant is recorded in the file: `variant`, if given, must be it; `max_depth` overrides a metric model's.
+    The variant is recorded in the file: `variant`, if given, must be it; a family option
+    (a field of the encoder's config) replaces the recorded value.
     """
     from flax import traverse_util
 
@@ -136,19 +206,15 @@ def read_converted(path, *, pretrained_window_sizes=None, variant=None, max_dept
         raise CheckpointError(path, f"converted with format version {str(version)[:20]!r}; "
                               f"this dpt-jax reads versions 1 and {FORMAT_VERSION}: convert the original again")
     try:
-        text = meta.get("config")
-        config = config_from_json(_upgrade_v1(text) if version == "1" else text, "the config in its metadata")
-        if pretrained_window_sizes is not None:
-            if "pretrained_window_sizes" not in config.family.options:
-                raise ConfigError(f"pretrained_window_sizes does not apply to a {config.family.name} model")
-            config = config.replace(encoder=dataclasses.replace(
-                config.encoder, pretrained_window_sizes=tuple(pretrained_window_sizes)))
-        if variant is not None and variant not in (config.name, config.name.removeprefix("dpt_")):
+        config = registry.config_from_json(meta.get("config"), "the config in its metadata", upgrade_v1=version == "1")
+        allowed = {o.name for o in config.family.options}
+        if unknown := sorted(set(options) - allowed):
+            raise ConfigError(f"{', '.join(unknown)} does not apply to a {config.family.title} model")
+        if options:
+            values = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in options.items()}
+            config = config.replace(encoder=dataclasses.replace(config.encoder, **values))
+        if variant is not None and registry.canonical_name(variant) != config.name:
             raise ConfigError(f"holds {config.name} (recorded when it was converted), not the variant {variant} given")
-        if max_depth is not None:
-            if not config.is_metric:
-                raise ConfigError(f"max_depth applies to metric models; {config.name} is relative")
-            config = config.replace(max_depth=float(max_depth))
     except ConfigError as e:
         raise CheckpointError(path, str(e)) from None
     state = read_state_dict(path)
@@ -162,16 +228,3 @@ def read_converted(path, *, pretrained_window_sizes=None, variant=None, max_dept
         raise ConversionError(path, f"does not fit {config.name}:\n  " + "\n  ".join(problems))
     params = traverse_util.unflatten_dict({k: state[k].read() for k in want}, sep="/")
     return Checkpoint(config, params, [], path)
-
-
-def _upgrade_v1(text):
-    """Version 1 files (MiDaS BEiT/SwinV2 only) stored no neck fields: add the ones each family implied."""
-    import json
-
-    try:
-        d = json.loads(text)
-        beit = d["encoder"]["family"] == "beit"
-    except (TypeError, ValueError, KeyError):
-        return text  # config_from_json says what is wrong
-    d.update(reassemble_factors=[4, 2, 1, 0.5] if beit else [1, 1, 1, 1], readout="project" if beit else "none")
-    return json.dumps(d)

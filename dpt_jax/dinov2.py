@@ -9,29 +9,23 @@ itself is never normed.
 Intermediates are sown in the "intermediates" collection under the reference fixtures' names:
 pos_embed, tokens0, block{i}_raw (i = block index), feat{k} / cls{k} (k = 1..4, normed).
 
-The module ends with the "dinov2" EncoderFamily: the twelve Depth Anything releases as DPTConfig
-presets (V2 relative, V2 metric Hypersim / Virtual KITTI, V1), the two reference minis, and the
-checkpoint reading. Their files hold the same keys, so the variant is a choice (`detect_config`):
-given, or read off an official release file name.
+The module ends with the twelve Depth Anything releases as DPTConfig presets (V2 relative, V2
+metric Hypersim / Virtual KITTI, V1) and the two reference minis; what is known about their
+files (the same keys for all twelve: the variant is a choice) is in convert/dinov2.py.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import re
 from dataclasses import dataclass
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
 from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, bounded, checked_fields, require
-from .convert import depth_anything as da_keys
-from .errors import ConversionError
-from .convert.keys import Skip
-from .family import EncoderFamily, vit_encoder_flops
-from .layers import LayerScaleBlock, attend, layer_norm, merge_heads
+from .layers import Conv, Dense, LayerScaleBlock, attend, layer_norm, merge_heads
 from .resize import _keys_far, _keys_near, resample_axis
 
 Pair = tuple[int, int]
@@ -128,22 +122,25 @@ class Attention(nn.Module):
     """Multi-head self-attention: one biased qkv Linear (q, k and v all biased), softmax(q k^T / sqrt(d)) v, proj."""
 
     num_heads: int
+    dtype_mm: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):  # (B, N, C)
         dim = x.shape[-1]
-        qkv = nn.Dense(3 * dim, name="qkv")(x)  # (B, N, 3C)
+        qkv = Dense(3 * dim, dtype=self.dtype_mm, name="qkv")(x)  # (B, N, 3C)
         qkv = qkv.reshape(*x.shape[:-1], 3, self.num_heads, dim // self.num_heads)  # (B, N, 3, heads, hd)
         qkv = jnp.moveaxis(qkv, -4, -2)  # (B, 3, heads, N, hd)
         q, k, v = qkv[..., 0, :, :, :], qkv[..., 1, :, :, :], qkv[..., 2, :, :, :]  # each (B, heads, N, hd)
         q = q * (q.shape[-1] ** -0.5)
-        return nn.Dense(dim, name="proj")(merge_heads(attend(q, k, v, 0.0)))  # (B, N, C)
+        out = merge_heads(attend(q, k, v, 0.0, dtype_mm=self.dtype_mm))  # (B, N, C)
+        return Dense(dim, dtype=self.dtype_mm, name="proj")(out)
 
 
 class Dinov2Encoder(nn.Module):
     """Images (B, H, W, 3) -> the four hooked blocks' outputs after the final norm, each (B, 1 + h*w, C), cls first."""
 
     config: Dinov2Config
+    dtype_mm: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images):
@@ -157,7 +154,8 @@ class Dinov2Encoder(nn.Module):
         cls = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, c.embed_dim))
         table = self.param("pos_embed", nn.initializers.normal(0.02), (1, 1 + nh * nw, c.embed_dim))
 
-        x = nn.Conv(c.embed_dim, (p, p), strides=(p, p), padding="VALID", name="patch_embed")(images)  # (B, h, w, C)
+        x = Conv(c.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype_mm,
+                 name="patch_embed")(images)  # (B, h, w, C)
         x = x.reshape(x.shape[0], -1, c.embed_dim)  # (B, h*w, C), row-major over the grid
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, c.embed_dim)), x], axis=1)
         pos = interpolate_pos_embed(table, c.native_grid, grid, c.interpolate_offset)  # (1, 1 + h*w, C)
@@ -168,8 +166,8 @@ class Dinov2Encoder(nn.Module):
         final_norm = layer_norm(c.layer_norm_eps, "norm")
         outputs = []
         for i in range(max(c.hooks) + 1):  # blocks after the last hook do not contribute
-            x = LayerScaleBlock(functools.partial(Attention, c.num_heads), c.embed_dim, c.mlp_hidden,
-                                c.layer_norm_eps, name=f"blocks_{i}")(x)  # (B, 1 + h*w, C)
+            x = LayerScaleBlock(functools.partial(Attention, c.num_heads, self.dtype_mm), c.embed_dim, c.mlp_hidden,
+                                c.layer_norm_eps, self.dtype_mm, name=f"blocks_{i}")(x)  # (B, 1 + h*w, C)
             if i in c.hooks:
                 self.sow("intermediates", f"block{i}_raw", x)
                 y = final_norm(x)  # the shared final norm, per hooked output; the stream stays raw
@@ -225,138 +223,4 @@ _MINI_ENCODER = Dinov2Config(embed_dim=32, depth=8, num_heads=2, mlp_hidden=128,
 MINIS = (
     depth_anything("mini_da2", _MINI_ENCODER, 16, (8, 12, 16, 24), version=2),
     depth_anything("mini_da2_metric", _MINI_ENCODER, 16, (8, 12, 16, 24), version=2, max_depth=20.0),
-)
-
-#: The official release files, by name: the only way a file tells its variant (its keys cannot).
-RELEASE_FILES = {
-    **{f"depth_anything_v2_{s}.pth": f"da2_{s}" for s in _V2},
-    **{f"depth_anything_v2_metric_{d}_{s}.pth": f"da2_metric_{d}_{s}" for d in ("hypersim", "vkitti") for s in _V2},
-    **{f"depth_anything_{s}14.pth": f"da1_{s}" for s in _V1},
-}
-
-
-def describe_variant(config: DPTConfig) -> str:
-    """"V2, metric depth in metres (max 20 m)" and the like."""
-    version = "V1" if config.output_resize == "bilinear" else "V2"
-    if config.is_metric:
-        return f"{version}, metric depth in metres (max {config.max_depth:g} m)"
-    return f"{version}, relative inverse depth"
-
-
-# ---------------------------------------------------------------------------------------------
-# Depth Anything checkpoints: recognition, configuration (the variant is a choice), keys
-
-
-def recognises(state) -> bool:
-    return "pretrained.blocks.0.ls1.gamma" in state and "depth_head.projects.0.weight" in state
-
-
-def _shape(state, key, path) -> tuple[int, ...]:
-    if key not in state:
-        raise ConversionError(path, f"not a Depth Anything checkpoint: key {key!r} is missing")
-    return tuple(state[key].shape)
-
-
-def _architecture_of_keys(state, path) -> dict:
-    """What the keys and shapes of a Depth Anything state dict say (everything but the heads and the variant)."""
-    shape = lambda key: _shape(state, key, path)  # noqa: E731
-    rx = re.compile(r"pretrained\.blocks\.(\d+)\..*")
-    tokens = shape("pretrained.pos_embed")[1] - 1
-    side = int(round(tokens ** 0.5))
-    if side * side != tokens:
-        raise ConversionError(path, f"pretrained.pos_embed holds {tokens} patch positions, not a square grid")
-    return {
-        "embed_dim": shape("pretrained.cls_token")[-1],
-        "depth": len({m.group(1) for k in state if (m := rx.fullmatch(k))}),
-        "mlp_hidden": shape("pretrained.blocks.0.mlp.fc1.weight")[0],
-        "patch_size": shape("pretrained.patch_embed.proj.weight")[-1],
-        "native_grid": (side, side),
-        "reassembly_features": tuple(shape(f"depth_head.projects.{i}.weight")[0] for i in range(4)),
-        "fusion_features": shape("depth_head.scratch.layer1_rn.weight")[0],
-        "head_features": shape("depth_head.scratch.output_conv2.0.weight")[0],
-    }
-
-
-def _architecture_of_config(c: DPTConfig) -> dict:
-    e = c.encoder
-    return {"embed_dim": e.embed_dim, "depth": e.depth, "mlp_hidden": e.mlp_hidden, "patch_size": e.patch_size,
-            "native_grid": e.native_grid, "reassembly_features": c.reassembly_features,
-            "fusion_features": c.fusion_features, "head_features": c.head_features}
-
-
-VARIANTS = {c.name: c for c in PRESETS + MINIS}
-
-
-def detect_config(state, path, *, variant: str | None = None, max_depth: float | None = None,
-                  hooks: tuple[int, ...] | None = None, metric: bool | None = None, **options) -> DPTConfig:
-    """The configuration of a Depth Anything checkpoint: its `variant`, checked against its keys and shapes.
-
-    V1 and V2, relative and metric, Hypersim and Virtual KITTI files hold the same keys, so the
-    variant comes from the argument, else from what another file says (`hooks`, `metric`: a
-    Hugging Face config.json), else from an official release file name (RELEASE_FILES);
-    otherwise the error lists the variants that fit the keys. `max_depth` (metres) overrides a
-    metric variant's.
-    """
-    arch = _architecture_of_keys(state, path)
-    fitting = [c for c in VARIANTS.values() if _architecture_of_config(c) == arch]
-    if variant is None and (hooks is not None or metric is not None):
-        said = [c for c in fitting if (hooks is None or c.encoder.hooks == tuple(hooks))
-                and (metric is None or c.is_metric == metric)]
-        exact = [c for c in said if max_depth is None or not c.is_metric or c.max_depth == max_depth]
-        if exact or said:
-            variant = (exact or said)[0].name
-    if variant is None:
-        variant = RELEASE_FILES.get(os.path.basename(str(path)))
-    if variant is None:
-        what = ", ".join(f"{k} {v}" for k, v in arch.items())
-        if not fitting:
-            raise ConversionError(path, f"a Depth Anything checkpoint of no released architecture ({what}): "
-                                  "dpt-jax knows no variant for it")
-        choices = "\n    ".join(f"{c.name}: {describe_variant(c)}" for c in fitting)
-        raise ConversionError(path, (
-            "a Depth Anything checkpoint whose keys cannot tell V1 from V2, relative from metric, or "
-            "Hypersim (indoor) from Virtual KITTI (outdoor), and whose file name is not an official release "
-            "name. Choose its variant: dpt_jax.load(path, variant=...) or --variant on the command line; "
-            f"the variants with this architecture:\n    {choices}"))
-    if variant not in VARIANTS:
-        raise ConversionError(path, f"{variant!r} is not a Depth Anything variant; known: {', '.join(VARIANTS)}")
-    config = VARIANTS[variant]
-    want = _architecture_of_config(config)
-    if want != arch:
-        diffs = "; ".join(f"{k} {arch[k]} (the variant has {want[k]})" for k in arch if arch[k] != want[k])
-        fits = f"; variants that fit: {', '.join(c.name for c in fitting)}" if fitting else ""
-        raise ConversionError(path, f"does not hold a {variant} model: its keys say {diffs}{fits}")
-    if max_depth is not None:
-        if not config.is_metric:
-            raise ConversionError(path, f"max_depth applies to metric models; {variant} is relative")
-        config = config.replace(max_depth=float(max_depth))
-    return config
-
-
-def key_table(config: DPTConfig) -> list:
-    return da_keys.key_table(config)
-
-
-def skipped(config: DPTConfig) -> list[Skip]:
-    return da_keys.skipped(config)
-
-
-FAMILY = EncoderFamily(
-    name="dinov2",
-    config_class=Dinov2Config,
-    encoder=Dinov2Encoder,
-    outputs_tokens=True,
-    presets=PRESETS,
-    minis=MINIS,
-    input_multiple=lambda c: c.patch_size,
-    recognises=recognises,
-    detect_config=detect_config,
-    key_table=key_table,
-    skipped=skipped,
-    encoder_flops=vit_encoder_flops,
-    options={
-        "variant": "Depth Anything: which release (da2_vits, da2_metric_hypersim_vitl, da1_vitb, ...); the keys "
-                   "cannot tell V1 from V2 nor relative from metric",
-        "max_depth": "Depth Anything metric models: the largest depth in metres (not stored in checkpoints)",
-    },
 )

@@ -1,8 +1,9 @@
-"""The DPT depth model: encoder -> reassemble -> fusion -> head.
+"""The DPT depth model: encoder -> reassemble -> fusion -> head, and `forward`, the model as a pure function.
 
 Follows figure 1 of "Vision Transformers for Dense Prediction" (Ranftl et al., 2021) as
-implemented by MiDaS v3.1. Everything is NHWC. Module and parameter names say what a thing
-is; the converter (`dpt_jax.convert.midas`) maps the original PyTorch names onto them.
+implemented by MiDaS v3.1 and Depth Anything. Everything is NHWC. Module and parameter names
+say what a thing is; each family's key table (convert/<family>.py) maps the original PyTorch
+names onto them. Every module takes `dtype_mm`, the dtype of its matrix products (layers.py).
 
 Intermediate results are recorded with `sow` in the "intermediates" collection under the
 names the reference fixtures use (hook1..4, reassemble1..4, rn1..4, fusion4..1, head_preact).
@@ -15,8 +16,10 @@ import jax.numpy as jnp
 import flax.linen as nn
 from flax import traverse_util
 
+from typing import Any
+
 from .config import DPTConfig
-from .layers import gelu
+from .layers import COMPUTE_DTYPES, Conv, Dense, gelu
 from .resize import resize_bilinear
 
 
@@ -29,37 +32,42 @@ class ConvTransposeNonOverlapping(nn.Module):
 
     features: int
     factor: int
+    dtype_mm: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):  # (B, h, w, C)
         k = self.factor
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        y = jnp.einsum("bhwc,klco->bhkwlo", x, kernel.astype(x.dtype))
+        y = jnp.einsum("bhwc,klco->bhkwlo", x.astype(self.dtype_mm), kernel.astype(self.dtype_mm),
+                       preferred_element_type=jnp.float32)
         b, h, _, w, _, o = y.shape
-        return y.reshape(b, h * k, w * k, o) + bias.astype(x.dtype)  # (B, h*k, w*k, out)
+        return y.reshape(b, h * k, w * k, o) + bias  # (B, h*k, w*k, out)
 
 
 class ReadoutProject(nn.Module):
-    """BEiT readout "project": each patch token is concatenated with the cls token, then Linear(2C -> C) + GELU."""
+    """Readout "project": each patch token is concatenated with the cls token, then Linear(2C -> C) + GELU."""
+
+    dtype_mm: Any = jnp.float32
 
     @nn.compact
     def __call__(self, tokens):  # (B, 1 + h*w, C)
         cls, patches = tokens[:, :1], tokens[:, 1:]
         features = jnp.concatenate([patches, jnp.broadcast_to(cls, patches.shape)], axis=-1)  # (B, h*w, 2C)
-        return gelu(nn.Dense(tokens.shape[-1], name="dense")(features))  # (B, h*w, C)
+        return gelu(Dense(tokens.shape[-1], dtype=self.dtype_mm, name="dense")(features))  # (B, h*w, C)
 
 
 class Reassemble(nn.Module):
     """Turns the four encoder outputs into four image-like maps of `fusion_features` channels.
 
-    Token encoders (BEiT, DINOv2): readout of the cls token (`config.readout`), tokens -> (h, w)
-    map, 1x1 conv, then resampling by `config.reassemble_factors` (x4, x2, x1, x1/2).
-    Map encoders (SwinV2) already give maps at four scales: nothing but the last conv is left.
+    Token encoders (`family.outputs_tokens`): readout of the cls token (`config.readout`), tokens ->
+    (h, w) map, 1x1 conv, then resampling by `config.reassemble_factors` (x4, x2, x1, x1/2).
+    Map encoders already give maps at four scales: nothing but the last conv is left.
     Each map ends with a 3x3 conv without bias to the shared fusion width (`scratch.layerX_rn`).
     """
 
     config: DPTConfig
+    dtype_mm: Any = jnp.float32
 
     @nn.compact
     def __call__(self, features, grid):
@@ -68,38 +76,42 @@ class Reassemble(nn.Module):
         for i, (x, factor) in enumerate(zip(features, c.reassemble_factors), start=1):
             if c.family.outputs_tokens:
                 if c.readout == "project":
-                    x = ReadoutProject(name=f"readout_{i}")(x)  # (B, h*w, C)
+                    x = ReadoutProject(self.dtype_mm, name=f"readout_{i}")(x)  # (B, h*w, C)
                 else:
                     x = x[:, 1:]  # the cls token is not used: (B, h*w, C)
                 x = x.reshape(x.shape[0], *grid, x.shape[-1])  # (B, h, w, C)
                 d = c.reassembly_features[i - 1]
-                x = nn.Conv(d, (1, 1), name=f"project_{i}")(x)
+                x = Conv(d, (1, 1), dtype=self.dtype_mm, name=f"project_{i}")(x)
                 self.sow("intermediates", f"project{i}", x)
-                x = Resample(d, factor, name=f"resample_{i}")(x)  # (B, factor*h, factor*w, d)
+                x = Resample(d, factor, self.dtype_mm, name=f"resample_{i}")(x)  # (B, factor*h, factor*w, d)
             self.sow("intermediates", f"reassemble{i}", x)
-            x = nn.Conv(c.fusion_features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name=f"to_fusion_{i}")(x)
+            x = Conv(c.fusion_features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype_mm,
+                     name=f"to_fusion_{i}")(x)
             self.sow("intermediates", f"rn{i}", x)
             outputs.append(x)  # (B, h_i, w_i, F)
         return outputs
 
 
-def Resample(features: int, factor: float, name: str):
+def Resample(features: int, factor: float, dtype_mm, name: str):
     """x4 / x2: transposed conv with kernel = stride; x1: nothing; x1/2: 3x3 conv with stride 2 (ceil(h/2))."""
     if factor > 1:
-        return ConvTransposeNonOverlapping(features, int(factor), name=name)
+        return ConvTransposeNonOverlapping(features, int(factor), dtype_mm, name=name)
     if factor < 1:
-        return nn.Conv(features, (3, 3), strides=int(round(1 / factor)), padding=((1, 1), (1, 1)), name=name)
+        return Conv(features, (3, 3), strides=int(round(1 / factor)), padding=((1, 1), (1, 1)), dtype=dtype_mm,
+                    name=name)
     return lambda x: x
 
 
 class ResidualConvUnit(nn.Module):
     """x + conv2(relu(conv1(relu(x)))): RefineNet's residual unit, no batch norm."""
 
+    dtype_mm: Any = jnp.float32
+
     @nn.compact
     def __call__(self, x):
         f = x.shape[-1]
-        y = nn.Conv(f, (3, 3), padding=((1, 1), (1, 1)), name="conv1")(nn.relu(x))
-        y = nn.Conv(f, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(nn.relu(y))
+        y = Conv(f, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype_mm, name="conv1")(nn.relu(x))
+        y = Conv(f, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype_mm, name="conv2")(nn.relu(y))
         return x + y
 
 
@@ -111,12 +123,14 @@ class FusionBlock(nn.Module):
     so the conv runs before the resize here, on 4x fewer pixels; only float rounding differs.
     """
 
+    dtype_mm: Any = jnp.float32
+
     @nn.compact
     def __call__(self, x, skip, size):
         if skip is not None:
-            x = x + ResidualConvUnit(name="rcu1")(skip)
-        x = ResidualConvUnit(name="rcu2")(x)
-        x = nn.Conv(x.shape[-1], (1, 1), name="out_conv")(x)
+            x = x + ResidualConvUnit(self.dtype_mm, name="rcu1")(skip)
+        x = ResidualConvUnit(self.dtype_mm, name="rcu2")(x)
+        x = Conv(x.shape[-1], (1, 1), dtype=self.dtype_mm, name="out_conv")(x)
         return resize_bilinear(x, size, align_corners=True)
 
 
@@ -128,6 +142,7 @@ class Fusion(nn.Module):
     """
 
     residual: tuple[bool, ...]
+    dtype_mm: Any = jnp.float32
 
     @nn.compact
     def __call__(self, maps):
@@ -137,7 +152,7 @@ class Fusion(nn.Module):
             if not self.residual[i - 1]:
                 x, skip = skip, None
             size = maps[i - 2].shape[1:3] if i > 1 else (2 * skip.shape[1], 2 * skip.shape[2])
-            x = FusionBlock(name=f"block_{i}")(x, skip, size)
+            x = FusionBlock(self.dtype_mm, name=f"block_{i}")(x, skip, size)
             self.sow("intermediates", f"fusion{i}", x)
         return x  # (B, 2 h_1, 2 w_1, F)
 
@@ -150,15 +165,16 @@ class DepthHead(nn.Module):
     """
 
     config: DPTConfig
+    dtype_mm: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, size):  # (B, h, w, F)
-        c = self.config
-        x = nn.Conv(c.fusion_features // 2, (3, 3), padding=((1, 1), (1, 1)), name="conv1")(x)
+        c, mm = self.config, self.dtype_mm
+        x = Conv(c.fusion_features // 2, (3, 3), padding=((1, 1), (1, 1)), dtype=mm, name="conv1")(x)
         self.sow("intermediates", "head_conv1", x)
         x = resize_bilinear(x, size, align_corners=True)
-        x = nn.relu(nn.Conv(c.head_features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(x))
-        x = nn.Conv(1, (1, 1), name="conv3")(x)  # (B, H, W, 1)
+        x = nn.relu(Conv(c.head_features, (3, 3), padding=((1, 1), (1, 1)), dtype=mm, name="conv2")(x))
+        x = Conv(1, (1, 1), dtype=mm, name="conv3")(x)  # (B, H, W, 1)
         self.sow("intermediates", "head_preact", x)
         if c.depth_activation == "sigmoid":
             return c.max_depth * jax.nn.sigmoid(x[..., 0])  # (B, H, W): metric depth
@@ -169,25 +185,26 @@ class DPT(nn.Module):
     """The whole model: normalized NHWC images (B, H, W, 3) -> depth (B, H, W): relative inverse, or metres."""
 
     config: DPTConfig
+    dtype_mm: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images):
-        c = self.config
+        c, mm = self.config, self.dtype_mm
         family = c.family
-        features = family.encoder(c.encoder, name="encoder")(images)  # 4 x (B, 1 + h*w, C) or (B, h_i, w_i, C_i)
+        features = family.encoder(c.encoder, mm, name="encoder")(images)  # 4 x (B, 1 + h*w, C) or (B, h_i, w_i, C_i)
         for i, f in enumerate(features, start=1):
             self.sow("intermediates", f"hook{i}", f)
         grid = None
         if family.outputs_tokens:
             p = c.encoder.patch_size
             grid = (images.shape[1] // p, images.shape[2] // p)
-        maps = Reassemble(c, name="reassemble")(features, grid)  # 4 x (B, h_i, w_i, F), e.g. h_i = 4h, 2h, h, h/2
-        fused = Fusion(c.fusion_residual, name="fusion")(maps)  # (B, 2 h_1, 2 w_1, F)
+        maps = Reassemble(c, mm, name="reassemble")(features, grid)  # 4 x (B, h_i, w_i, F), e.g. h_i = 4h, 2h, h, h/2
+        fused = Fusion(c.fusion_residual, mm, name="fusion")(maps)  # (B, 2 h_1, 2 w_1, F)
         if c.head == "midas":
             size = (2 * fused.shape[1], 2 * fused.shape[2])
         else:  # Depth Anything: straight to the input's size
             size = images.shape[1:3]
-        return DepthHead(c, name="head")(fused, size)  # (B, H, W)
+        return DepthHead(c, mm, name="head")(fused, size)  # (B, H, W)
 
 
 def param_shapes(config: DPTConfig) -> dict[str, tuple[int, ...]]:
@@ -197,3 +214,22 @@ def param_shapes(config: DPTConfig) -> dict[str, tuple[int, ...]]:
     abstract = jax.eval_shape(DPT(config).init, jax.random.PRNGKey(0), images)
     flat = traverse_util.flatten_dict(abstract["params"], sep="/")
     return {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def forward(config: DPTConfig, params, images, dtype: str = "float32"):
+    """Depth of normalized images (B, H, W, 3) -> (B, H, W): the whole model as a pure function.
+
+    `dtype` ("float32" or "bfloat16") is the dtype of the matrix products (`DPT.dtype_mm`);
+    everything else runs in float32, `params` are float32. Float32 products run at full float32
+    precision (no TF32/bf16 passes on accelerators: they cost ~1e-3 relative error).
+    """
+    module = DPT(config, COMPUTE_DTYPES[dtype])
+    with jax.default_matmul_precision("highest"):
+        return module.apply({"params": params}, images.astype(jnp.float32))
+
+
+def cast_params(params):
+    """Parameters as `forward` takes them: NumPy float32 (whatever the compute dtype)."""
+    import numpy as np
+
+    return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)

@@ -37,7 +37,7 @@ import numpy as np
 from .atomic import atomic_write
 from .config import DPTConfig
 from .layers import COMPUTE_DTYPES
-from .model import cast_params, forward
+from .dpt import cast_params, forward
 from .preprocess import network_size, to_network, to_picture
 
 FORMATS = (".stablehlo", ".onnx")
@@ -52,6 +52,8 @@ class ExportSpec:
     batch: Optional[int]  # None: symbolic
     dtype: str
     picture_size: Optional[tuple[int, int]]  # set only with preprocessing inside
+    input_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # the model's input normalisation (RGB in [0, 1])
+    input_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
     @property
     def with_preprocessing(self) -> bool:
@@ -76,7 +78,8 @@ class ExportSpec:
             return (f"pictures ({b}, {h}, {w}, 3) uint8 RGB -> resize to {H}x{W}, normalize -> "
                     f"depth resized back: ({b}, {h}, {w}) float32 [{self.dtype}]")
         H, W = self.size
-        return (f"images ({b}, {H}, {W}, 3) float32, (rgb - 0.5) / 0.5 -> "
+        mean, std = (", ".join(f"{v:g}" for v in t) for t in (self.input_mean, self.input_std))
+        return (f"images ({b}, {H}, {W}, 3) float32, (rgb - ({mean})) / ({std}) -> "
                 f"depth ({b}, {H}, {W}) float32 [{self.dtype}]")
 
 
@@ -110,7 +113,8 @@ def make_spec(config: DPTConfig, *, size=None, batch: Batch = None, dtype: str =
     elif size is None:
         raise ValueError("give the network input size (H, W) to export")
     config.check_input_size(*size)  # before tracing: a clear error, not a shape error deep in the model
-    return ExportSpec(tuple(size), None if batch is None else int(batch), dtype, picture_size)
+    return ExportSpec(tuple(size), None if batch is None else int(batch), dtype, picture_size,
+                      tuple(config.input_mean), tuple(config.input_std))
 
 
 def _pair(value, what) -> tuple[int, int]:
@@ -127,7 +131,7 @@ def _pair(value, what) -> tuple[int, int]:
 
 def program(config: DPTConfig, params, spec: ExportSpec) -> Callable:
     """The function that gets exported: one array in, depth out, parameters closed over as constants."""
-    params = cast_params(params, spec.dtype)
+    params = cast_params(params)
     # The parameters become constants of the program. Behind the barrier, XLA computes what
     # depends on them alone (position biases, ...) at run time with its run-time kernels, as
     # dpt-jax does, instead of folding them at compile time with other rounding.

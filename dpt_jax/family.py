@@ -1,10 +1,11 @@
 """What an encoder family is: everything family-specific, in one object the rest of dpt-jax asks.
 
-Each encoder module (beit.py, swinv2.py) ends with one `EncoderFamily`, and `registry.py` lists
-them. The DPT neck (dpt.py), the converter (convert/), the model loader and the benchmarks
-never compare family names: they ask the family of a config (`config.family`) for its encoder
-module, its key table, its input multiple and so on. Adding a family is adding one module that
-ends with such an object, and one line in registry.py.
+A family lives in two files: `dpt_jax/<family>.py` (the network: config, encoder module,
+presets, minis, FLOP terms) and `convert/<family>.py` (what is known about its files: key
+tables, detection, the Hugging Face layout, the release files), which ends with one
+`EncoderFamily`. `registry.py` finds every such object; nothing else names a family. The DPT
+neck asks `config.family.encoder`, the checkpoint service asks the family that `recognises` a
+file, the hub asks for `releases`, the CLI and `load` for `options`, the benchmarks for `hf`.
 """
 
 from __future__ import annotations
@@ -14,25 +15,80 @@ from typing import Any, Callable, Mapping
 
 
 @dataclass(frozen=True)
+class Option:
+    """A choice a checkpoint cannot tell (a `load` keyword, a CLI flag `--<name with dashes>`)."""
+
+    name: str
+    help: str
+    parse: Callable[[str], Any]  # the CLI text -> the value (ValueError with a message when it is bad)
+    metavar: str = "VALUE"
+
+
+@dataclass(frozen=True)
+class Release:
+    """One downloadable original checkpoint: a file at an HTTP URL, or a file of a Hub repository."""
+
+    name: str  # the preset name it holds (the registry name and the cache file's stem)
+    file: str  # the file's name as published (Depth Anything's names tell the variant)
+    approx_bytes: int  # the tensor byte total (the file is slightly larger): messages and progress only
+    licence: str
+    url: str | None = None  # fetched by dpt-jax's resumable HTTP download
+    repo: str | None = None  # or: fetched from this Hugging Face Hub repository with huggingface_hub,
+    repo_type: str = "model"  # ("model" or "space")
+    subfolder: str = ""  # the file's folder in the repository
+
+
+@dataclass(frozen=True)
+class HFLayout:
+    """A family in the Hugging Face transformers layout: names, config.json in both directions.
+
+    `rules` rename original keys to transformers' (convert.hf.Rename / Split); `parse(top,
+    backbone)` reads a config.json (convert.hf.Fields of the top level and of backbone_config)
+    into a convert.hf.HFModel; `config_json(config)` writes the config.json transformers'
+    from_pretrained takes; `extra_tensors(config, state)` adds the tensors transformers' files
+    hold that the forward never uses.
+    """
+
+    model_type: str  # config.json "model_type"
+    backbone_type: str  # config.json "backbone_config.model_type"
+    architecture: str  # the transformers class, e.g. "DPTForDepthEstimation"
+    rules: tuple
+    parse: Callable[..., Any]
+    config_json: Callable[[Any], dict]
+    extra_tensors: Callable[[Any, dict], dict] = lambda config, state: {}
+    #: what the benchmarks' PyTorch side asks of transformers: the attention it offers ("sdpa"
+    #: or "eager"), and the parameter names its forward never calls
+    default_attention: str = "eager"
+    unused_prefixes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class EncoderFamily:
-    name: str  # "beit", "swinv2", ...: recorded in converted files
+    name: str  # recorded in converted files
+    title: str  # how messages name its models, e.g. "MiDaS v3.1 DPT-BEiT"
     config_class: type  # the frozen encoder config dataclass
-    encoder: type  # Flax module: Encoder(config)(images (B, H, W, 3)) -> four features
+    encoder: type  # Flax module: Encoder(config, dtype_mm)(images (B, H, W, 3)) -> four features
     #: True: the features are token sequences (B, 1 + h*w, C) on the patch grid, cls token first, and
     #: the neck reassembles them into maps; False: they are maps (B, h_i, w_i, C_i) at four scales already.
     outputs_tokens: bool
     presets: tuple  # DPTConfig of every released checkpoint of the family
     input_multiple: Callable[[Any], int]  # encoder config -> image sides must be multiples of this
     recognises: Callable[[Mapping], bool]  # state dict (key -> .shape) -> is it of this family?
-    #: (state dict, path, options) -> DPTConfig read off the keys and shapes (reads no tensor data);
-    #: options are the user's choices a checkpoint cannot tell (e.g. pretrained_window_sizes).
+    #: (state dict, path, **options) -> DPTConfig read off the keys and shapes (reads no tensor data)
     detect_config: Callable[..., Any]
     key_table: Callable[[Any], list]  # DPTConfig -> [convert.keys.Entry] for the whole model
     skipped: Callable[[Any], list]  # DPTConfig -> [convert.keys.Skip]: keys in released files the model does not use
     encoder_flops: Callable[..., Any]  # (encoder config, height, width, batch, add) -> the neck's input sizes
     minis: tuple = ()  # the family's wiring at toy sizes (DPTConfig), for smoke runs and tests
-    #: the options detect_config understands, with their help text (shown in errors and the CLI)
-    options: Mapping[str, str] = field(default_factory=dict)
+    options: tuple[Option, ...] = ()  # choices its files cannot tell
+    #: True where the keys cannot tell the variant (detect_config takes variant=); else they can and must
+    chooses_variant: bool = False
+    aliases: Mapping[str, str] = field(default_factory=dict)  # other names of presets -> preset names
+    releases: tuple[Release, ...] = ()
+    hf: HFLayout | None = None
+    hf_repos: Mapping[str, str] = field(default_factory=dict)  # preset name -> Hub repo in transformers' layout
+    #: fields version-1 converted files did not store, with the values the family implied then
+    v1_fields: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         # Every config of the family answers `type(config).family`: no lookup table, no import of the registry.
@@ -43,7 +99,7 @@ class EncoderFamily:
 
 
 def vit_encoder_flops(c, height: int, width: int, batch: int, add) -> tuple[int, int]:
-    """A plain ViT encoder's FLOPs (2 x MACs: BEiT, DINOv2) into `add(component, flops)`; returns the patch grid.
+    """A plain ViT encoder's FLOPs (2 x MACs) into `add(component, flops)`; returns the patch grid.
 
     Patch embedding, then per block the q/k/v and output projections, both attention products
     over the tokens and the cls token, and the MLP; the encoder stops after its last hooked block.

@@ -1,13 +1,11 @@
-"""The model as a pure function, and the loaded model: a thin runner around it.
+"""The loaded model: a thin runner around the pure `dpt.forward`.
 
-    forward(config, params, images, dtype)   normalized (B, H, W, 3) -> depth (B, H, W); pure, unjitted
-    DepthModel                               config + params on devices + jit(forward) + predict()
-    load(path)                               a checkpoint file -> DepthModel
+    DepthModel     config + params on devices + jit(forward) + predict()
+    load(source)   any checkpoint source (checkpoint.load_checkpoint) -> DepthModel
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -17,33 +15,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from . import pipeline
-from .checkpoint import count_params, read_checkpoint, write_converted
+from .checkpoint import count_params, load_checkpoint, write_converted
 from .config import DPTConfig
-from .dpt import DPT
+from .dpt import cast_params, forward
 from .errors import ImageError
-from .layers import COMPUTE_DTYPES, matmul_params, mixed_precision
-
-
-def forward(config: DPTConfig, params, images, dtype: str = "float32"):
-    """Depth of normalized images (B, H, W, 3) -> (B, H, W): the whole model as a pure function.
-
-    float32 runs every matmul at full float32 precision (no TF32/bf16 passes on accelerators: they
-    cost ~1e-3 relative error); bfloat16 runs the matmuls in bfloat16 with float32 accumulation
-    and everything else in float32 (`layers.mixed_precision`), with `params` from `cast_params`.
-    """
-    module = DPT(config)
-    images = images.astype(jnp.float32)
-    if dtype == "float32":
-        with jax.default_matmul_precision("highest"):
-            return module.apply({"params": params}, images)
-    with mixed_precision(COMPUTE_DTYPES[dtype]):
-        return module.apply({"params": params}, images)
-
-
-def cast_params(params, dtype: str = "float32"):
-    """Parameters as `forward` takes them in `dtype`: float32, with matmul weights in bfloat16 for bfloat16."""
-    params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
-    return params if dtype == "float32" else matmul_params(params, COMPUTE_DTYPES[dtype])
+from .layers import COMPUTE_DTYPES
 
 
 @dataclass
@@ -68,7 +44,7 @@ class DepthModel:
         devices = list(self.devices or jax.local_devices())
         self._mesh = Mesh(np.array(devices), ("batch",))
         self._batch_sharding = NamedSharding(self._mesh, PartitionSpec("batch"))
-        self.params = jax.device_put(cast_params(self.params, self.dtype), NamedSharding(self._mesh, PartitionSpec()))
+        self.params = jax.device_put(cast_params(self.params), NamedSharding(self._mesh, PartitionSpec()))
         config, dtype = self.config, self.dtype
         self._apply = jax.jit(lambda params, images: forward(config, params, images, dtype),
                               out_shardings=self._batch_sharding)
@@ -146,49 +122,21 @@ class DepthModel:
         return hf.write(directory, self.config, jax.device_get(self.params), overwrite=overwrite)
 
 
-def configure_compilation_cache(directory=None) -> str | None:
-    """Turn on JAX's persistent compilation cache, so a second process does not compile again.
-
-    `directory`: where to keep it; default `$DPT_JAX_COMPILATION_CACHE`, else `<cache dir>/xla`
-    (see `hub.cache_dir`). "off" (as argument or variable) leaves JAX as it is, and so does a
-    cache directory the user configured in JAX already. Returns the directory in use.
-    """
-    from . import hub
-
-    current = jax.config.jax_compilation_cache_dir
-    if current:
-        return current
-    directory = directory or os.environ.get("DPT_JAX_COMPILATION_CACHE") or str(hub.cache_dir() / "xla")
-    if str(directory).lower() == "off":
-        return None
-    jax.config.update("jax_compilation_cache_dir", str(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    return str(directory)
-
-
-def load(path, *, dtype: str = "float32", pretrained_window_sizes=None, variant: str | None = None,
-         max_depth: float | None = None, devices=None, compilation_cache=None) -> DepthModel:
+def load(source=None, *, dtype: str = "float32", variant: str | None = None, max_depth: float | None = None,
+         devices=None, progress: bool = True, **options) -> DepthModel:
     """Load a model: a file or folder, or a name that is downloaded and cached on first use.
 
-    `path`: an original MiDaS v3.1 / Depth Anything checkpoint (.pt/.pth or .safetensors), a
+    `source`: an original MiDaS v3.1 / Depth Anything checkpoint (.pt/.pth or .safetensors), a
     dpt-jax converted file, a Hugging Face transformers folder (config.json + model.safetensors),
-    an official name ("dpt_swin2_tiny_256", see `hub.REGISTRY` and `hub.HF_REPOS`) or a Hugging
-    Face Hub repo id ("Intel/dpt-swinv2-tiny-256"); see `hub.resolve`.
-    `pretrained_window_sizes` overrides the SwinV2 value that checkpoints do not store (the
-    three official SwinV2 checkpoints are recognised and need no override).
+    a released model's name (see `hub.REGISTRY`; None: `hub.DEFAULT_MODEL`), "<name>_hf" (its
+    transformers-layout repository) or a Hugging Face Hub repo id ("Intel/dpt-swinv2-tiny-256").
     `variant`: which model the file holds, where its keys cannot tell (Depth Anything V1/V2,
     relative/metric, Hypersim/VKITTI: "da2_vits", "da2_metric_hypersim_vitl", "da1_vitb", ...);
-    the official release file names are recognised. For a MiDaS file it must match the keys.
-    `max_depth`: metres, overrides a metric Depth Anything model's (20 Hypersim, 80 VKITTI).
-    `compilation_cache`: directory of the persistent compilation cache, or "off"
-    (see `configure_compilation_cache`).
+    the official release file names are recognised. Where the keys can tell, it must match them.
+    `max_depth`: metres, overrides a metric model's (20 Hypersim, 80 VKITTI).
+    `options`: what a family's files do not store (`registry.options()`, e.g.
+    `pretrained_window_sizes` for SwinV2 checkpoints of no released architecture).
+    Leaves JAX's configuration alone: see `compile_cache.enable` for the persistent compilation cache.
     """
-    from . import hub
-
-    configure_compilation_cache(compilation_cache)
-    source = hub.resolve(path) if isinstance(path, str) and not os.path.exists(path) else path
-    options = {"pretrained_window_sizes": pretrained_window_sizes, "variant": variant, "max_depth": max_depth}
-    options = {k: v for k, v in options.items() if v is not None}
-    # A download was read once when it was checked: that reading is the load's (no second read).
-    checkpoint = (None if options else hub.take_verified(source)) or read_checkpoint(source, **options)
-    return DepthModel(checkpoint.config, checkpoint.params, dtype=dtype, source=os.fspath(source), devices=devices)
+    checkpoint = load_checkpoint(source, variant=variant, max_depth=max_depth, progress=progress, **options)
+    return DepthModel(checkpoint.config, checkpoint.params, dtype=dtype, source=checkpoint.path, devices=devices)

@@ -1,6 +1,7 @@
 """Depth maps as pictures and files: colormaps, 8/16-bit grayscale, .npy, PFM, side by side.
 
-Every file is written atomically (`dpt_jax.atomic.atomic_write`). The formats:
+Every file is written atomically (`dpt_jax.atomic.atomic_write`). The formats (`FORMATS`, a
+registry: `register_format` adds one):
 
     color   <stem>-depth.png        inferno colormap of the normalized inverse depth, RGB; near is bright
     gray8   <stem>-depth-gray8.png  8-bit grayscale of the normalized inverse depth
@@ -9,6 +10,7 @@ Every file is written atomically (`dpt_jax.atomic.atomic_write`). The formats:
     pfm     <stem>-depth.pfm        raw float32 inverse depth as MiDaS's write_pfm (little-endian,
                                     rows bottom to top, scale -1.0)
     side    <stem>-side.png         the picture and its color depth side by side
+    ply     <stem>-points.ply       a coloured point cloud (written by geometry.py)
 
 "Normalized" is scaled to [0, 1] by the map's own minimum and maximum (`normalized`).
 
@@ -22,7 +24,9 @@ shown bright.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
 
@@ -49,17 +53,6 @@ _INFERNO_HEX = (
     "f2ea69f1ec6df1ed71f1ef75f1f179f2f27df2f482f3f586f3f68af4f88ef5f992f6fa96f8fb9af9fc9dfafda1fcffa4"
 )
 INFERNO = np.frombuffer(bytes.fromhex(_INFERNO_HEX), np.uint8).reshape(256, 3)
-
-#: format -> the file name ending that follows the picture's stem.
-FORMATS = {
-    "color": "-depth.png",
-    "gray8": "-depth-gray8.png",
-    "png16": "-depth-16.png",
-    "npy": "-depth.npy",
-    "pfm": "-depth.pfm",
-    "side": "-side.png",
-}
-
 
 def normalized(depth: np.ndarray) -> np.ndarray:
     """Inverse depth scaled to [0, 1] by its own range (all zeros for a constant map), as MiDaS's write_depth."""
@@ -142,35 +135,85 @@ def read_pfm(path) -> np.ndarray:
     return np.flipud(data.reshape(h, w)).astype(np.float32)
 
 
+# ---------------------------------------------------------------------------------------------
+# The format registry: one entry per output format; the CLI's -f, its help and the file names read it.
+
+
+@dataclass(frozen=True)
+class Format:
+    """An output format: the file name ending after the picture's stem, and how a depth map is encoded.
+
+    `encode(file, depth, picture, metric)` writes one picture's map (`picture` is given when
+    `needs_picture`); None for a format another module writes (the point cloud: geometry.py).
+    """
+
+    name: str
+    ending: str
+    description: str
+    encode: Callable[[BinaryIO, np.ndarray, np.ndarray | None, bool], None] | None
+    needs_picture: bool = False
+
+
+def _shown(depth, metric: bool):
+    """What pictures show, near bright: inverse depth as it is, metric depth negated."""
+    return -np.asarray(depth) if metric else depth
+
+
+def _png(f, array: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(array).save(f, format="PNG")
+
+
+def _png16(f, depth, picture, metric: bool) -> None:
+    if metric:
+        scaled = np.clip(np.round(np.asarray(depth, np.float64) * METRIC_PNG16_SCALE), 0, 65535)
+        _png(f, scaled.astype(np.uint16))
+    else:
+        _png(f, gray16(depth))
+
+
+FORMATS: dict[str, Format] = {}
+
+
+def register_format(fmt: Format) -> Format:
+    """Add an output format (a name the CLI's -f takes)."""
+    if fmt.name in FORMATS:
+        raise ValueError(f"an output format named {fmt.name!r} exists already")
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
+for _fmt in (
+    Format("color", "-depth.png", "inferno colormap PNG, near is bright",
+           lambda f, d, p, m: _png(f, colorize(_shown(d, m)))),
+    Format("gray8", "-depth-gray8.png", "8-bit grayscale PNG", lambda f, d, p, m: _png(f, gray8(_shown(d, m)))),
+    Format("png16", "-depth-16.png", "16-bit PNG (color, gray8 and png16 are scaled to each map's own range; a "
+           "metric model's png16 holds metres x 256)", _png16),
+    Format("npy", "-depth.npy", "raw float32: inverse depth, or metres for metric models",
+           lambda f, d, p, m: np.save(f, np.asarray(d, np.float32))),
+    Format("pfm", "-depth.pfm", "raw float32 as MiDaS writes it", lambda f, d, p, m: write_pfm(f, d)),
+    Format("side", "-side.png", "picture and color depth side by side",
+           lambda f, d, p, m: _png(f, side_by_side(p, _shown(d, m))), needs_picture=True),
+    Format("ply", "-points.ply", "coloured point cloud (see the point cloud options)", None, needs_picture=True),
+):
+    register_format(_fmt)
+
+
 def write_depth(path, depth: np.ndarray, fmt: str, *, picture: np.ndarray | None = None,
                 replace: bool = True, metric: bool = False) -> Path:
     """Write `depth` as `fmt` (a key of FORMATS) to `path`, via a temporary file and a rename.
 
-    "side" needs the `picture`. `replace=False` refuses (FileExistsError) to replace a file
-    that is at `path` when the write completes.
+    A format that `needs_picture` takes the `picture`. `replace=False` refuses (FileExistsError)
+    to replace a file that is at `path` when the write completes.
     `metric`: `depth` is in metres (see the module's docstring for what each format then holds).
     """
-    from PIL import Image
-
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    if fmt == "side" and picture is None:
-        raise ValueError("the side format needs the picture")
-    shown = -np.asarray(depth) if metric else depth  # pictures show near as bright: inverse depth, or -metres
-    with atomic_write(path, Path(FORMATS[fmt]).suffix, replace=replace) as f:
-        if fmt == "npy":
-            np.save(f, np.asarray(depth, np.float32))
-        elif fmt == "pfm":
-            write_pfm(f, depth)
-        elif fmt == "png16" and metric:
-            scaled = np.clip(np.round(np.asarray(depth, np.float64) * METRIC_PNG16_SCALE), 0, 65535)
-            Image.fromarray(scaled.astype(np.uint16)).save(f, format="PNG")
-        elif fmt == "png16":
-            Image.fromarray(gray16(depth)).save(f, format="PNG")
-        elif fmt == "gray8":
-            Image.fromarray(gray8(shown)).save(f, format="PNG")
-        elif fmt == "side":
-            Image.fromarray(side_by_side(picture, shown)).save(f, format="PNG")
-        else:
-            Image.fromarray(colorize(shown)).save(f, format="PNG")
+    entry = FORMATS.get(fmt)
+    if entry is None or entry.encode is None:
+        known = ", ".join(n for n, f in FORMATS.items() if f.encode is not None)
+        raise ValueError(f"unknown format {fmt!r}; expected one of {known}")
+    if entry.needs_picture and picture is None:
+        raise ValueError(f"the {fmt} format needs the picture")
+    with atomic_write(path, Path(entry.ending).suffix, replace=replace) as f:
+        entry.encode(f, depth, picture, metric)
     return Path(path)

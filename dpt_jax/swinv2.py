@@ -59,9 +59,8 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -69,11 +68,7 @@ import numpy as np
 import flax.linen as nn
 
 from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, Pair, bounded, checked_fields, require
-from .convert import keys, midas
-from .errors import ConversionError
-from .convert.keys import Entry, Skip
-from .family import EncoderFamily
-from .layers import QKV, Mlp, attend, layer_norm, merge_heads
+from .layers import QKV, Dense, Conv, Mlp, attend, layer_norm, merge_heads
 
 
 @dataclass(frozen=True)
@@ -250,19 +245,21 @@ class PatchEmbed(nn.Module):
     """4x4 stride-4 conv with bias, then LayerNorm: (B, H, W, 3) -> (B, H/4, W/4, C)."""
 
     config: SwinV2Config
+    dtype_mm: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images):
         c = self.config
         p = c.patch_size
-        x = nn.Conv(c.embed_dim, (p, p), strides=(p, p), padding="VALID", name="proj")(images)
+        x = Conv(c.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype_mm, name="proj")(images)
         return layer_norm(c.layer_norm_eps, "norm")(x)
 
 
 class ContinuousPositionBias(nn.Module):
     """Linear(2 -> 512) -> ReLU -> Linear(512 -> heads, no bias) of the (dy, dx) offsets; 16 sigmoid of it.
 
-    Returns the (heads, N, N) bias of one window.
+    Returns the (heads, N, N) bias of one window. Always float32: its output is squashed by 16 sigmoid
+    and added to logits scaled up to 100x, where bfloat16 products would cost whole units.
     """
 
     num_heads: int
@@ -271,7 +268,8 @@ class ContinuousPositionBias(nn.Module):
     @nn.compact
     def __call__(self, window: Pair, divisor: Pair):
         coords = jnp.asarray(relative_coords_table(tuple(window), tuple(divisor)))  # (2wh-1, 2ww-1, 2)
-        table = nn.Dense(self.num_heads, use_bias=False, name="fc2")(nn.relu(nn.Dense(self.hidden, name="fc1")(coords)))
+        hidden = nn.relu(Dense(self.hidden, dtype=jnp.float32, name="fc1")(coords))
+        table = Dense(self.num_heads, use_bias=False, dtype=jnp.float32, name="fc2")(hidden)
         table = 16.0 * jax.nn.sigmoid(table.reshape(-1, self.num_heads).astype(jnp.float32))  # (offsets, heads)
         # squash the (2wh-1)(2ww-1) offsets, then gather (heads, N, N): the same values, N^2/offsets fewer sigmoids
         return jnp.take(table.T, jnp.asarray(relative_position_index(tuple(window))), axis=1)
@@ -282,18 +280,19 @@ class WindowAttention(nn.Module):
 
     num_heads: int
     cpb_hidden: int
+    dtype_mm: Any = jnp.float32
 
     @nn.compact
     def __call__(self, windows, window: Pair, divisor: Pair, mask):  # windows: (B, nWh, nWw, N, C)
         logit_scale = self.param("logit_scale", nn.initializers.constant(math.log(10.0)), (self.num_heads, 1, 1))
-        q, k, v = QKV(self.num_heads, name="qkv")(windows)  # (B, nWh, nWw, heads, N, hd)
+        q, k, v = QKV(self.num_heads, self.dtype_mm, name="qkv")(windows)  # (B, nWh, nWw, heads, N, hd)
         q = _l2_normalize(q) * jnp.exp(jnp.minimum(logit_scale.astype(jnp.float32), LOGIT_SCALE_MAX))
         k = _l2_normalize(k)
         bias = ContinuousPositionBias(self.num_heads, self.cpb_hidden, name="cpb_mlp")(window, divisor)  # (heads, N, N)
         if mask is not None:
             bias = bias + mask  # (nWh, nWw, heads, N, N)
-        out = merge_heads(attend(q, k, v, bias, float32_logits=True))  # (B, nWh, nWw, N, C)
-        return nn.Dense(windows.shape[-1], name="proj")(out)
+        out = merge_heads(attend(q, k, v, bias, dtype_mm=self.dtype_mm, float32_logits=True))  # (B, nWh, nWw, N, C)
+        return Dense(windows.shape[-1], dtype=self.dtype_mm, name="proj")(out)
 
 
 def _l2_normalize(x, eps=1e-12):
@@ -329,6 +328,7 @@ class SwinV2Block(nn.Module):
     shifted: bool  # odd blocks: the windows move by the layout's shift
     divisor: Pair
     window_rule: WindowRule = window_layout
+    dtype_mm: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):  # (B, h, w, C)
@@ -343,25 +343,26 @@ class SwinV2Block(nn.Module):
             y = jnp.roll(y, (-sh, -sw), axis=(1, 2))
         y = partition_windows(y, layout.window)  # (B, nWh, nWw, N, C)
         mask = attention_mask((h, w), layout, shift)
-        y = WindowAttention(self.num_heads, c.cpb_hidden, name="attn")(y, layout.window, self.divisor, mask)
+        y = WindowAttention(self.num_heads, c.cpb_hidden, self.dtype_mm, name="attn")(y, layout.window, self.divisor, mask)
         y = merge_windows(y, layout.window)  # (B, Gp_h, Gp_w, C)
         if sh or sw:
             y = jnp.roll(y, (sh, sw), axis=(1, 2))
         y = y[:, :h, :w]  # (B, h, w, C)
 
         x = x + layer_norm(c.layer_norm_eps, "norm1")(y)
-        return x + layer_norm(c.layer_norm_eps, "norm2")(Mlp(dim * c.mlp_ratio, name="mlp")(x))
+        return x + layer_norm(c.layer_norm_eps, "norm2")(Mlp(dim * c.mlp_ratio, self.dtype_mm, name="mlp")(x))
 
 
 class PatchMerging(nn.Module):
     """Each 2x2 group of tokens -> one: concat (4C) -> Linear(4C -> 2C, no bias) -> LayerNorm(2C)."""
 
     config: SwinV2Config
+    dtype_mm: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):  # (B, h, w, C)
         x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
-        x = nn.Dense(x.shape[-1] // 2, use_bias=False, name="reduction")(x)  # (B, h/2, w/2, 2C)
+        x = Dense(x.shape[-1] // 2, use_bias=False, dtype=self.dtype_mm, name="reduction")(x)  # (B, h/2, w/2, 2C)
         return layer_norm(self.config.layer_norm_eps, "norm")(x)
 
 
@@ -371,6 +372,7 @@ class SwinV2Stage(nn.Module):
     config: SwinV2Config
     stage: int
     window_rule: WindowRule = window_layout
+    dtype_mm: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):  # (B, h, w, C)
@@ -378,8 +380,9 @@ class SwinV2Stage(nn.Module):
         divisor = position_divisor(c, self.stage)
         for b in range(c.depths[self.stage]):
             shifted = b % 2 == 1
-            x = SwinV2Block(c, c.num_heads[self.stage], shifted, divisor, self.window_rule, name=f"blocks_{b}")(x)
-        merged = PatchMerging(c, name="downsample")(x) if self.stage < len(c.depths) - 1 else None
+            x = SwinV2Block(c, c.num_heads[self.stage], shifted, divisor, self.window_rule, self.dtype_mm,
+                            name=f"blocks_{b}")(x)
+        merged = PatchMerging(c, self.dtype_mm, name="downsample")(x) if self.stage < len(c.depths) - 1 else None
         return x, merged  # (B, h, w, C), (B, h/2, w/2, 2C)
 
 
@@ -392,6 +395,7 @@ class SwinV2Encoder(nn.Module):
     """
 
     config: SwinV2Config
+    dtype_mm: Any = jnp.float32
     window_rule: WindowRule = window_layout
 
     @nn.compact
@@ -404,10 +408,10 @@ class SwinV2Encoder(nn.Module):
                 f"SwinV2 needs image sides that are positive multiples of {multiple} "
                 f"(patch size {c.patch_size} and {len(c.depths) - 1} 2x patch merges); got {height}x{width} (HxW)"
             )
-        x = PatchEmbed(c, name="patch_embed")(images)  # (B, H/4, W/4, C)
+        x = PatchEmbed(c, self.dtype_mm, name="patch_embed")(images)  # (B, H/4, W/4, C)
         hooks = []
         for s in range(len(c.depths)):
-            hook, x = SwinV2Stage(c, s, self.window_rule, name=f"layers_{s}")(x)
+            hook, x = SwinV2Stage(c, s, self.window_rule, self.dtype_mm, name=f"layers_{s}")(x)
             hooks.append(hook)  # (B, h_s, w_s, C_s)
         return hooks
 
@@ -442,98 +446,6 @@ MINI = DPTConfig(
 )
 
 
-# ---------------------------------------------------------------------------------------------
-# MiDaS checkpoints: key table, recognition, configuration
-
-
-def key_table(config: DPTConfig) -> list[Entry]:
-    c = config.encoder
-    t = keys.conv("pretrained.model.patch_embed.proj", "encoder/patch_embed/proj")
-    t += keys.norm("pretrained.model.patch_embed.norm", "encoder/patch_embed/norm")
-    for s_i, depth in enumerate(c.depths):
-        stage_s, stage_d = f"pretrained.model.layers.{s_i}", f"encoder/layers_{s_i}"
-        for b in range(depth):
-            s, d = f"{stage_s}.blocks.{b}", f"{stage_d}/blocks_{b}"
-            t.append(Entry(f"{s}.attn.logit_scale", f"{d}/attn/logit_scale", "copy"))
-            t += keys.biased_qkv_and_mlp(s, d)
-            t += keys.linear(f"{s}.attn.cpb_mlp.0", f"{d}/attn/cpb_mlp/fc1")
-            t += keys.linear(f"{s}.attn.cpb_mlp.2", f"{d}/attn/cpb_mlp/fc2", bias=False)
-            t += keys.linear(f"{s}.attn.proj", f"{d}/attn/proj")
-            t += keys.norm(f"{s}.norm1", f"{d}/norm1") + keys.norm(f"{s}.norm2", f"{d}/norm2")
-        if s_i < len(c.depths) - 1:  # timm 0.6 layout: the merge closes stages 0-2
-            t += keys.linear(f"{stage_s}.downsample.reduction", f"{stage_d}/downsample/reduction", bias=False)
-            t += keys.norm(f"{stage_s}.downsample.norm", f"{stage_d}/downsample/norm")
-    return t + midas.neck_table(config)
-
-
-def skipped(config: DPTConfig) -> list[Skip]:
-    return [
-        Skip(r"pretrained\.model\.layers\.\d+\.blocks\.\d+\.attn_mask",
-             "the shifted-window masks: the model builds them for the actual input size"),
-        Skip(r"pretrained\.model\.layers\.\d+\.blocks\.\d+\.attn\.(relative_coords_table|relative_position_index)",
-             "buffers of constants the model computes for the actual window"),
-        Skip(r"pretrained\.model\.norm\.(weight|bias)", "the final norm of the classifier (not on the hooks' path)"),
-    ] + midas.NECK_SKIPS + midas.unused_fusion_units(config, "scratch.refinenet{i}")
-
-
-def recognises(state) -> bool:
-    return "pretrained.model.layers.0.blocks.0.attn.cpb_mlp.0.weight" in state
-
-
-def _count(state, pattern: str) -> int:
-    rx = re.compile(pattern)
-    return len({m.group(1) for k in state if (m := rx.fullmatch(k))})
-
-
-def detect_config(state, path, *, pretrained_window_sizes=None, window_size=None, native_size=None,
-                  **options) -> DPTConfig:
-    """The configuration of a MiDaS SwinV2 checkpoint, read off its keys and shapes.
-
-    `pretrained_window_sizes` are not stored in checkpoints: they come from the preset with the
-    same architecture, or from the argument (which wins). A checkpoint that matches no preset
-    needs the argument: guessing wrong moves the hooks by 55-90 %. `window_size` and `native_size`
-    stand in for the shift-mask buffer, which files without buffers (Hugging Face's) do not hold.
-    """
-    shape = lambda key: midas.shape(state, key, path)  # noqa: E731
-    embed = shape("pretrained.model.patch_embed.proj.weight")[0]
-    stages = _count(state, r"pretrained\.model\.layers\.(\d+)\..*")
-    depths = tuple(_count(state, rf"pretrained\.model\.layers\.{s}\.blocks\.(\d+)\..*") for s in range(stages))
-    heads = tuple(shape(f"pretrained.model.layers.{s}.blocks.0.attn.logit_scale")[0] for s in range(stages))
-    # The first stage's shift mask (num_windows, ws*ws, ws*ws) gives the window and the native size.
-    mask_key = "pretrained.model.layers.0.blocks.1.attn_mask"
-    if mask_key in state:
-        num_windows, ws2, _ = shape(mask_key)
-        window = math.isqrt(ws2)
-        size = window * math.isqrt(num_windows) * 4
-    elif window_size is not None and native_size is not None and native_size[0] == native_size[1]:
-        window, size = int(window_size), int(native_size[0])
-    else:
-        raise ConversionError(path, f"cannot tell the window size and native input size: {mask_key!r} is missing")
-    architecture = (embed, depths, heads, window, (size, size))
-    preset = next((p for p in PRESETS if _architecture(p.encoder) == architecture), None)
-    windows = pretrained_window_sizes or (preset.encoder.pretrained_window_sizes if preset else None)
-    if windows is None:
-        raise ConversionError(path, (
-            f"a SwinV2 checkpoint of no released architecture (embed {embed}, depths {depths}, window {window}, "
-            f"{size}x{size}): its pretrained window sizes are not stored in the file and cannot be guessed "
-            f"(a wrong guess moves the features by 55-90 %). Pass them: pretrained_window_sizes=(a, b, c, d) "
-            f"to dpt_jax.load or --pretrained-window-sizes a,b,c,d (0 for 'the window itself', as swin2_tiny_256)"))
-    if len(windows) != stages:
-        raise ConversionError(path, f"pretrained_window_sizes has {len(windows)} values; this checkpoint has "
-                              f"{stages} stages: give one per stage")
-    encoder = SwinV2Config(embed_dim=embed, depths=depths, num_heads=heads, window_size=window,
-                           pretrained_window_sizes=tuple(windows), native_size=(size, size))
-    return DPTConfig(
-        name="custom_swinv2", encoder=encoder, reassembly_features=encoder.stage_dims,
-        reassemble_factors=(1, 1, 1, 1), readout="none", native_size=(size, size), keep_aspect_ratio=False,
-        **midas.neck_widths(state, path),
-    )
-
-
-def _architecture(c: SwinV2Config):
-    return c.embed_dim, c.depths, c.num_heads, c.window_size, c.native_size
-
-
 def encoder_flops(c: SwinV2Config, height: int, width: int, batch: int, add) -> list[Pair]:
     """Adds the encoder's FLOPs (2 x MACs) to `add(component, flops)`; returns the four stage grids.
 
@@ -559,20 +471,3 @@ def encoder_flops(c: SwinV2Config, height: int, width: int, batch: int, add) -> 
             add("encoder.patch_merging", 2 * B * (h // 2) * (w // 2) * (4 * C) * (2 * C))
             h, w = h // 2, w // 2
     return grids
-
-
-FAMILY = EncoderFamily(
-    name="swinv2",
-    config_class=SwinV2Config,
-    encoder=SwinV2Encoder,
-    outputs_tokens=False,
-    presets=PRESETS,
-    minis=(MINI,),
-    input_multiple=lambda c: c.input_multiple,
-    recognises=recognises,
-    detect_config=detect_config,
-    key_table=key_table,
-    skipped=skipped,
-    encoder_flops=encoder_flops,
-    options={"pretrained_window_sizes": "SwinV2: the pretrained window size of each stage (not stored in checkpoints)"},
-)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -186,7 +187,8 @@ def test_batch_split_across_four_devices_gives_the_same_depth():
 
 def test_second_process_reuses_the_persistent_compilation_cache(tmp_path):
     code = f"""
-        import numpy as np, dpt_jax
+        import numpy as np, dpt_jax, dpt_jax.compile_cache
+        dpt_jax.compile_cache.enable()
         m = dpt_jax.load({str(FIXTURES / "mini_beit.pt")!r})
         m.apply(np.zeros((1, 64, 64, 3), np.float32)).block_until_ready()
     """
@@ -209,8 +211,9 @@ def test_bfloat16_error_against_float32():
     x = nchw_to_nhwc(ref["native__input"])
     d32 = np.asarray(dpt_jax.load(FIXTURES / "mini_beit.pt").apply(x))
     model16 = dpt_jax.load(FIXTURES / "mini_beit.pt", dtype="bfloat16")
-    assert model16.params["encoder"]["blocks_0"]["mlp"]["fc1"]["kernel"].dtype == jnp.bfloat16
-    assert model16.params["encoder"]["blocks_0"]["norm1"]["scale"].dtype == jnp.float32
+    assert model16.params["encoder"]["blocks_0"]["mlp"]["fc1"]["kernel"].dtype == jnp.float32  # cast in the program
+    program = jax.jit(lambda p, i: dpt_jax.forward(model16.config, p, i, "bfloat16")).lower(model16.params, x).as_text()
+    assert "bf16" in program and "dot_general" in program
     d16 = np.asarray(model16.apply(x))
     assert d16.dtype == np.float32
     span = d32.max() - d32.min()
@@ -274,3 +277,11 @@ def test_predict_returns_pil_images_on_request(model):
     np.testing.assert_array_equal(np.asarray(color), colorize(depth))
     with pytest.raises(ValueError, match="output must be"):
         model.predict(picture, output="png")
+
+
+def test_load_leaves_the_jax_configuration_alone():
+    before = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+                                                  "jax_default_matmul_precision", "jax_enable_x64")}
+    model = dpt_jax.load(FIXTURES / "mini_beit.pt")
+    model.apply(np.zeros((1, 64, 64, 3), np.float32)).block_until_ready()
+    assert {k: getattr(jax.config, k) for k in before} == before

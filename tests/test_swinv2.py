@@ -64,7 +64,7 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 @functools.lru_cache(maxsize=None)
 def encoder_fn(encoder_config: SwinV2Config, window_rule=window_layout, fast_compile=True):
     """One jitted encoder per configuration: same config and shapes share a compilation."""
-    module = SwinV2Encoder(encoder_config, window_rule)
+    module = SwinV2Encoder(encoder_config, window_rule=window_rule)
     options = FAST_COMPILE if fast_compile else None
     return jax.jit(lambda params, images: module.apply({"params": params}, images), compiler_options=options)
 

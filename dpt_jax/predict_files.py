@@ -1,0 +1,355 @@
+"""The `dpt-jax predict` run: pictures and videos from files, folders and globs to depth files.
+
+    run(args)   1. expand and read the inputs' headers (a bad one is named before any model loads)
+                2. plan the output files (never replacing what exists unless --overwrite)
+                3. load the model only if there is something to do, then pictures through
+                   `pipeline.run` and videos through `video.predict_video`, writing as results come
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from .errors import ImageError
+from .inputs import Input, expand_inputs, output_bases
+from .output import FORMATS
+
+class Status:
+    """Status lines on stderr: errors always; the rest unless quiet; details only when verbose."""
+
+    def __init__(self, quiet: bool, verbose: bool, prefix: str = ""):
+        self.quiet, self.verbose, self.prefix = quiet, verbose, prefix
+        self.bar = None
+
+    def _print(self, line: str):
+        line = self.prefix + line
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def error(self, line: str):
+        self._print(line)
+
+    def info(self, line: str):
+        if not self.quiet:
+            self._print(line)
+
+    def detail(self, line: str):
+        if self.verbose and not self.quiet:
+            self._print(line)
+
+
+def _check_writable(outdir: Path) -> None:
+    """Create OUTDIR and prove a file can be written there, before any model is loaded."""
+    import tempfile
+
+    from .atomic import PARTIAL_PREFIX
+
+    if outdir.exists() and not outdir.is_dir():
+        raise ValueError(f"output folder {outdir}: exists and is not a folder")
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=outdir, prefix=f"{PARTIAL_PREFIX}probe-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"output folder {outdir}: cannot write there ({e.strerror or e})") from None
+
+
+def start_distributed(requested: bool) -> tuple[int, int]:
+    """(this process's index, the number of processes) of a `predict` run on many hosts.
+
+    With --distributed, or when JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES or JAX_PROCESS_ID is
+    set, `jax.distributed.initialize()` joins the processes (the variables are passed on; on
+    clusters JAX detects, such as Slurm, Open MPI and TPU pods, none are needed). Each process
+    then runs its share on its own local devices: no arrays cross hosts, so a failing process
+    cannot leave the others waiting in a collective. Otherwise (0, 1), and JAX is not touched.
+    """
+    names = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+    if not requested and not any(os.environ.get(n) for n in names):
+        return 0, 1
+    import jax
+
+    options = {}
+    for name, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+        if os.environ.get(name):
+            try:
+                options[key] = int(os.environ[name])
+            except ValueError:
+                raise ValueError(f"{name} must be an integer; got {os.environ[name]!r}") from None
+    try:
+        jax.distributed.initialize(**options)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise RuntimeError(f"cannot start the distributed run (--distributed): {e}; set JAX_COORDINATOR_ADDRESS "
+                           "(host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID, or run under a "
+                           "cluster manager JAX detects (Slurm, Open MPI, TPU pods)") from None
+    return jax.process_index(), jax.process_count()
+
+
+def shard(items: list, process: int, processes: int) -> list:
+    """This process's share of a run's inputs: picture i goes to process i % processes. Every process
+    expands and sorts the inputs the same way, so the shares are disjoint and cover every picture."""
+    return items[process::processes]
+
+
+def _check_3d_options(args, pictures: list[Input]) -> None:
+    """--fov, --align, --robust and --far belong to --format ply; --align to exactly one picture."""
+    given = [name for name, value in (("--fov", args.fov), ("--align", args.align), ("--robust", args.robust),
+                                      ("--far", args.far)) if value not in (None, False)]
+    if given and "ply" not in args.format:
+        raise ValueError(f"{', '.join(given)} apply to point clouds: add ply to -f/--format")
+    if args.robust and args.align is None:
+        raise ValueError("--robust applies to --align (a robust fit to the known depths)")
+    if args.align is not None and len(pictures) != 1:
+        raise ValueError(f"--align {args.align}: known depths belong to one picture; this run has "
+                         f"{len(pictures)} pictures (run each picture with its own file)")
+    if args.smoothing is not None and args.normalize != "running":
+        raise ValueError("--smoothing applies to --normalize running (a global mapping has nothing to smooth)")
+    if args.smoothing is not None and not 0 <= args.smoothing < 1:
+        raise ValueError(f"--smoothing must be in [0, 1); got {args.smoothing:g}")
+
+
+def _keep_missing(targets: dict, name: str, overwrite: bool, status: Status) -> dict | None:
+    """The targets to write for one input: all with --overwrite; else those that do not exist (None: none)."""
+    if overwrite:
+        return targets
+    there = [t for t in targets.values() if t.exists() or t.is_symlink()]
+    if len(there) == len(targets):
+        status.detail(f"{name}: skipped, {', '.join(map(str, there))} exist{'s' if len(there) == 1 else ''}")
+        return None
+    if there:
+        status.info(f"{name}: {', '.join(map(str, there))} exist{'s' if len(there) == 1 else ''}, "
+                    "not replaced (--overwrite replaces)")
+    return {f: t for f, t in targets.items() if t not in there}
+
+
+def run(args) -> int:
+    from . import geometry, pipeline
+    from .atomic import clean_stale_partials
+    from .video import is_video
+
+    process, processes = start_distributed(args.distributed)
+    status = Status(args.quiet, args.verbose, prefix=f"[process {process}/{processes}] " if processes > 1 else "")
+    args.size = args.size or args.height
+    found, notes = expand_inputs(args.inputs, recursive=args.recursive)
+    for note in notes if process == 0 else []:
+        status.info(f"note: {note}")
+    if not found:
+        raise ValueError("no input pictures found")
+    _check_3d_options(args, [i for i in found if not is_video(i.path)])
+    # Names come from the whole list, the same in every process; then each process takes its share.
+    bases = dict(zip((id(i) for i in found), output_bases(found)))
+    mine = shard(found, process, processes)
+    if processes > 1:
+        status.info(f"{len(mine)} of {len(found)} pictures are this process's share")
+
+    # 1. Inputs: read every header now, so that a missing or unreadable picture is named before any model loads.
+    failed = 0
+    sources, items, videos = [], [], []
+    for i, item in enumerate(mine):
+        if is_video(item.path):  # its frames are read when it is processed; here only that it is there
+            if item.path.is_file():
+                videos.append(item)
+            else:
+                status.error(f"{item.path}: {'no such file' if not item.path.exists() else 'not a file'}")
+                failed += 1
+            continue
+        try:
+            sources.append(pipeline.open_source(item.path, i))
+            items.append(item)
+        except ImageError as e:
+            status.error(f"{e.name}: {e.message}")
+            failed += 1
+    if args.align is not None and sources:  # the file of known depths is checked before any model loads
+        geometry.load_known_depths(args.align, sources[0].size)
+
+    # 2. The output folder: writable, stale temporary files of killed runs removed.
+    outdir = Path(args.output)
+    _check_writable(outdir)
+    resolved_inputs = {i.path.resolve() for i in found}
+    plan, todo = {}, []  # source name -> {format: target}; sources with something to write
+    skipped = 0
+    endings = {name: f.ending for name, f in FORMATS.items()}
+    for src, item in zip(sources, items):
+        base = bases[id(item)]
+        targets = {fmt: outdir / base.parent / f"{base.name}{endings[fmt]}" for fmt in args.format}
+        if clash := [str(t) for t in targets.values() if t.resolve() in resolved_inputs]:
+            raise ValueError(f"refusing to overwrite input pictures with outputs: {', '.join(clash)}")
+        targets = _keep_missing(targets, src.name, args.overwrite, status)
+        if targets is None:
+            skipped += 1
+            continue
+        plan[src.name] = targets
+        todo.append(src)
+    video_todo = []  # (video, {"video" | "frames": target})
+    for item in videos:
+        base = outdir / bases[id(item)].parent / bases[id(item)].name
+        targets = {"video": base.with_name(base.name + ("-side.mp4" if args.side_by_side else "-depth.mp4"))}
+        if args.frames:
+            targets["frames"] = base.with_name(base.name + ("-depth.npy" if args.frames == "npy" else "-depth-16"))
+        if clash := [str(t) for t in targets.values() if t.resolve() in resolved_inputs]:
+            raise ValueError(f"refusing to overwrite input files with outputs: {', '.join(clash)}")
+        targets = _keep_missing(targets, str(item.path), args.overwrite, status)
+        if targets is None:
+            skipped += 1
+            continue
+        video_todo.append((item, targets))
+    folders = {t.parent for ts in plan.values() for t in ts.values()} | {t.parent for _, ts in video_todo for t in ts.values()}
+    for folder in sorted({outdir} | folders):
+        for stale in clean_stale_partials(folder):
+            status.detail(f"removed {stale}, left by a killed run")
+    what = "input" if videos else "picture"
+    if skipped:
+        status.info(f"{skipped} {what}{'s' if skipped != 1 else ''} skipped: their outputs exist "
+                    "(--overwrite replaces them)")
+
+    # 3. The model, only when there is something to do.
+    written, done = [], 0
+    if todo or video_todo:
+        model = _load_model(args, status)
+        if todo:
+            written, done = _predict(args, model, todo, plan, status)
+        if video_todo:
+            video_written, videos_done = _predict_videos(args, model, video_todo, status)
+            written, done = written + video_written, done + videos_done
+    failed += len(todo) + len(video_todo) - done
+    if len(written) == 1:
+        summary = f"1 {'depth map' if todo else 'file'} written: {written[0]}"
+    elif written:
+        summary = f"{done} {what}{'s' if done != 1 else ''} done, {len(written)} files written under {outdir}"
+    else:
+        summary = f"nothing written to {outdir}"
+    extras = ([f"{skipped} skipped"] if skipped else []) + ([f"{failed} failed"] if failed else [])
+    status.info(summary + (f" ({', '.join(extras)})" if extras else ""))
+    return 1 if failed else 0
+
+
+def _load_model(args, status: Status):
+    import time
+
+    from .model import load
+    from .options import model_options
+
+    t0 = time.perf_counter()
+    model = load(args.model, dtype=args.dtype, progress=not args.quiet, **model_options(args))
+    c = model.config
+    devices = describe_devices(model.devices or None)
+    status.info(f"model {c.name} ({c.family.title}) from {model.source}, {args.dtype}, "
+                f"on {devices if args.verbose else devices.split(' (')[0]}; loaded in {time.perf_counter() - t0:.1f} s")
+    if args.align is not None and c.is_metric:
+        raise ValueError(f"--align: {c.name} is a metric model; its point clouds are in metres without alignment")
+    return model
+
+
+def _predict(args, model, todo, plan, status: Status) -> tuple[list[Path], int]:
+    """Run the model over `todo`, writing each picture's outputs as soon as its depth is known.
+    Returns (the files written, how many pictures got all theirs)."""
+    from tqdm import tqdm
+
+    from . import geometry, output, pipeline
+
+    c = model.config
+    total = len(todo)
+    tty = sys.stderr.isatty() and not args.no_progress and not args.quiet
+    if tty:
+        status.bar = tqdm(total=total, unit="img", file=sys.stderr)
+    written: list[Path] = []
+    count = done = 0
+
+    def write_all(r: pipeline.Result) -> list[Path]:
+        targets = plan[r.name]
+        needs_picture = any(FORMATS[fmt].needs_picture for fmt in targets)
+        picture = pipeline.open_source(r.name).load() if needs_picture else None
+        paths = []
+        for fmt, path in targets.items():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if fmt == "ply":  # metric models: metres; relative: metres with --align, else arbitrary units
+                    geometry.save_point_cloud(path, r.depth, picture, fov=args.fov or 60.0, known=args.align,
+                                              robust=args.robust, metric=c.is_metric, max_depth=args.far,
+                                              source=r.name)
+                else:
+                    output.write_depth(path, r.depth, fmt, picture=picture, replace=args.overwrite,
+                                       metric=c.is_metric)
+            except FileExistsError:
+                raise ValueError(f"{path} appeared meanwhile; not replaced (--overwrite replaces it)") from None
+            except OSError as e:
+                raise ValueError(f"cannot write {path}: {e.strerror or e}") from None
+            written.append(path)
+            paths.append(path)
+        return paths
+
+    def on_result(r: pipeline.Result):
+        nonlocal count, done
+        count += 1
+        if r.error is None:
+            try:
+                paths = write_all(r)
+                done += 1
+            except ValueError as e:  # ImageError included
+                r.error = getattr(e, "message", str(e))
+        if r.error is not None:
+            status.error(f"{r.name}: {r.error}")
+        elif not tty:
+            status.info(f"[{count}/{total}] {r.name} -> {', '.join(map(str, paths))}")
+        if status.bar is not None:
+            status.bar.update(1)
+
+    try:
+        pipeline.run(model, todo, batch_size=args.batch_size, keep_aspect_ratio=args.keep_aspect_ratio,
+                     size=args.size, bucket=args.bucket, on_result=on_result, keep_depth=False,
+                     on_status=status.info)
+    finally:
+        if status.bar is not None:
+            status.bar.close()
+            status.bar = None
+    return written, done
+
+
+def _predict_videos(args, model, todo, status: Status) -> tuple[list[Path], int]:
+    """Write each video's depth video (and frames) one after the other; a video that fails is reported
+    and the next one goes on. Returns (the files and folders written, how many videos got all theirs)."""
+    from tqdm import tqdm
+
+    from . import video
+
+    tty = sys.stderr.isatty() and not args.no_progress and not args.quiet
+    written: list[Path] = []
+    done = 0
+    for k, (item, targets) in enumerate(todo, 1):
+        for target in targets.values():
+            target.parent.mkdir(parents=True, exist_ok=True)
+        if tty:
+            status.bar = tqdm(unit="frame", file=sys.stderr, desc=item.path.name)
+        try:
+            r = video.predict_video(model, item.path, targets.get("video"), batch_size=args.batch_size,
+                                    normalize=args.normalize, smoothing=args.smoothing,
+                                    side_by_side=args.side_by_side,
+                                    frames_format=args.frames if "frames" in targets else None,
+                                    frames_path=targets.get("frames"), keep_aspect_ratio=args.keep_aspect_ratio,
+                                    progress=status.bar.update if status.bar is not None else None)
+        except (ValueError, OSError) as e:  # VideoError included: this video is reported, the next one goes on
+            message = str(e)
+            status.error(message if message.startswith(str(item.path)) else f"{item.path}: {message}")
+            continue
+        finally:
+            if status.bar is not None:
+                status.bar.close()
+                status.bar = None
+        paths = [p for p in (r.video, r.frames_path) if p is not None]
+        written += paths
+        done += 1
+        status.info(f"[{k}/{len(todo)}] {item.path} -> {', '.join(map(str, paths))}: {r.frames} frames "
+                    f"{r.size[1]}x{r.size[0]} (model at {r.processed_size[1]}x{r.processed_size[0]}), "
+                    f"{r.seconds:.1f} s, {r.frames_per_second:.1f} frames/s")
+    return written, done
+
+
+def describe_devices(devices=None) -> str:
+    import jax
+
+    devices = list(devices or jax.local_devices())
+    kinds = sorted({d.device_kind for d in devices})
+    return f"{len(devices)} x {', '.join(kinds)} ({', '.join(str(d) for d in devices)})"
