@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-torch", action="store_true", help="skip the PyTorch (transformers) side")
     r.add_argument("--torch-dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     r.add_argument("--torch-attn", default="auto", choices=["auto", "sdpa", "eager"],
-                   help="transformers attention implementation (default auto: the family's, see "
-                        "benchmarks/torch_side.py: sdpa for BEiT, eager for SwinV2, whose backbone has no other)")
+                   help="transformers attention implementation (default auto: the family's HFLayout."
+                        "default_attention, sdpa where transformers offers it for that backbone)")
     r.add_argument("--threads", type=int, help="torch threads (default: the cores JAX uses)")
     r.add_argument("--precision", choices=["default", "high", "highest"],
                    help="jax_default_matmul_precision (default: leave JAX's default)")

@@ -93,12 +93,12 @@ def preact_function(config, dtype: str):
     import jax
 
     from dpt_jax.dpt import DPT
-    from dpt_jax.layers import COMPUTE_DTYPES, mixed_precision
+    from dpt_jax.layers import COMPUTE_DTYPES
 
     def run(params, images):
-        ctx = jax.default_matmul_precision("highest") if dtype == "float32" else mixed_precision(COMPUTE_DTYPES[dtype])
-        with ctx:
-            depth, state = DPT(config).apply({"params": params}, images, mutable=["intermediates"])
+        with jax.default_matmul_precision("highest"):
+            depth, state = DPT(config, COMPUTE_DTYPES[dtype]).apply({"params": params}, images,
+                                                                    mutable=["intermediates"])
         return depth, state["intermediates"]["head"]["head_preact"][0][..., 0]  # (B, H, W), (B, H, W)
 
     return jax.jit(run)
@@ -109,7 +109,10 @@ def torch_preact_hook(hf, store: dict):
     import torch
 
     last = [m for m in hf.head.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.Sigmoid))][-1]
-    return last.register_forward_pre_hook(lambda _m, args: store.__setitem__("preact", args[0].detach().float().clone()))
+    def keep(_module, args):
+        store["preact"] = args[0].detach().float().clone()
+
+    return last.register_forward_pre_hook(keep)
 
 
 def run_model(name: str, photos: dict, *, seed: int, keep_aspect_ratio, threads: int) -> list[dict]:
@@ -214,18 +217,21 @@ def main(argv=None) -> int:
     from benchmarks import bench
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated presets (default {DEFAULT_MODELS})")
     p.add_argument("--images", default=str(DEFAULT_IMAGES), metavar="NPZ",
-                   help="an .npz of photos as '<name>__raw_bgr_uint8' arrays (default: the Depth Anything e2e fixture's two)")
+                   help="an .npz of photos as '<name>__raw_bgr_uint8' arrays (default: the Depth Anything e2e "
+                        "fixture's two)")
     p.add_argument("--seed", type=int, default=0, help="PRNGKey of DPT(config).init (default 0)")
     p.add_argument("--keep-aspect-ratio", choices=("auto", "config", "yes", "no"), default="auto",
                    help="resize rule for the network input: 'no' gives the native square; 'auto' (default) is the "
-                        "config's, except Depth Anything: the native 518x518 square, where transformers' DINOv2 "
-                        "uses its position embeddings as they are (elsewhere it interpolates them differently "
-                        "from the original)")
+                        "config's, except models sized to at least their native size (Depth Anything): the native "
+                        "518x518 square, where transformers uses the position embeddings as they are (elsewhere it "
+                        "interpolates them differently from the original)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores this process may use)")
-    p.add_argument("--out", default=str(bench.RESULTS_DIR), metavar="DIR", help="results folder (default benchmarks/results)")
+    p.add_argument("--out", default=str(bench.RESULTS_DIR), metavar="DIR",
+                   help="results folder (default benchmarks/results)")
     p.add_argument("--no-write", action="store_true", help="print only")
     args = p.parse_args(argv)
 
@@ -258,7 +264,8 @@ def main(argv=None) -> int:
     for name in [m for m in args.models.split(",") if m]:  # one section per model, written as soon as it is done
         keep = {"config": None, "yes": True, "no": False}.get(args.keep_aspect_ratio)
         if args.keep_aspect_ratio == "auto":
-            keep = False if resolve_config(name).family.name == "dinov2" else None
+            # models that resize to at least their native size (Depth Anything) run at their native square
+            keep = False if resolve_config(name).resize_rule == "lower_bound" else None
         rows = run_model(name, photos, seed=args.seed, keep_aspect_ratio=keep, threads=threads)
         checks = verdicts(rows)
         ok &= all(c["mean_ok"] and c["max_ok"] for c in checks)

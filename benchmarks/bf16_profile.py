@@ -29,37 +29,35 @@ if __name__ == "__main__" and not __package__:  # run as a script: the repositor
 DTYPES = ("float32", "bfloat16")
 
 
-def stage_functions(config):
-    """name -> f(params, x) of each stage; every f runs in `dtype` as `forward` does (see `in_mode`)."""
+def stage_functions(config, dtype):
+    """name -> f(params, x) of each stage, with its products in `dtype` as `forward` runs them (see `in_mode`)."""
     from dpt_jax.dpt import DepthHead, Fusion, Reassemble
+    from dpt_jax.layers import COMPUTE_DTYPES
 
-    c = config
+    c, mm = config, COMPUTE_DTYPES[dtype]
     family = c.family
 
     def encoder(params, images):
-        return family.encoder(c.encoder).apply({"params": params["encoder"]}, images)
+        return family.encoder(c.encoder, mm).apply({"params": params["encoder"]}, images)
 
     def reassemble(params, features, grid):
-        return Reassemble(c).apply({"params": params["reassemble"]}, features, grid)
+        return Reassemble(c, mm).apply({"params": params["reassemble"]}, features, grid)
 
     def fusion(params, maps):
-        return Fusion(c.fusion_residual).apply({"params": params["fusion"]}, maps)
+        return Fusion(c.fusion_residual, mm).apply({"params": params["fusion"]}, maps)
 
     def head(params, fused, size):
-        return DepthHead(c).apply({"params": params["head"]}, fused, size)
+        return DepthHead(c, mm).apply({"params": params["head"]}, fused, size)
 
     return encoder, reassemble, fusion, head
 
 
-def in_mode(fn, dtype):
-    """fn traced as `model.forward` traces in `dtype`: float32 matmuls at HIGHEST, or mixed precision."""
+def in_mode(fn):
+    """fn traced as `dpt.forward` traces it: float32 products at HIGHEST precision."""
     import jax
 
-    from dpt_jax.layers import COMPUTE_DTYPES, mixed_precision
-
     def wrapped(*args):
-        ctx = jax.default_matmul_precision("highest") if dtype == "float32" else mixed_precision(COMPUTE_DTYPES[dtype])
-        with ctx:
+        with jax.default_matmul_precision("highest"):
             return fn(*args)
 
     return wrapped
@@ -80,10 +78,9 @@ def profile_stages(config, size, batch, repeats, warmup, seed):
     import jax.numpy as jnp
     import numpy as np
 
-    from dpt_jax.model import cast_params, forward
+    from dpt_jax.dpt import cast_params, forward
     from dpt_jax.timing import random_params
 
-    encoder, reassemble, fusion, head = stage_functions(config)
     h, w = size
     images = jnp.asarray(np.random.default_rng(seed).standard_normal((batch, h, w, 3), dtype=np.float32))
     p = config.encoder.patch_size if config.family.outputs_tokens else None
@@ -92,11 +89,12 @@ def profile_stages(config, size, batch, repeats, warmup, seed):
     base = random_params(config, seed)
     rows = []
     for dtype in DTYPES:
-        params = jax.device_put(cast_params(base, dtype))
-        f_enc = jax.jit(in_mode(encoder, dtype))
-        f_re = jax.jit(in_mode(reassemble, dtype), static_argnums=2)
-        f_fu = jax.jit(in_mode(fusion, dtype))
-        f_hd = jax.jit(in_mode(head, dtype), static_argnums=2)
+        encoder, reassemble, fusion, head = stage_functions(config, dtype)
+        params = jax.device_put(cast_params(base))
+        f_enc = jax.jit(in_mode(encoder))
+        f_re = jax.jit(in_mode(reassemble), static_argnums=2)
+        f_fu = jax.jit(in_mode(fusion))
+        f_hd = jax.jit(in_mode(head), static_argnums=2)
         f_all = jax.jit(lambda prm, x: forward(config, prm, x, dtype))
         feats = f_enc(params, images)
         maps = f_re(params, feats, grid)
@@ -107,7 +105,8 @@ def profile_stages(config, size, batch, repeats, warmup, seed):
                                 ("whole forward", f_all, (params, images))):
             med, lo = timed(fn, args, repeats, warmup)
             rows.append({"part": "stage", "name": stage, "dtype": dtype, "median_s": med, "min_s": lo})
-            print(f"  {stage:14s} {dtype:9s} median {med * 1e3:8.1f} ms  min {lo * 1e3:8.1f} ms", file=sys.stderr, flush=True)
+            print(f"  {stage:14s} {dtype:9s} median {med * 1e3:8.1f} ms  min {lo * 1e3:8.1f} ms",
+                  file=sys.stderr, flush=True)
     return rows
 
 
@@ -133,7 +132,7 @@ def profile_matmuls(config, size, batch, repeats, warmup):
             b = jax.random.normal(kb, (k, n), jnp.float32).astype(dt)
             if dtype == "float32":
                 f = jax.jit(lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST))
-            else:  # as mixed_precision runs a Dense: bf16 operands, float32 result
+            else:  # as layers.Dense runs in bfloat16: bf16 operands, float32 accumulation
                 f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
             med, lo = timed(f, (a, b), max(repeats, 5), warmup)
             gflops = 2 * m * k * n / lo / 1e9
@@ -148,10 +147,10 @@ def hlo_summary(config, size, batch, seed):
     import jax
     import jax.numpy as jnp
 
-    from dpt_jax.model import cast_params, forward
+    from dpt_jax.dpt import cast_params, forward
     from dpt_jax.timing import random_params
 
-    params = cast_params(random_params(config, seed), "bfloat16")
+    params = cast_params(random_params(config, seed))
     images = jnp.zeros((batch, *size, 3), jnp.float32)
     out = {}
     lowered = jax.jit(lambda p, x: forward(config, p, x, "bfloat16")).lower(params, images)
@@ -184,7 +183,8 @@ def hlo_ops(text: str) -> dict:
 
 def format_tables(rows, hlo, size, batch) -> str:
     by = {(r["part"], r["name"], r["dtype"]): r for r in rows}
-    lines = [f"Stages at {size[0]}x{size[1]}, batch {batch} (each jitted on its own; ms, median of the timed calls):", "",
+    lines = [f"Stages at {size[0]}x{size[1]}, batch {batch} (each jitted on its own; ms, median of the timed "
+             "calls):", "",
              "| part | float32 ms | bfloat16 ms | bf16 / f32 | bf16 - f32 ms |", "|---|---:|---:|---:|---:|"]
     for part in ("stage", "matmul"):
         names = list(dict.fromkeys(r["name"] for r in rows if r["part"] == part))
@@ -208,7 +208,8 @@ def main(argv=None) -> int:
     from benchmarks import bench
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--model", default="swin2_tiny_256@256", help="MODEL[@HxW] (default swin2_tiny_256@256)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpt_jax.checkpoint import write_safetensors
+from dpt_jax.convert.safetensors_io import write_safetensors
 
 from .measure import MARKER, child_result, python_child
 

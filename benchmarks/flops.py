@@ -7,7 +7,7 @@
     xla_flops(config, H, W, ...)       XLA's own cost analysis
     flop_check(...)                    the three side by side
 
-The traced program is `dpt_jax.model.forward`, the function DepthModel runs, with the
+The traced program is `dpt_jax.dpt.forward`, the function DepthModel runs, with the
 parameters in the dtypes `cast_params` gives them.
 """
 
@@ -162,30 +162,23 @@ def flop_count(config: DPTConfig, height: int, width: int, batch: int = 1, *, pa
 
 
 def abstract_params(config: DPTConfig, dtype: str = "float32"):
-    """The parameters as `dpt_jax.model.forward` takes them in `dtype`, as shapes and dtypes only (nothing allocated).
-
-    The dtype of each leaf is the one `cast_params` gives it (asked on a scalar stand-in per leaf).
-    """
+    """The parameters as `dpt_jax.dpt.forward` takes them (float32 whatever the compute `dtype`), as shapes only."""
     import jax
-    import numpy as np
+    import jax.numpy as jnp
     from flax import traverse_util
 
     from dpt_jax.dpt import param_shapes
-    from dpt_jax.model import cast_params
 
-    shapes = param_shapes(config)
-    stand_ins = traverse_util.unflatten_dict({k: np.zeros((), np.float32) for k in shapes}, sep="/")
-    dtypes = traverse_util.flatten_dict(cast_params(stand_ins, dtype), sep="/")
-    return traverse_util.unflatten_dict({k: jax.ShapeDtypeStruct(s, dtypes[k].dtype) for k, s in shapes.items()},
-                                        sep="/")
+    return traverse_util.unflatten_dict({k: jax.ShapeDtypeStruct(s, jnp.float32)
+                                         for k, s in param_shapes(config).items()}, sep="/")
 
 
 def trace_forward(config: DPTConfig, height: int, width: int, batch: int = 1, dtype: str = "float32"):
-    """`jax.jit(dpt_jax.model.forward)` traced on abstract inputs (`jax.stages.Traced`): nothing is allocated."""
+    """`jax.jit(dpt_jax.dpt.forward)` traced on abstract inputs (`jax.stages.Traced`): nothing is allocated."""
     import jax
     import jax.numpy as jnp
 
-    from dpt_jax.model import forward
+    from dpt_jax.dpt import forward
 
     images = jax.ShapeDtypeStruct((batch, height, width, 3), jnp.float32)
     return jax.jit(lambda params, x: forward(config, params, x, dtype)).trace(abstract_params(config, dtype), images)

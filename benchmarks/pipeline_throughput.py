@@ -137,7 +137,8 @@ def measure(model, paths: list[Path], batch_size: int, repeats: int, outdir: Pat
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--models", default="mini,swin2_tiny_256", help="comma-separated: mini and/or registry names")
     p.add_argument("--count", type=int, default=12, help="photos in the folder (default 12)")
     p.add_argument("--batch-size", type=int, default=4, help="batch size (default 4)")

@@ -37,7 +37,7 @@ class RowSpec:
     warmup: int = 1
     torch: bool = True
     torch_dtype: str = "auto"  # auto: float32 on CPU; on GPU float32 for float32 rows, float16 otherwise
-    torch_attn: str = "auto"  # transformers attention: auto (the family's default, see torch_side.HF_MODELS), sdpa, eager
+    torch_attn: str = "auto"  # transformers attention: auto (the family's HFLayout.default_attention), sdpa, eager
     threads: Optional[int] = None  # torch threads; default: the cores JAX uses
     xla_flops: bool = True  # also record XLA's cost analysis of the unoptimized HLO (no extra compile)
     matmul_precision: Optional[str] = None  # jax_default_matmul_precision for the run; None: JAX's default

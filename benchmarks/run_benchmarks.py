@@ -50,14 +50,16 @@ def _stem(args) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--models", default=",".join(STANDARD_MODELS), help="comma-separated MODEL@SIZE list")
     p.add_argument("--batch", default="1,4", help="comma-separated batch sizes (default 1,4)")
     p.add_argument("--dtype", default="float32", help="float32 and/or bfloat16, comma-separated (default float32)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per row (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls after the compiling one (default 1)")
     p.add_argument("--no-torch", action="store_true", help="JAX only")
-    p.add_argument("--startup", action="store_true", help="also: fresh-process time to first result, cold vs warm cache")
+    p.add_argument("--startup", action="store_true",
+                   help="also: fresh-process time to first result, cold vs warm cache")
     p.add_argument("--convert-memory", action="store_true", help="also: converter peak RSS on synthesized checkpoints")
     p.add_argument("--manifests", metavar="DIR", help="folder of the checkpoint manifests for --convert-memory "
                                                       "(default: this repository's tests/fixtures/manifests)")
@@ -76,15 +78,16 @@ def main(argv=None) -> int:
     status = 0
     if not args.skip_table:
         run = ["run", *models, "--batch", "1" if args.quick else args.batch, "--dtype", args.dtype,
-               "--repeats", "1" if args.quick else str(args.repeats), "--warmup", "0" if args.quick else str(args.warmup),
+               "--repeats", "1" if args.quick else str(args.repeats),
+               "--warmup", "0" if args.quick else str(args.warmup),
                *(["--no-torch"] if args.no_torch else []), *out]
         status |= bench.main(run)
     if args.startup or args.all:
         status |= bench.main(["startup", *models, *out])
     if args.convert_memory or args.all:
         manifests = [str(QUICK_MANIFEST)] if args.quick else STANDARD_MANIFESTS
-        status |= bench.main(["convert-memory", *manifests, *(["--manifests", args.manifests] if args.manifests else []),
-                              *out])
+        given = ["--manifests", args.manifests] if args.manifests else []
+        status |= bench.main(["convert-memory", *manifests, *given, *out])
     return status
 
 

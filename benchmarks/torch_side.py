@@ -1,23 +1,22 @@
 """The PyTorch side: the Hugging Face transformers model of the same architecture, its timing and FLOPs.
 
-    HF_MODELS            family name -> HFModel (how to build transformers' counterpart of a config)
-    torch_status(config) whether the PyTorch side can run here (torch, transformers, a builder)
+    torch_status(config) whether the PyTorch side can run here (torch, transformers, a layout)
     hf_model(config)     the transformers model with random weights + a parameter report
     torch_flop_count     FLOPs of that model counted by torch's FlopCounterMode (on the meta device)
     torch_matmul_peak    best GFLOP/s of torch.matmul
     bench_torch(spec)    the torch half of a benchmark row
 
-This is the one place that knows families by name: transformers has one model class per family.
-A new family adds one builder function and one line in HF_MODELS; a family without one runs with
-its PyTorch columns empty and the reason recorded.
+The transformers model is built from the config.json dpt-jax writes for the model
+(`convert.hf.hf_config`, the family's `HFLayout`): the same description `save_pretrained` gives,
+so the two sides cannot disagree. A family without a layout runs with its PyTorch columns empty
+and the reason recorded.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from dpt_jax.config import DPTConfig
 from dpt_jax.timing import cpu_cores, time_calls
@@ -27,112 +26,16 @@ from .measure import PeakRSS, run_summary
 INSTALL_HINT = "pip install 'dpt-jax[bench]'"
 
 
-@dataclass(frozen=True)
-class HFModel:
-    """transformers' counterpart of a family: the model class and a DPTConfig -> transformers config builder."""
-
-    model_class: str  # a transformers class, e.g. "DPTForDepthEstimation"
-    build_config: Callable[[DPTConfig], object]  # our config -> the transformers config (no attention choice yet)
-    default_attention: str  # what --torch-attn auto picks: "sdpa" where transformers offers it, else "eager"
-    #: parameters the forward never calls (counted in the total, not in "used")
-    unused_prefixes: tuple[str, ...] = ("neck.fusion_stage.layers.0.residual_layer1.",)
+def hf_counterpart(config: DPTConfig):
+    """The family's transformers layout (family.HFLayout), or None."""
+    return config.family.hf
 
 
-def _dpt_config(config: DPTConfig, backbone, **extra):
-    """transformers DPTConfig (MiDaS neck and head) around `backbone`."""
-    from transformers import DPTConfig as HFDPTConfig
+def _transformers_fields(config: DPTConfig) -> dict:
+    from dpt_jax.convert import hf
 
-    return HFDPTConfig(
-        backbone_config=backbone, neck_hidden_sizes=list(config.reassembly_features),
-        fusion_hidden_size=config.fusion_features, head_in_index=-1, is_hybrid=False,
-        use_batch_norm_in_fusion_residual=False, add_projection=False, **extra,
-    )
-
-
-def _factors(config: DPTConfig) -> list:
-    """The reassemble factors as transformers takes them: integers for the (transposed) conv sizes, 0.5 as is."""
-    return [int(f) if float(f).is_integer() else f for f in config.reassemble_factors]
-
-
-def hf_beit(config: DPTConfig):
-    """MiDaS BEiT: transformers BeitConfig backbone in a DPTConfig with the readout projection."""
-    from transformers import BeitConfig as HFBeitConfig
-
-    e = config.encoder
-    backbone = HFBeitConfig(
-        image_size=[g * e.patch_size for g in e.native_grid],  # the relative-position tables' grid
-        patch_size=e.patch_size, num_channels=3,
-        hidden_size=e.embed_dim, num_hidden_layers=max(e.hooks) + 1, num_attention_heads=e.num_heads,
-        intermediate_size=e.mlp_hidden, hidden_act="gelu", layer_norm_eps=e.layer_norm_eps,
-        use_mask_token=False, use_absolute_position_embeddings=False,
-        use_relative_position_bias=True, use_shared_relative_position_bias=False,
-        layer_scale_init_value=0.1, use_mean_pooling=True, drop_path_rate=0.0,
-        out_indices=[h + 1 for h in e.hooks],  # stage 0 is the embedding output
-        reshape_hidden_states=False,  # keep the cls token for the "project" readout
-        add_fpn=False,
-    )
-    return _dpt_config(config, backbone, reassemble_factors=_factors(config),
-                       readout_type=config.readout)
-
-
-def hf_swinv2(config: DPTConfig):
-    """MiDaS SwinV2: transformers Swinv2Config backbone; DPTConfig skips the reassembly for it, as MiDaS does."""
-    from transformers import Swinv2Config
-
-    e = config.encoder
-    if e.native_size[0] != e.native_size[1]:
-        raise ValueError("the transformers SwinV2 comparison supports square native sizes only")
-    backbone = Swinv2Config(
-        image_size=e.native_size[0], patch_size=e.patch_size, num_channels=3, embed_dim=e.embed_dim,
-        depths=list(e.depths), num_heads=list(e.num_heads), window_size=e.window_size,
-        pretrained_window_sizes=list(e.pretrained_window_sizes), mlp_ratio=float(e.mlp_ratio),
-        qkv_bias=True, hidden_act="gelu", layer_norm_eps=e.layer_norm_eps, use_absolute_embeddings=False,
-        drop_path_rate=0.0, out_features=[f"stage{i + 1}" for i in range(len(e.depths))],
-    )
-    return _dpt_config(config, backbone)
-
-
-def hf_depth_anything(config: DPTConfig):
-    """Depth Anything (V1/V2, relative or metric): DepthAnythingConfig around a Dinov2Config backbone."""
-    from transformers import DepthAnythingConfig, Dinov2Config
-
-    e = config.encoder
-    if e.mlp_hidden % e.embed_dim:
-        raise ValueError(f"transformers' Dinov2 takes an integer mlp_ratio; {e.mlp_hidden} / {e.embed_dim} is not one")
-    backbone = Dinov2Config(
-        image_size=e.native_grid[0] * e.patch_size, patch_size=e.patch_size, num_channels=3,
-        hidden_size=e.embed_dim, num_hidden_layers=max(e.hooks) + 1, num_attention_heads=e.num_heads,
-        mlp_ratio=e.mlp_hidden // e.embed_dim, hidden_act="gelu", layer_norm_eps=e.layer_norm_eps,
-        layerscale_value=1.0, drop_path_rate=0.0, use_swiglu_ffn=False,
-        out_indices=[h + 1 for h in e.hooks],  # stage 0 is the embedding output
-        apply_layernorm=True, reshape_hidden_states=False,  # normed tokens with the cls token, as the neck takes them
-    )
-    metric = config.depth_activation == "sigmoid"
-    max_depth = config.max_depth
-    if metric and float(max_depth).is_integer():
-        max_depth = int(max_depth)  # recent transformers declare max_depth an int (20 indoor, 80 outdoor)
-    return DepthAnythingConfig(
-        backbone_config=backbone, patch_size=e.patch_size, reassemble_hidden_size=e.embed_dim,
-        reassemble_factors=_factors(config), neck_hidden_sizes=list(config.reassembly_features),
-        fusion_hidden_size=config.fusion_features, head_in_index=-1, head_hidden_size=config.head_features,
-        depth_estimation_type="metric" if metric else "relative",
-        **({"max_depth": max_depth} if metric else {}),  # relative: transformers' default (1), which it multiplies by
-    )
-
-
-#: family name -> its transformers counterpart. The one table keyed by family names in the harness.
-HF_MODELS: dict[str, HFModel] = {
-    "beit": HFModel("DPTForDepthEstimation", hf_beit, default_attention="sdpa"),
-    # transformers' SwinV2 backbone has only an explicit (eager) attention: scaled cosine attention
-    "swinv2": HFModel("DPTForDepthEstimation", hf_swinv2, default_attention="eager"),
-    # DepthAnythingForDepthEstimation refuses attn_implementation="sdpa" (transformers 5.23), though its Dinov2 has it
-    "dinov2": HFModel("DepthAnythingForDepthEstimation", hf_depth_anything, default_attention="eager",
-                      unused_prefixes=("neck.fusion_stage.layers.0.residual_layer1.", "backbone.embeddings.mask_token")),
-}
-
-
-def hf_counterpart(config: DPTConfig) -> Optional[HFModel]:
-    return HF_MODELS.get(config.family.name)
+    d = hf.hf_config(config)
+    return {k: v for k, v in d.items() if k not in ("transformers_version", "exported_by")}
 
 
 def torch_status(config: Optional[DPTConfig] = None) -> tuple[bool, str]:
@@ -146,23 +49,28 @@ def torch_status(config: Optional[DPTConfig] = None) -> tuple[bool, str]:
     except ImportError as e:
         return False, f"transformers is not importable ({e}; {INSTALL_HINT})"
     if config is not None:
-        hf = hf_counterpart(config)
-        if hf is None:
-            return False, (f"no transformers counterpart is registered for the {config.family.name} family "
-                           "(benchmarks/torch_side.py, HF_MODELS)")
-        if not hasattr(transformers, hf.model_class):
-            return False, f"transformers {transformers.__version__} has no {hf.model_class} ({INSTALL_HINT})"
+        layout = hf_counterpart(config)
+        if layout is None:
+            return False, f"the {config.family.title} family has no Hugging Face layout (family.HFLayout)"
+        if not hasattr(transformers, layout.architecture):
+            return False, f"transformers {transformers.__version__} has no {layout.architecture} ({INSTALL_HINT})"
+        try:
+            _transformers_fields(config)
+        except ValueError as e:  # an architecture transformers cannot express
+            return False, str(e)
     return True, ""
 
 
 def hf_attn_implementation(config: DPTConfig, requested: str = "auto") -> str:
-    """transformers' attention implementation: "auto" is the family's default (see HF_MODELS)."""
+    """transformers' attention implementation: "auto" is the family's default (HFLayout.default_attention)."""
     return hf_counterpart(config).default_attention if requested == "auto" else requested
 
 
 def hf_config(config: DPTConfig, attn_implementation: str = "auto"):
-    """The transformers config with the architecture of `config`."""
-    cfg = hf_counterpart(config).build_config(config)
+    """The transformers config with the architecture of `config`, from the config.json dpt-jax writes for it."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.for_model(**_transformers_fields(config))
     attn = hf_attn_implementation(config, attn_implementation)
     cfg.backbone_config._attn_implementation = attn
     cfg._attn_implementation = attn
@@ -172,7 +80,7 @@ def hf_config(config: DPTConfig, attn_implementation: str = "auto"):
 def _hf_class(config: DPTConfig):
     import transformers
 
-    return getattr(transformers, hf_counterpart(config).model_class)
+    return getattr(transformers, hf_counterpart(config).architecture)
 
 
 def hf_model(config: DPTConfig, attn_implementation: str = "auto", seed: int = 0):
@@ -194,8 +102,6 @@ def hf_model(config: DPTConfig, attn_implementation: str = "auto", seed: int = 0
     report = {"torch_params_total": int(total), "torch_params_used": int(total - unused),
               "params_ours": int(ours), "params_match": int(total - unused) == int(ours),
               "torch_attn": model.backbone.config._attn_implementation}
-    if hf_counterpart(config).model_class == "DPTForDepthEstimation" and config.head_features != 32:
-        report["note"] = f"transformers' DPT head has 32 hidden channels; this config has {config.head_features}"
     return model, report
 
 

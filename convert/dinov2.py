@@ -21,11 +21,24 @@ from ..config import DPTConfig
 from ..dinov2 import MINIS, PRESETS, Dinov2Config, Dinov2Encoder
 from ..errors import ConversionError
 from ..family import EncoderFamily, HFLayout, Release, vit_encoder_flops
-from .hf import (PRETRAINED_FIELDS, Fields, HFModel, Rename, as_transformers_factors, fusion_rules, hooks_of,
-                 qkv_rules, same_names, stage_fields)
+from .hf import (
+    PRETRAINED_FIELDS,
+    Fields,
+    HFModel,
+    Rename,
+    as_transformers_factors,
+    fusion_rules,
+    hooks_of,
+    qkv_rules,
+    same_names,
+    stage_fields,
+)
 from .keys import Entry, Skip
-from .keys import conv as _conv, linear as _linear, norm as _norm
+from .keys import conv as _conv
+from .keys import linear as _linear
+from .keys import norm as _norm
 from .midas import fusion_table, unused_fusion_units
+
 
 def describe_variant(config: DPTConfig) -> str:
     """"V2, metric depth in metres (max 20 m)" and the like."""

@@ -40,8 +40,8 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import CheckpointError, ConversionError
 from ..atomic import atomic_write
+from ..errors import CheckpointError, ConversionError
 from .files import read_state_dict
 from .keys import INVERSE_LAYOUTS
 from .safetensors_io import write_safetensors
@@ -220,7 +220,8 @@ def to_original(tensors: Mapping, renamer: Renamer) -> dict:
 #: Other models stored in transformers' layout, named in the refusal.
 _UNSUPPORTED_TYPES = {
     "zoedepth": "ZoeDepth", "glpn": "GLPN", "depth_pro": "Depth Pro", "prompt_depth_anything": "Prompt Depth Anything",
-    "dinov2_with_registers": "DINOv2 with registers", "vitmatte": "ViTMatte", "upernet": "UperNet",
+    "dinov2_with_registers": "a ViT with registers (dinov2_with_registers)", "vitmatte": "ViTMatte",
+    "upernet": "UperNet",
 }
 
 
@@ -336,7 +337,8 @@ def parse_config(path, families) -> tuple:
         raise CheckpointError(path, f"field model_type: {str(model_type)[:40]!r} is not a model dpt-jax implements "
                                     f"(model_type {types}: {implemented})")
     if top.d.get("is_hybrid"):
-        raise CheckpointError(path, f"DPT-Hybrid (ViT-hybrid backbone) is not supported: dpt-jax implements {implemented}")
+        raise CheckpointError(path, f"DPT-Hybrid (ViT-hybrid backbone) is not supported: dpt-jax implements "
+                                    f"{implemented}")
     if not isinstance(top.d.get("backbone_config"), dict):
         what = _NO_BACKBONE.get(model_type, f"a {model_type!r} model without a backbone_config object")
         raise CheckpointError(path, f"{what} is not supported: dpt-jax implements {implemented}")

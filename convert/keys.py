@@ -15,7 +15,6 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-
 # How a PyTorch array becomes a Flax one.
 LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "copy": lambda a: a,
@@ -105,7 +104,8 @@ def check_state_dict(state: Mapping, table: list[Entry], skips: Iterable[Skip],
             got = _SHAPE_OF[e.layout](tuple(state[e.source].shape))
             want = tuple(expected_shapes.get(e.target, ()))
             if got != want:
-                mis_shaped.append(f"{shown(e.source)}: shape {tuple(state[e.source].shape)} does not fit {e.target} {want}")
+                mis_shaped.append(f"{shown(e.source)}: shape {tuple(state[e.source].shape)} does not fit "
+                                  f"{e.target} {want}")
     return problem_list(missing=missing, unexpected=unexpected, mis_shaped=mis_shaped,
                         **{"model parameters with no source": untargeted})
 

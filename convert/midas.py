@@ -77,7 +77,7 @@ def neck_widths(state: Mapping, path) -> dict:
 
 def shape(state: Mapping, key: str, path) -> tuple[int, ...]:
     if key not in state:
-        raise ConversionError(path, f"not a MiDaS v3.1 BEiT/SwinV2 DPT checkpoint: key {key!r} is missing")
+        raise ConversionError(path, f"not a MiDaS v3.1 DPT checkpoint: key {key!r} is missing")
     return tuple(state[key].shape)
 
 

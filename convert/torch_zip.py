@@ -62,7 +62,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import CheckpointError
-from .tensors import MAX_ELEMENTS, MAX_NDIM, BFLOAT16, TensorRef, bounded, byteswapped, is_count, show
+from .tensors import BFLOAT16, MAX_ELEMENTS, MAX_NDIM, TensorRef, bounded, byteswapped, is_count, show
 
 __all__ = ["read_torch_zip"]
 
@@ -185,7 +185,8 @@ class _TorchArchive:
         info = self.zf.getinfo(name)
         if info.file_size > limit:
             raise CheckpointError(
-                self.path, f"record {show(name)} is implausibly large ({info.file_size} bytes; at most {limit} accepted)"
+                self.path,
+                f"record {show(name)} is implausibly large ({info.file_size} bytes; at most {limit} accepted)"
             )
         with _zip_errors(self.path, f"cannot read record {show(name)} (truncated or corrupt?)"):
             return self.zf.read(info)

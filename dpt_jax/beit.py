@@ -12,9 +12,9 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 
 from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, Pair, bounded, checked_fields, require
 from .layers import QKV, Conv, Dense, LayerScaleBlock, attend, merge_heads

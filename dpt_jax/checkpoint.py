@@ -70,7 +70,7 @@ def load_checkpoint(source=None, *, variant: str | None = None, max_depth: float
     release = hub.lookup(text) if isinstance(source, (str, type(None))) and not os.path.exists(text) else None
     if release is None:
         return read_checkpoint(hub.resolve(text, progress=progress), variant=variant, max_depth=max_depth, **options)
-    expected = registry.get_config(release.name)
+    expected = registry.get_config(release.holds or release.name)
     read: list[Checkpoint] = []
 
     def check(path: Path) -> None:

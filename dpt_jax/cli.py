@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--height", type=_positive, metavar="N",
                       help="network input target N x N instead of the model's native size, as MiDaS's --height "
-                           "(sides rounded to the model's multiple, 32 for MiDaS, 14 for Depth Anything; the aspect ratio is kept as --keep-aspect-ratio says)")
+                           "(sides rounded to the model's multiple, 32 for MiDaS, 14 for Depth Anything; the aspect "
+                           "ratio is kept as --keep-aspect-ratio says)")
     size.add_argument("--size", type=_size, metavar="N|HxW", help="network input target, N x N or H x W")
     p.add_argument("--bucket", action="store_true",
                    help="snap network input sizes to multiples of 64, so pictures of near sizes share one "
@@ -207,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="float32 (exact; default) or bfloat16 matmuls (faster on GPU/TPU and bf16 CPUs)")
     p.add_argument("--keep-aspect-ratio", action=argparse.BooleanOptionalAction, default=None,
-                   help="resize keeping the aspect ratio (default: as the original: on for BEiT and Depth "
-                        "Anything, off for SwinV2)")
+                   help="resize keeping the aspect ratio (default: as the model's original preprocessing; "
+                        "dpt-jax info MODEL says which)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (it only shows on a terminal; otherwise one line per picture)")
     p.add_argument("--distributed", action="store_true",
@@ -251,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a model as a StableHLO (.stablehlo) or ONNX (.onnx) program")
     p.add_argument("model", help="checkpoint path (original, converted or Hugging Face folder), name or repo id")
     p.add_argument("-o", "--output", required=True, help="file to write: NAME.stablehlo or NAME.onnx")
-    p.add_argument("--size", metavar="HxW", help="network input size, sides multiples of the model's multiple (16 BEiT, "
-                   "32 SwinV2, 14 Depth Anything); with --with-preprocessing the default is the original's size "
+    p.add_argument("--size", metavar="HxW", help="network input size, sides multiples of the model's multiple "
+                   "(dpt-jax info MODEL prints it); with --with-preprocessing the default is the original's size "
                    "for the picture size")
     p.add_argument("--batch", default="dynamic", help="batch size, or 'dynamic' (default) for any batch")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",

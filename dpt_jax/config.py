@@ -68,7 +68,8 @@ def _check_value(name: str, value, hint, meta) -> None:
             raise ConfigError(f"{name} must be an integer; got {type(value).__name__}")
     elif hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{name} must be a finite number; got {value if isinstance(value, (int, float)) else type(value).__name__}")
+            shown = value if isinstance(value, (int, float)) else type(value).__name__
+            raise ConfigError(f"{name} must be a finite number; got {shown}")
     elif hint is str:
         if not isinstance(value, str) or len(value) > 200:
             raise ConfigError(f"{name} must be a short string; got {type(value).__name__}")
@@ -185,7 +186,7 @@ class DPTConfig:
 
 
 def from_dict(cls, d: dict, where: str = "config"):
-    """Build config dataclass `cls` from a JSON-like dict: unknown or missing fields and bad values raise ConfigError."""
+    """Build config dataclass `cls` from a JSON-like dict; unknown or missing fields and bad values: ConfigError."""
     if not isinstance(d, dict):
         raise ConfigError(f"{where} must be an object; got {type(d).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}

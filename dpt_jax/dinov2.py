@@ -20,9 +20,9 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 
 from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, bounded, checked_fields, require
 from .layers import Conv, Dense, LayerScaleBlock, attend, layer_norm, merge_heads

@@ -11,12 +11,12 @@ names the reference fixtures use (hook1..4, reassemble1..4, rn1..4, fusion4..1, 
 
 from __future__ import annotations
 
+from typing import Any
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 from flax import traverse_util
-
-from typing import Any
 
 from .config import DPTConfig
 from .layers import COMPUTE_DTYPES, Conv, Dense, gelu

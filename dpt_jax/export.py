@@ -36,8 +36,8 @@ import numpy as np
 
 from .atomic import atomic_write
 from .config import DPTConfig
-from .layers import COMPUTE_DTYPES
 from .dpt import cast_params, forward
+from .layers import COMPUTE_DTYPES
 from .preprocess import network_size, to_network, to_picture
 
 FORMATS = (".stablehlo", ".onnx")

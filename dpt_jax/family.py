@@ -36,6 +36,7 @@ class Release:
     repo: str | None = None  # or: fetched from this Hugging Face Hub repository with huggingface_hub,
     repo_type: str = "model"  # ("model" or "space")
     subfolder: str = ""  # the file's folder in the repository
+    holds: str | None = None  # the preset the file holds, when not `name` (a mirror under another name)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ import numpy as np
 from .atomic import atomic_write
 from .errors import AlignError
 
-
 # ------------------------------------------------------------------------------------------------
 # Cameras
 
@@ -178,7 +177,8 @@ def align(inverse_depth: np.ndarray, known_depth: np.ndarray, mask: np.ndarray, 
     known = np.asarray(known_depth, np.float64)
     mask = np.asarray(mask, bool)
     if known.shape != p.shape or mask.shape != p.shape:
-        raise ValueError(f"known_depth {known.shape} and mask {mask.shape} must have the shape of inverse_depth {p.shape}")
+        raise ValueError(f"known_depth {known.shape} and mask {mask.shape} must have the shape of "
+                         f"inverse_depth {p.shape}")
     d = known[mask]
     if not (np.isfinite(d).all() and (d > 0).all()):
         raise ValueError("known depths must be finite and positive where the mask is set")
@@ -306,7 +306,8 @@ def _read_npy(f, name, shape, what="the depth array", kinds="fiu"):
         raise AlignError(name, f"{what} has type {dtype}; expected numbers")
     data = f.read(int(np.prod(shape)) * dtype.itemsize + 1)
     if len(data) != int(np.prod(shape)) * dtype.itemsize:
-        raise AlignError(name, f"{what} holds {len(data)} bytes, not the {np.prod(shape) * dtype.itemsize} its header declares")
+        declared = np.prod(shape) * dtype.itemsize
+        raise AlignError(name, f"{what} holds {len(data)} bytes, not the {declared} its header declares")
     return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
 
 
@@ -314,7 +315,8 @@ def _read_npz(path, name, shape):
     with zipfile.ZipFile(path) as z:
         members = set(z.namelist())
         if "depth.npy" not in members:
-            raise AlignError(name, f"no array named 'depth' (has {', '.join(sorted(m.removesuffix('.npy') for m in members)) or 'nothing'})")
+            names = ", ".join(sorted(m.removesuffix(".npy") for m in members)) or "nothing"
+            raise AlignError(name, f"no array named 'depth' (has {names})")
         with z.open("depth.npy") as f:
             depth = _read_npy(f, name, shape, "'depth'")
         mask = None
@@ -332,7 +334,8 @@ def _read_csv(path, name, shape):
     with open(path, newline="", encoding="utf-8") as f:
         for i, line in enumerate(f, 1):  # i: the line number, for the messages
             row = [c.strip() for c in next(csv.reader([line]), [])]
-            if not any(row) or row[0].startswith("#") or (samples == 0 and [c.lower() for c in row] == ["x", "y", "depth"]):
+            header = samples == 0 and [c.lower() for c in row] == ["x", "y", "depth"]
+            if not any(row) or row[0].startswith("#") or header:
                 continue
             samples += 1
             if samples > MAX_CSV_SAMPLES:
@@ -396,7 +399,8 @@ def save_point_cloud(path, inverse_depth: np.ndarray, picture, *, fov: float | N
     elif scale_shift is not None:
         s, t = scale_shift
         depth = depth_from_inverse(p, s, t)
-        comments.append(f"units: those of the given scale and shift: depth = 1 / (s * prediction + t), s {s:.9g} t {t:.9g}")
+        comments.append(f"units: those of the given scale and shift: depth = 1 / (s * prediction + t), "
+                        f"s {s:.9g} t {t:.9g}")
     else:
         s, t = range_scale_shift(p, *depth_range)
         depth = depth_from_inverse(p, s, t)

@@ -51,8 +51,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import registry
-from .download import (LOCK_TIMEOUT, STALL_BYTES, STALL_TIMEOUT, fetch, human_size, locked, unlink,
-                       write_text)
+from .download import LOCK_TIMEOUT, STALL_BYTES, STALL_TIMEOUT, fetch, human_size, locked, unlink, write_text
 from .errors import CheckpointError, DownloadError, UnknownModelError
 from .family import Release
 
@@ -374,4 +373,4 @@ def resolve(model=None, *, check: Check | None = None, cache=None, progress: boo
     looks_like_path = os.sep in text or "/" in text or text.endswith((".pt", ".pth", ".safetensors"))
     what = "no such file, and not" if looks_like_path else "neither an existing file nor"
     raise UnknownModelError(f"{text!r}: {what} a known model name ({known_names_text()}), or a Hugging Face "
-                            "Hub repo id such as Intel/dpt-swinv2-tiny-256")
+                            "Hub repo id such as depth-anything/Depth-Anything-V2-Small-hf")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 #: The compute dtypes a model runs in, by the names the API and the CLI take.
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -78,7 +78,8 @@ class LayerScaleBlock(nn.Module):
         gamma_1 = self.param("gamma_1", init, (self.embed_dim,))
         gamma_2 = self.param("gamma_2", init, (self.embed_dim,))
         x = x + gamma_1 * self.attention(name="attn")(layer_norm(self.layer_norm_eps, "norm1")(x), *attention_args)
-        return x + gamma_2 * Mlp(self.mlp_hidden, self.dtype_mm, name="mlp")(layer_norm(self.layer_norm_eps, "norm2")(x))
+        mlp = Mlp(self.mlp_hidden, self.dtype_mm, name="mlp")
+        return x + gamma_2 * mlp(layer_norm(self.layer_norm_eps, "norm2")(x))
 
 
 class QKV(nn.Module):

@@ -194,7 +194,8 @@ def batches_by_shape(sources: Sequence[Source], target_of: Callable[[tuple[int, 
 
 
 def padded_batch(n: int, batch_size: int, multiple: int = 1) -> int:
-    """Batch a group of n pictures runs with: n rounded up to a power of two (at most batch_size), then to `multiple`."""
+    """The batch a group of n pictures runs with: n rounded up to a power of two (at most batch_size), then
+    to `multiple`."""
     b = 1
     while b < n:
         b *= 2
@@ -249,7 +250,8 @@ def run(model, items: Iterable[ImageLike | Source], *, batch_size: int = 4, keep
         slot.append(i)
 
     engine = _Overlapped(model, sources, slot, results, batches_by_shape(sources, target_of, batch_size),
-                         batch_size=batch_size, budget=budget, workers=default_workers() if workers is None else workers,
+                         batch_size=batch_size, budget=budget,
+                         workers=default_workers() if workers is None else workers,
                          on_result=on_result, keep_depth=keep_depth, on_status=on_status)
     engine.run()
     return results

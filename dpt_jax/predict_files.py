@@ -16,6 +16,7 @@ from .errors import ImageError
 from .inputs import Input, expand_inputs, output_bases
 from .output import FORMATS
 
+
 class Status:
     """Status lines on stderr: errors always; the rest unless quiet; details only when verbose."""
 
@@ -196,7 +197,8 @@ def run(args) -> int:
             skipped += 1
             continue
         video_todo.append((item, targets))
-    folders = {t.parent for ts in plan.values() for t in ts.values()} | {t.parent for _, ts in video_todo for t in ts.values()}
+    folders = ({t.parent for ts in plan.values() for t in ts.values()}
+               | {t.parent for _, ts in video_todo for t in ts.values()})
     for folder in sorted({outdir} | folders):
         for stale in clean_stale_partials(folder):
             status.detail(f"removed {stale}, left by a killed run")

@@ -144,7 +144,8 @@ def resample_axis(x: jnp.ndarray, axis: int, idx: np.ndarray, w: np.ndarray) -> 
     return out
 
 
-def _resize_separable(x: jnp.ndarray, size, axes, taps: Callable[[int, int], tuple[np.ndarray, np.ndarray]]) -> jnp.ndarray:
+def _resize_separable(x: jnp.ndarray, size, axes,
+                      taps: Callable[[int, int], tuple[np.ndarray, np.ndarray]]) -> jnp.ndarray:
     """Resamples each of `axes` to the matching entry of `size` with the tap tables `taps(in, out)`."""
     out = x
     for axis, n in zip(axes, size):

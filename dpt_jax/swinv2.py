@@ -62,13 +62,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 
 from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, Pair, bounded, checked_fields, require
-from .layers import QKV, Dense, Conv, Mlp, attend, layer_norm, merge_heads
+from .layers import QKV, Conv, Dense, Mlp, attend, layer_norm, merge_heads
 
 
 @dataclass(frozen=True)
@@ -343,7 +343,8 @@ class SwinV2Block(nn.Module):
             y = jnp.roll(y, (-sh, -sw), axis=(1, 2))
         y = partition_windows(y, layout.window)  # (B, nWh, nWw, N, C)
         mask = attention_mask((h, w), layout, shift)
-        y = WindowAttention(self.num_heads, c.cpb_hidden, self.dtype_mm, name="attn")(y, layout.window, self.divisor, mask)
+        attention = WindowAttention(self.num_heads, c.cpb_hidden, self.dtype_mm, name="attn")
+        y = attention(y, layout.window, self.divisor, mask)
         y = merge_windows(y, layout.window)  # (B, Gp_h, Gp_w, C)
         if sh or sw:
             y = jnp.roll(y, (sh, sw), axis=(1, 2))

@@ -62,7 +62,8 @@ def random_params(config, seed: int = 0) -> dict:
     for path, shape in param_shapes(config).items():
         leaf = path.rsplit("/", 1)[-1]
         if leaf == "kernel":
-            a = rng.standard_normal(shape, dtype=np.float32) * np.float32(1.0 / math.sqrt(max(1, math.prod(shape[:-1]))))
+            fan_in = max(1, math.prod(shape[:-1]))
+            a = rng.standard_normal(shape, dtype=np.float32) * np.float32(1.0 / math.sqrt(fan_in))
         elif leaf == "scale":
             a = np.ones(shape, np.float32)
         elif leaf in ("bias", "q_bias", "v_bias"):

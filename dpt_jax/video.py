@@ -330,7 +330,8 @@ def _jitted():
 
     @jax.jit
     def render(depth, lo, hi):
-        """(b, h, w) inverse depth and the (b,) range mapped to [0, 1] -> inferno (b, h, w, 3) uint8, 16-bit (b, h, w)."""
+        """(b, h, w) inverse depth and the (b,) range mapped to [0, 1] -> inferno (b, h, w, 3) uint8 and
+        16-bit (b, h, w)."""
         lo, hi = lo[:, None, None], hi[:, None, None]
         flat = hi - lo <= jnp.finfo(jnp.float32).eps * jnp.maximum(jnp.abs(hi), 1.0)  # as output.normalized
         v = jnp.where(flat, 0.0, jnp.clip((depth - lo) / jnp.where(flat, 1.0, hi - lo), 0.0, 1.0))
@@ -405,7 +406,8 @@ def predict_video(model, src, dst, *, batch_size: int = 8, normalize: str = "glo
     run.finish()
     if run.error is not None:
         raise run.error
-    return VideoResult(run.decoded, run.fps, run.size, run.net_size, dst if run.video else None, frames_path if (run.frames or run.stack) else None,
+    frames = frames_path if (run.frames or run.stack) else None
+    return VideoResult(run.decoded, run.fps, run.size, run.net_size, dst if run.video else None, frames,
                        time.perf_counter() - start, run.depth_range)
 
 

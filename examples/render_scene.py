@@ -132,7 +132,8 @@ def trace(d):
     return colour, np.where(hit, t * (d @ FWD), np.inf)
 
 
-def main(out_dir=Path(__file__).resolve().parent):
+def main(out_dir=None):
+    out_dir = Path(__file__).resolve().parent if out_dir is None else out_dir
     # 4 samples a pixel on a rotated grid for smooth edges; the depth is taken at the pixel centres.
     offsets = [(0.375, 0.125), (0.875, 0.375), (0.125, 0.625), (0.625, 0.875)]
     linear = sum(trace(camera_rays(jx, jy))[0] for jx, jy in offsets) / len(offsets)

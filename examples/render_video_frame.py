@@ -56,7 +56,8 @@ def main():
     colour, _ = render(jnp.asarray(inverse), jnp.full((n,), lo, jnp.float32), jnp.full((n,), hi, jnp.float32))
     frame = np.concatenate([pictures[SHOWN], np.asarray(colour)[SHOWN]], axis=1)  # (h, 2w, 3): input | depth
     Image.fromarray(frame).save(HERE / "video_frame.png", optimize=True)
-    print(f"wrote {HERE / 'video_frame.png'}: frame {SHOWN} of {FRAMES}, inverse depth {lo:.4f}..{hi:.4f} 1/m over the clip")
+    print(f"wrote {HERE / 'video_frame.png'}: frame {SHOWN} of {FRAMES}, inverse depth {lo:.4f}..{hi:.4f} "
+          "1/m over the clip")
 
 
 if __name__ == "__main__":

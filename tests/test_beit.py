@@ -9,6 +9,7 @@ import dpt_jax
 from dpt_jax.beit import relative_position_bias, relative_position_index
 from helpers import FIXTURES
 
+
 @pytest.fixture(scope="module")
 def model():
     return dpt_jax.load(FIXTURES / "mini_beit.pt")

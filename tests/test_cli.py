@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import dpt_jax
-from dpt_jax import cli, hub, pipeline
+from dpt_jax import cli, hub, inputs, pipeline
 from dpt_jax.atomic import _host_tag
 from helpers import FIXTURES
 
@@ -75,11 +75,11 @@ def test_same_stems_from_different_folders_get_distinct_names(tmp_path, loads, m
 
 
 def test_output_bases_rule():
-    P = cli.PurePath
-    inputs = [cli.Input(cli.Path(p), P(r)) for p, r in
-              [("a/x.jpg", "x.jpg"), ("b/X.png", "X.png"), ("c/x-2.png", "x-2.png"), ("d/x.jpg", "x.jpg"),
-               ("e/s/x.jpg", "s/x.jpg")]]
-    assert [str(b) for b in cli.output_bases(inputs)] == ["x", "X-3", "x-2", "x-4", "s/x"]
+    P = inputs.PurePath
+    found = [inputs.Input(inputs.Path(p), P(r)) for p, r in
+             [("a/x.jpg", "x.jpg"), ("b/X.png", "X.png"), ("c/x-2.png", "x-2.png"), ("d/x.jpg", "x.jpg"),
+              ("e/s/x.jpg", "s/x.jpg")]]
+    assert [str(b) for b in inputs.output_bases(found)] == ["x", "X-3", "x-2", "x-4", "s/x"]
 
 
 # -- item 8: files the run did not create are never replaced ----------------------------------------
@@ -162,10 +162,10 @@ def test_recursive_glob_survives_directory_link_loops(tmp_path):
     picture(tmp_path / "a" / "p.png")
     (tmp_path / "a" / "loop").symlink_to(tmp_path / "a", target_is_directory=True)
     (tmp_path / "a" / "up").symlink_to(tmp_path, target_is_directory=True)
-    found, notes = cli.expand_inputs([str(tmp_path / "**" / "*.png"), str(tmp_path / "a" / "p.png")])
+    found, notes = inputs.expand_inputs([str(tmp_path / "**" / "*.png"), str(tmp_path / "a" / "p.png")])
     assert [str(i.path) for i in found] == [str(tmp_path / "a" / "p.png")]
     assert str(found[0].rel) == os.path.join("a", "p.png") and "processed once" in notes[0]
-    found, _ = cli.expand_inputs([str(tmp_path)], recursive=True)
+    found, _ = inputs.expand_inputs([str(tmp_path)], recursive=True)
     assert [i.path for i in found] == [tmp_path / "a" / "p.png"]
 
 
@@ -240,7 +240,7 @@ def test_status_lines_and_quiet(tmp_path, loads, capsys):
     assert predict(tmp_path / "a.png", tmp_path / "b.png", "-o", tmp_path / "o1", "-v") == 0
     out, err = capsys.readouterr()
     assert out == ""  # status goes to stderr
-    assert "model custom_beit (beit)" in err and "float32" in err and "cpu" in err.lower()
+    assert "model custom_beit (MiDaS v3.1 DPT-BEiT)" in err and "float32" in err and "cpu" in err.lower()
     assert f"[1/2] {tmp_path / 'a.png'} -> {tmp_path / 'o1' / 'a-depth.png'}" in err
     assert "2 pictures done" in err
     assert predict(tmp_path / "a.png", "-o", tmp_path / "o2", "-q") == 0
@@ -311,7 +311,7 @@ def test_every_option_has_help_and_predict_help_lists_models_and_naming(capsys):
     with pytest.raises(SystemExit):
         cli.main(["predict", "--help"])
     text = capsys.readouterr().out
-    assert all(n in text for n in hub.known_names()) and "-depth.png" in text and "--overwrite" in text
+    assert all(n in text for n in hub.REGISTRY) and "-depth.png" in text and "--overwrite" in text
 
 
 def test_version_and_python_m(capsys):

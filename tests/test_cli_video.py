@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 from plyfile import PlyData
+from test_video import H, W, decode, make_video
 
 import dpt_jax
 from dpt_jax import cli, geometry
 from helpers import FIXTURES
-from test_video import H, W, decode, make_video
 
 MODEL = str(FIXTURES / "mini_beit.safetensors")
 FRAMES = 5  # batches of 4 and 1
@@ -23,7 +23,8 @@ _loaded = {}
 def one_model(monkeypatch):
     """The runs of this module load the mini model once, so its compiled programs are reused (time only)."""
     load, loaded = dpt_jax.load, _loaded
-    monkeypatch.setattr(dpt_jax, "load", lambda path, **kw: loaded.get(path) or loaded.setdefault(path, load(path, **kw)))
+    monkeypatch.setattr(dpt_jax, "load",
+                        lambda path, **kw: loaded.get(path) or loaded.setdefault(path, load(path, **kw)))
 
 
 @pytest.fixture(scope="module")

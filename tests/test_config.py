@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 
 import dpt_jax
-from dpt_jax.checkpoint import read_safetensors_metadata, write_safetensors
 from dpt_jax.config import DPTConfig
-from dpt_jax.errors import ConfigError
 from dpt_jax.convert.files import read_state_dict
-from dpt_jax.errors import CheckpointError
+from dpt_jax.convert.safetensors_io import read_safetensors_metadata, write_safetensors
 from dpt_jax.dpt import param_shapes
+from dpt_jax.errors import CheckpointError, ConfigError
 from dpt_jax.registry import FAMILIES, MINI_CONFIGS, PRESETS, config_from_json
 from helpers import FIXTURES
 

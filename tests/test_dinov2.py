@@ -1,4 +1,5 @@
-"""Depth Anything (V2 relative and metric, V1) against the original code, stage by stage (tests/fixtures/depth_anything).
+"""Depth Anything (V2 relative and metric, V1) against the original code, stage by stage
+(tests/fixtures/depth_anything).
 
 The minis are tiny Depth Anything V2 models (relative and metric) built by the original code with
 random weights; every intermediate was saved for five input sizes (one native, four that resize
@@ -23,13 +24,20 @@ from flax import traverse_util
 import dpt_jax
 from dpt_jax import cli, output, preprocess, registry
 from dpt_jax.convert import keys
-from dpt_jax.errors import ConversionError
-from dpt_jax.errors import CheckpointError
+from dpt_jax.convert.dinov2 import RELEASE_FILES
 from dpt_jax.dinov2 import (
-    DA1_VITB, DA1_VITL, DA1_VITS, DA2_VITB, DA2_VITL, DA2_VITS, RELEASE_FILES, Dinov2Encoder, interpolate_pos_embed,
+    DA1_VITB,
+    DA1_VITL,
+    DA1_VITS,
+    DA2_VITB,
+    DA2_VITL,
+    DA2_VITS,
+    Dinov2Encoder,
+    interpolate_pos_embed,
     scaled_cubic_taps,
 )
 from dpt_jax.dpt import DPT, param_shapes
+from dpt_jax.errors import CheckpointError, ConversionError
 from dpt_jax.resize import resample_axis, resize_bicubic
 from helpers import FIXTURES, nchw_to_nhwc, rel_err
 
@@ -378,7 +386,8 @@ def test_midas_variant_must_match_the_keys():
     state = {e["key"]: ShapeOnly(e["shape"]) for e in midas["state_dict"]}
     assert registry.detect_config(state, "f.pt", variant="dpt_beit_base_384").name == "dpt_beit_base_384"
     assert registry.detect_config(state, "f.pt", variant="beit_base_384").name == "dpt_beit_base_384"
-    with pytest.raises(ConversionError, match="its keys say it is dpt_beit_base_384, not the variant dpt_beit_large_384"):
+    with pytest.raises(ConversionError,
+                       match="its keys say it is dpt_beit_base_384, not the variant dpt_beit_large_384"):
         registry.detect_config(state, "f.pt", variant="dpt_beit_large_384")
     with pytest.raises(ConversionError, match="variant da2_vits is a dinov2 model"):
         registry.detect_config(state, "f.pt", variant="da2_vits")

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from dpt_jax import cli
+from dpt_jax import cli, predict_files
 from helpers import FIXTURES
 
 
@@ -22,9 +22,9 @@ def free_port() -> int:
 
 def test_shares_are_disjoint_and_cover_every_picture():
     items = list(range(11))
-    shares = [cli.shard(items, p, 3) for p in range(3)]
+    shares = [predict_files.shard(items, p, 3) for p in range(3)]
     assert sorted(sum(shares, [])) == items and shares[1] == [1, 4, 7, 10]
-    assert cli.shard(items, 0, 1) == items
+    assert predict_files.shard(items, 0, 1) == items
 
 
 def test_two_processes_do_every_picture_once_without_name_collisions(tmp_path):

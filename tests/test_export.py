@@ -17,8 +17,8 @@ StableHLO runs the same XLA kernels as dpt-jax and is checked on the unmodified 
 
 from __future__ import annotations
 
-import importlib.util
 import functools
+import importlib.util
 import json
 import math
 import os

@@ -11,8 +11,7 @@ import pytest
 from PIL import Image
 from plyfile import PlyData
 
-from dpt_jax import errors
-from dpt_jax import geometry
+from dpt_jax import errors, geometry
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -143,7 +142,8 @@ def test_align_recovers_metric_depth_from_a_handful_of_known_depths(scene):
 def test_robust_align_ignores_wrong_known_depths(scene):
     _, _, z, _ = scene
     p = distorted(z)
-    rows, cols = np.array([300, 400, 250, 200, 350, 460, 330, 420, 280]), np.array([100, 320, 500, 40, 600, 200, 10, 630, 250])
+    rows = np.array([300, 400, 250, 200, 350, 460, 330, 420, 280])
+    cols = np.array([100, 320, 500, 40, 600, 200, 10, 630, 250])
     mask = np.zeros(z.shape, bool)
     mask[rows, cols] = True
     known = np.where(mask, z, np.nan)
@@ -218,7 +218,8 @@ def test_save_point_cloud_says_its_units(scene, tmp_path):
     rs, picture, z, ground = scene
     p = distorted(z)
     known = tmp_path / "known.csv"
-    known.write_text("x,y,depth\n" + "".join(f"{x},{y},{float(z[y, x])!r}\n" for x, y in [(100, 300), (320, 400), (500, 250)]))
+    points = [(100, 300), (320, 400), (500, 250)]
+    known.write_text("x,y,depth\n" + "".join(f"{x},{y},{float(z[y, x])!r}\n" for x, y in points))
     Image.fromarray(picture).save(tmp_path / "scene.png")
     out = geometry.save_point_cloud(tmp_path / "metric.ply", p, tmp_path / "scene.png", known=known, max_depth=1e4)
     ply = PlyData.read(str(out))

@@ -22,15 +22,13 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from dpt_jax import errors
 import dpt_jax
-from dpt_jax import cli, hub
+from dpt_jax import cli, errors, hub
 from dpt_jax.checkpoint import read_checkpoint
 from dpt_jax.convert import hf
-from dpt_jax.errors import ConversionError
 from dpt_jax.convert.files import read_state_dict
-from dpt_jax.errors import CheckpointError
-from dpt_jax.registry import FAMILIES
+from dpt_jax.errors import CheckpointError, ConversionError
+from dpt_jax.registry import FAMILIES, get_config
 from helpers import FIXTURES, nchw_to_nhwc, rel_err
 
 HF = FIXTURES / "hf"
@@ -54,8 +52,6 @@ DEPTH_ANYTHING = {
 ALL = {**MIDAS, **DEPTH_ANYTHING}
 UNUSED_UNIT = "neck.fusion_stage.layers.0.residual_layer1."  # the deepest block's first unit: never called
 
-DINOV2_MERGED = "dinov2" in FAMILIES
-needs_dinov2 = pytest.mark.xfail(not DINOV2_MERGED, reason="dinov2 family not merged yet", strict=True)
 
 
 def listing(name) -> dict:
@@ -78,7 +74,7 @@ def original_checkpoint(name):
 def transformers_tensors(name) -> dict:
     """transformers' model.safetensors of `name`, rebuilt from the original fixture by renaming and splitting
     (convert/hf.py's table, no family code), and checked byte for byte against transformers' listing."""
-    renamer = hf.Renamer.of({"mini_beit": "beit", "mini_swin2": "swinv2", "mini_swin2_pw": "swinv2"}.get(name, "dinov2"))
+    renamer = hf.Renamer.of(get_config({"mini_swin2_pw": "mini_swin2"}.get(name, name)).family.hf)
     out = {}
     for key, ref in read_state_dict(ALL[name][0]).items():
         names = renamer.to_hf(key)
@@ -122,8 +118,6 @@ def test_import_gives_the_original_parameters_bit_for_bit(name, tmp_path_factory
 @pytest.fixture(scope="module", params=list(ALL))
 def imported_run(request, tmp_path_factory):
     name = request.param
-    if name in DEPTH_ANYTHING and not DINOV2_MERGED:
-        return name, None, None
     _, npz, cases, tol, _ = ALL[name]
     model = dpt_jax.load(hf_folder(name, tmp_path_factory))
     reference = np.load(npz)
@@ -153,7 +147,8 @@ def _check_against_transformers(imported_run):
             continue
         original = reference[f"{case}__depth"]  # the documented measure: max|HF - x| / max|original|
         measured = float(np.abs(ours.astype(np.float64) - hf_depth).max() / np.abs(original).max())
-        print(f"{name}/{case}: ours vs transformers {measured:.3g}, documented {documented['max_abs_over_max_ref']:.3g}")
+        print(f"{name}/{case}: ours vs transformers {measured:.3g}, "
+              f"documented {documented['max_abs_over_max_ref']:.3g}")
         if documented["max_abs_over_max_ref"] > 1e-3:  # a real deviation: ours is off theirs by that much
             assert abs(measured - documented["max_abs_over_max_ref"]) < 0.05 * documented["max_abs_over_max_ref"]
         else:  # rounding: ours agrees with theirs within the original's tolerance
@@ -170,13 +165,11 @@ def test_imported_model_keeps_the_original_where_transformers_deviates(imported_
     _check_against_transformers(imported_run)
 
 
-@needs_dinov2
 @pytest.mark.parametrize("imported_run", list(DEPTH_ANYTHING), indirect=True)
 def test_imported_depth_anything_matches_the_original(imported_run):
     _check_against_original(imported_run)
 
 
-@needs_dinov2
 @pytest.mark.parametrize("imported_run", list(DEPTH_ANYTHING), indirect=True)
 def test_imported_depth_anything_keeps_the_original_where_transformers_deviates(imported_run):
     _check_against_transformers(imported_run)
@@ -197,7 +190,7 @@ def test_depth_anything_renames_invert(name):
     """transformers' Depth Anything tensors renamed back are the original file, key for key, byte for byte."""
     original = read_state_dict(ALL[name][0])
     theirs = listing(name)["tensors"]
-    renamer = hf.Renamer.of("dinov2")
+    renamer = hf.Renamer.of(FAMILIES["dinov2"].hf)
     ours = transformers_tensors(name)
     assert sorted(original) == sorted({renamer.from_hf(k)[0] for k in ours})  # all 183 keys, mask_token included
 
@@ -220,7 +213,7 @@ def test_depth_anything_renames_invert(name):
 @pytest.mark.parametrize("manifest", sorted(p.name for p in (DA / "manifests").glob("da*.json")))
 def test_depth_anything_release_keys_all_map_and_invert(manifest):
     m = json.loads((DA / "manifests" / manifest).read_text())
-    renamer = hf.Renamer.of("dinov2")
+    renamer = hf.Renamer.of(FAMILIES["dinov2"].hf)
     keys = [e["key"] for e in m["state_dict"]]
     depth = m["architecture"]["depth"]
     hf_keys = []
@@ -234,9 +227,9 @@ def test_depth_anything_release_keys_all_map_and_invert(manifest):
 
 
 def test_depth_anything_config_gives_hooks_and_metric_depth():
-    relative = hf.parse_config(HF / "mini_da2" / "config.json")
-    metric = hf.parse_config(HF / "mini_da2_metric" / "config.json")
-    assert relative.kind == metric.kind == "dinov2"
+    family, relative = hf.parse_config(HF / "mini_da2" / "config.json", FAMILIES.values())
+    same, metric = hf.parse_config(HF / "mini_da2_metric" / "config.json", FAMILIES.values())
+    assert family is same is FAMILIES["dinov2"]
     assert relative.hooks == metric.hooks == (1, 2, 4, 7)  # out_indices [2, 3, 5, 8]
     # facts for the family's detect_config: the blocks feeding the neck pick the variant (V1, V2 or a mini)
     assert relative.options == {"hooks": (1, 2, 4, 7), "metric": False}
@@ -244,7 +237,6 @@ def test_depth_anything_config_gives_hooks_and_metric_depth():
     assert (relative.metric, metric.metric, metric.max_depth) == (False, True, 20.0)
 
 
-@needs_dinov2
 @pytest.mark.parametrize("name", list(DEPTH_ANYTHING))
 def test_depth_anything_export_is_transformers_layout(name, tmp_path):
     _check_export(name, tmp_path)
@@ -256,8 +248,7 @@ def test_depth_anything_without_its_family_is_a_clear_error(name, tmp_path):
     folder.mkdir()
     shutil.copy(HF / name / "config.json", folder)
     shutil.copy(HF / "mini_beit" / "model.safetensors", folder)  # weights of another model
-    match = "does not fit|not a checkpoint" if DINOV2_MERGED else r"config\.json.*no dinov2 encoder family"
-    with pytest.raises(ConversionError, match=match):
+    with pytest.raises(ConversionError, match="does not fit|not a checkpoint"):
         read_checkpoint(folder)
 
 
@@ -351,7 +342,7 @@ def test_failed_export_leaves_the_previous_one_and_no_temporary_folder(tmp_path,
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("dpt_jax.checkpoint.write_safetensors", disk_full)
+    monkeypatch.setattr("dpt_jax.convert.hf.write_safetensors", disk_full)
     with pytest.raises(OSError, match="No space"):
         model.save_pretrained(out)
     assert (out / "model.safetensors").read_bytes() == before
@@ -565,26 +556,40 @@ dpt_jax.load("depth-anything/Depth-Anything-V2-Small-hf")
 
 
 def test_known_hf_names_map_to_repos():
-    assert hub.HF_REPOS["da2_vits"] == "depth-anything/Depth-Anything-V2-Small-hf"
-    with pytest.raises(errors.UnknownModelError, match="known models: .*da2_vits.*Intel/dpt-swinv2-tiny-256"):
+    from dpt_jax.registry import canonical_name
+
+    assert hub.hf_repo("da2_vits_hf") == "depth-anything/Depth-Anything-V2-Small-hf"
+    # every model with a transformers-layout repo is reachable by "<name>_hf", whichever name it is given by
+    assert hub.hf_repo("da2_metric_hypersim_vitl_hf") == hub.hf_repo("da2_metric_indoor_vitl_hf") == \
+        "depth-anything/Depth-Anything-V2-Metric-Indoor-Large-hf"
+    assert hub.hf_repo("swin2_tiny_256_hf") == "Intel/dpt-swinv2-tiny-256"
+    assert sum(hub.hf_repo(f"{name}_hf") is not None for name in hub.REGISTRY) == 18
+    assert hub.hf_repo("da2_vits") is None and hub.lookup("da2_vits").repo == "depth-anything/Depth-Anything-V2-Small"
+    assert canonical_name("da2_metric_outdoor_vits") == "da2_metric_vkitti_vits"  # one vocabulary: both names work
+    with pytest.raises(errors.UnknownModelError, match="known models: .*da2_vits.*repo id such as depth-anything/"):
         hub.resolve("no_such_model")
 
 
 # ---------------------------------------------------------------------------------------------
-# One checkpoint read: the download's check is the load's reading (issue 9 item 5)
+# One checkpoint read: the download's check is the load's reading
 
 
-def test_load_by_name_reads_the_downloaded_file_once(server, mini, cache, monkeypatch):
-    import dpt_jax.model
+def test_load_by_name_reads_the_downloaded_file_once(server, cache, monkeypatch):
+    import dpt_jax.checkpoint
+    from dpt_jax.family import Release
 
+    da = FIXTURES / "depth_anything" / "mini_da2.pth"
+    hub.register(Release("mini_da2", "mini_da2.pth", da.stat().st_size, "Apache-2.0",
+                         url=server.serve("/mini_da2.pth", da.read_bytes())))
     calls = []
-    real = dpt_jax.model.read_checkpoint
-    monkeypatch.setattr(dpt_jax.model, "read_checkpoint", lambda *a, **k: calls.append(a) or real(*a, **k))
-    model = dpt_jax.load("mini_beit")
-    assert calls == []  # the checked download's Checkpoint was used
-    assert model.num_params == read_checkpoint(FIXTURES / "mini_beit.pt").num_params
-    dpt_jax.load("mini_beit")  # from the cache, stamped: read once, by the load
-    assert len(calls) == 1
-
-
-from test_hub import beit_config, cache, mini, server  # noqa: E402,F401  (the local HTTP server fixtures)
+    real = dpt_jax.checkpoint.read_state_dict
+    monkeypatch.setattr(dpt_jax.checkpoint, "read_state_dict", lambda *a, **k: calls.append(a) or real(*a, **k))
+    try:
+        model = dpt_jax.load("mini_da2")
+        assert len(calls) == 1  # the download's check is the load's reading
+        assert model.config.name == "mini_da2"  # the entry's variant (its keys cannot tell)
+        assert model.num_params == read_checkpoint(da, variant="mini_da2").num_params
+        dpt_jax.load("mini_da2")  # from the cache, stamped: read once, by the load
+        assert len(calls) == 3  # (read_checkpoint above read it once more)
+    finally:
+        hub.unregister("mini_da2")

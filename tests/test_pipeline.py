@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpt_jax import errors
 import dpt_jax
-from dpt_jax import cli, pipeline
+from dpt_jax import cli, errors, pipeline
 from dpt_jax.preprocess import normalize_and_resize, processed_size, resize_depth
 from helpers import FIXTURES, nchw_to_nhwc
 
@@ -98,12 +97,12 @@ def test_bad_pictures_are_reported_and_the_rest_go_on(model, tmp_path):
     truncated.write_bytes(good.read_bytes()[:200])
     results = pipeline.run(model, [good, empty, text, truncated, tmp_path / "missing.png",
                                    np.full((8, 8, 3), 2.0, np.float32), np.zeros((4, 4, 2))])
-    errors = {r.name: r.error for r in results}
+    messages = {r.name: r.error for r in results}
     assert results[0].error is None and results[0].depth.shape == (64, 64)
-    assert "empty" in errors[str(empty)]
-    assert "not an image" in errors[str(text)]
-    assert "decode" in errors[str(truncated)] or "cannot read" in errors[str(truncated)]
-    assert "no such file" in errors[str(tmp_path / "missing.png")]
+    assert "empty" in messages[str(empty)]
+    assert "not an image" in messages[str(text)]
+    assert "decode" in messages[str(truncated)] or "cannot read" in messages[str(truncated)]
+    assert "no such file" in messages[str(tmp_path / "missing.png")]
     assert "[0, 1]" in results[5].error and "shape" in results[6].error
     with pytest.raises(errors.ImageError, match="notes.png: not an image"):
         model.predict(text)
@@ -176,7 +175,8 @@ def test_batch_split_across_four_devices_gives_the_same_depth():
         d4, d1 = four.apply(x), one.apply(x)
         print(json.dumps({{"devices": four.num_devices, "shards": len(d4.sharding.device_set),
                           "diff": float(np.abs(np.asarray(d4) - np.asarray(d1)).max() / np.abs(np.asarray(d1)).max()),
-                          "err": float(np.abs(np.asarray(d4)[:2] - ref["native__depth"]).max() / ref["native__depth"].max())}}))
+                          "err": float(np.abs(np.asarray(d4)[:2] - ref["native__depth"]).max()
+                                       / ref["native__depth"].max())}}))
     """
     out = json.loads(run_python(code, {"XLA_FLAGS": "--xla_force_host_platform_device_count=4",
                                        "DPT_JAX_COMPILATION_CACHE": "off"}).strip().splitlines()[-1])
@@ -280,8 +280,9 @@ def test_predict_returns_pil_images_on_request(model):
 
 
 def test_load_leaves_the_jax_configuration_alone():
-    before = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-                                                  "jax_default_matmul_precision", "jax_enable_x64")}
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_default_matmul_precision", "jax_enable_x64")
+    before = {k: getattr(jax.config, k) for k in names}
     model = dpt_jax.load(FIXTURES / "mini_beit.pt")
     model.apply(np.zeros((1, 64, 64, 3), np.float32)).block_until_ready()
     assert {k: getattr(jax.config, k) for k in before} == before

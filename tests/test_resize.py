@@ -106,7 +106,8 @@ def test_processed_size_hand_checked():
 def test_normalize_and_resize_matches_midas_transform():
     pictures = REF["midas/pictures"]
     expected = REF["midas/input"]
-    size = processed_size(*pictures.shape[1:3], target=tuple(REF["midas/target"]), keep_aspect_ratio=bool(REF["midas/keep_aspect"]))
+    size = processed_size(*pictures.shape[1:3], target=tuple(REF["midas/target"]),
+                          keep_aspect_ratio=bool(REF["midas/keep_aspect"]))
     assert size == expected.shape[1:3]
     assert max_error(normalize_and_resize(pictures, size), expected) <= TOL
     # float pictures in [0, 1] give the same result

@@ -25,8 +25,8 @@ import pytest  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
 from dpt_jax.checkpoint import convert_state_dict  # noqa: E402
-from dpt_jax.registry import detect_config  # noqa: E402
 from dpt_jax.convert.files import read_state_dict  # noqa: E402
+from dpt_jax.registry import detect_config  # noqa: E402
 from dpt_jax.swinv2 import (  # noqa: E402
     SwinV2Block,
     SwinV2Config,

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpt_jax import errors
 import dpt_jax
-from dpt_jax import output, video
+from dpt_jax import errors, output, video
 from helpers import FIXTURES
 
 FRAMES, H, W, FPS, BATCH = 8, 48, 64, Fraction(12), 3  # batches of 3, 3 and 2 (padded to 3)
@@ -71,7 +70,8 @@ def test_frames_go_through_the_picture_pipeline_in_one_program(model, clip, tmp_
     assert result.depth_range == (stack.min(), stack.max())
     # A clip of another length (batches of 3 and 2) compiles no new model program: short batches are padded.
     programs = model._apply._cache_size()
-    video.predict_video(model, make_video(tmp_path / "five.mp4", frames=5), tmp_path / "five-depth.mp4", batch_size=BATCH)
+    video.predict_video(model, make_video(tmp_path / "five.mp4", frames=5), tmp_path / "five-depth.mp4",
+                        batch_size=BATCH)
     assert model._apply._cache_size() == programs
 
 
