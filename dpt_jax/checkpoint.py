@@ -66,8 +66,10 @@ def load_checkpoint(source=None, *, variant: str | None = None, max_depth: float
     A release is downloaded on first use; a new or changed file is checked as the release's model
     by reading it, and that reading is the one returned (no second read).
     """
-    text = hub.DEFAULT_MODEL if source is None else os.fspath(source)
-    release = hub.lookup(text) if isinstance(source, (str, type(None))) and not os.path.exists(text) else None
+    if source is not None and not isinstance(source, str):  # a path object: a local file or folder
+        return read_checkpoint(source, variant=variant, max_depth=max_depth, **options)
+    text = hub.DEFAULT_MODEL if source is None else source
+    release = hub.lookup(text) if not os.path.exists(text) else None
     if release is None:
         return read_checkpoint(hub.resolve(text, progress=progress), variant=variant, max_depth=max_depth, **options)
     expected = registry.get_config(release.holds or release.name)
@@ -151,15 +153,7 @@ def read_checkpoint(path, *, variant: str | None = None, max_depth: float | None
 
 
 def _with_max_depth(checkpoint: Checkpoint, max_depth: float | None) -> Checkpoint:
-    if max_depth is None:
-        return checkpoint
-    config = checkpoint.config
-    if not config.is_metric:
-        raise ConversionError(checkpoint.path, f"max_depth applies to metric models; {config.name} is relative")
-    try:
-        checkpoint.config = config.replace(max_depth=float(max_depth))
-    except ConfigError as e:
-        raise ConversionError(checkpoint.path, f"max_depth: {e}") from None
+    checkpoint.config = registry.with_max_depth(checkpoint.config, max_depth, checkpoint.path)
     return checkpoint
 
 

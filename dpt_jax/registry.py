@@ -102,14 +102,15 @@ def recognise(state: Mapping) -> EncoderFamily | None:
     return next((f for f in FAMILIES.values() if f.recognises(state)), None)
 
 
-def detect_config(state: Mapping, path="<state dict>", *, variant: str | None = None, facts: Mapping | None = None,
-                  **options) -> DPTConfig:
+def detect_config(state: Mapping, path="<state dict>", *, variant: str | None = None, max_depth: float | None = None,
+                  facts: Mapping | None = None, **options) -> DPTConfig:
     """The configuration of checkpoint `state` (key -> anything with `.shape`); reads no tensor data.
 
     A config equal to a preset but for its name is that preset. `options` are choices the file
     cannot tell (see each family's `options`; None means "not given"). `variant` names a preset
     (or a mini): for families whose keys cannot tell their variants (`chooses_variant`) it is the
-    choice; for the others it must be what the keys say.
+    choice; for the others it must be what the keys say. `max_depth` (metres) overrides a metric
+    model's largest depth.
     `facts` are what another file says about the checkpoint (a Hugging Face config.json: window
     sizes, the blocks feeding the neck, metric depth): passed to the family's detect_config where
     it takes them; the user's `variant` and `options` win over them.
@@ -138,11 +139,24 @@ def detect_config(state: Mapping, path="<state dict>", *, variant: str | None = 
         variant = chosen
     options = {**_taken(family.detect_config, facts or {}), **options}
     if family.chooses_variant:
-        return family.detect_config(state, path, variant=variant, **options)
-    config = as_preset(family.detect_config(state, path, **options))
-    if variant is not None and config.name != variant:
-        raise ConversionError(path, f"its keys say it is {config.name}, not the variant {variant} given")
-    return config
+        config = family.detect_config(state, path, variant=variant, **options)
+    else:
+        config = as_preset(family.detect_config(state, path, **options))
+        if variant is not None and config.name != variant:
+            raise ConversionError(path, f"its keys say it is {config.name}, not the variant {variant} given")
+    return with_max_depth(config, max_depth, path)
+
+
+def with_max_depth(config: DPTConfig, max_depth: float | None, path="<state dict>") -> DPTConfig:
+    """`config` with the user's largest depth (metres) for a metric model; None leaves it as it is."""
+    if max_depth is None:
+        return config
+    if not config.is_metric:
+        raise ConversionError(path, f"max_depth applies to metric models; {config.name} is relative")
+    try:
+        return config.replace(max_depth=float(max_depth))
+    except (ConfigError, TypeError, ValueError) as e:
+        raise ConversionError(path, f"max_depth: {e}") from None
 
 
 def _taken(detect, facts: Mapping) -> dict:

@@ -33,7 +33,7 @@ def loads(model, monkeypatch):
         calls.append(str(path))
         return model
 
-    monkeypatch.setattr(dpt_jax, "load", load)
+    monkeypatch.setattr(dpt_jax.model, "load", load)
     return calls
 
 
@@ -44,7 +44,7 @@ def no_model(monkeypatch):
         raise AssertionError("the model was resolved or loaded")
 
     monkeypatch.setattr(hub, "resolve", refuse)
-    monkeypatch.setattr(dpt_jax, "load", refuse)
+    monkeypatch.setattr(dpt_jax.model, "load", refuse)
 
 
 def picture(path, seed=0, size=(64, 64)):
@@ -249,7 +249,7 @@ def test_status_lines_and_quiet(tmp_path, loads, capsys):
 
 def test_height_size_and_bucket_options_set_the_network_input(tmp_path, model, monkeypatch):
     fake = ShapeModel(model.config)
-    monkeypatch.setattr(dpt_jax, "load", lambda path, **kw: fake)
+    monkeypatch.setattr(dpt_jax.model, "load", lambda path, **kw: fake)
     picture(tmp_path / "p.png", 4, size=(60, 70))
     for option, shape in [([], (96, 128)), (["--height", "64"], (64, 64)), (["--size", "64x160"], (64, 64)),
                           (["--size", "64x200", "--no-keep-aspect-ratio"], (64, 192)),
@@ -279,7 +279,7 @@ def test_wrong_number_of_pretrained_window_sizes_is_a_clear_error(tmp_path, caps
     assert "has 2 values; this checkpoint has 4 stages: give one per stage" in capsys.readouterr().err
     assert not out.exists()
     assert cli.main(["info", MINI, "--pretrained-window-sizes", "4,4,4,2"]) == 1
-    assert "pretrained_window_sizes does not apply to a beit model" in capsys.readouterr().err
+    assert "pretrained_window_sizes does not apply to a MiDaS v3.1 DPT-BEiT model" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["info", MINI, "--pretrained-window-sizes", "4,-4"])
 

@@ -23,7 +23,7 @@ _loaded = {}
 def one_model(monkeypatch):
     """The runs of this module load the mini model once, so its compiled programs are reused (time only)."""
     load, loaded = dpt_jax.load, _loaded
-    monkeypatch.setattr(dpt_jax, "load",
+    monkeypatch.setattr(dpt_jax.model, "load",
                         lambda path, **kw: loaded.get(path) or loaded.setdefault(path, load(path, **kw)))
 
 

@@ -103,7 +103,7 @@ def test_cli_convert_reports_variant_and_skips(tmp_path, capsys):
     out = tmp_path / "beit.safetensors"
     assert cli.main(["convert", str(FIXTURES / "mini_beit.pt"), "-o", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "custom_beit (beit)" in text
+    assert "custom_beit (MiDaS v3.1 DPT-BEiT)" in text
     count = sum(int(np.prod(s)) for s in param_shapes(dpt_jax.load(out).config).values())
     assert f"{count:,}" in text
     assert "skipped:    16 keys" in text  # 8 relative_position_index buffers + fc_norm, head, refinenet4.resConfUnit1

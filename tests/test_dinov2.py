@@ -374,7 +374,7 @@ def test_explicit_variant_wins_and_must_fit():
         registry.detect_config(state, "x.pth", variant="da2_vits")
     with pytest.raises(ConversionError, match="unknown variant 'da3_vitb'"):
         registry.detect_config(state, "x.pth", variant="da3_vitb")
-    with pytest.raises(ConversionError, match="variant dpt_beit_base_384 is a beit model"):
+    with pytest.raises(ConversionError, match="variant dpt_beit_base_384 is a MiDaS v3.1 DPT-BEiT model"):
         registry.detect_config(state, "x.pth", variant="beit_base_384")
     assert registry.detect_config(state, "x.pth", variant="da2_metric_hypersim_vitb", max_depth=10).max_depth == 10
     with pytest.raises(ConversionError, match="max_depth applies to metric models"):
@@ -389,9 +389,9 @@ def test_midas_variant_must_match_the_keys():
     with pytest.raises(ConversionError,
                        match="its keys say it is dpt_beit_base_384, not the variant dpt_beit_large_384"):
         registry.detect_config(state, "f.pt", variant="dpt_beit_large_384")
-    with pytest.raises(ConversionError, match="variant da2_vits is a dinov2 model"):
+    with pytest.raises(ConversionError, match="variant da2_vits is a Depth Anything \\(DINOv2\\) model"):
         registry.detect_config(state, "f.pt", variant="da2_vits")
-    with pytest.raises(ConversionError, match="max_depth does not apply to a beit model"):
+    with pytest.raises(ConversionError, match="max_depth applies to metric models; dpt_beit_base_384 is relative"):
         registry.detect_config(state, "f.pt", max_depth=20)
 
 
@@ -419,7 +419,7 @@ def test_cli_convert_and_info_report_the_variant(tmp_path, capsys):
     assert cli.main(["convert", str(DA / "mini_da2_metric.pth"), "-o", str(out), "--variant", "mini_da2_metric",
                      "--max-depth", "80"]) == 0
     text = capsys.readouterr().out
-    assert "mini_da2_metric (dinov2)" in text and "metric depth in metres (max 80 m)" in text
+    assert "mini_da2_metric (Depth Anything (DINOv2))" in text and "metric depth in metres (max 80 m)" in text
     assert cli.main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "output:     metric depth in metres (max 80 m)" in text

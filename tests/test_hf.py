@@ -428,7 +428,7 @@ def test_buffers_older_transformers_saved_are_skipped_like_the_originals(tmp_pat
     ({"backbone_config.out_indices": "2,4,6,8"}, "field backbone_config.out_indices: must be a list"),
     ({"backbone_config.out_indices": [2, 4, 6, 9]}, "field backbone_config.out_indices"),
     ({"backbone_config.num_attention_heads": 4}, "field backbone_config.num_attention_heads is 4, but the weights"),
-    ({"backbone_config.model_type": "convnext"}, "DPT with a 'convnext' backbone"),
+    ({"backbone_config.model_type": "convnext"}, "'dpt' model with a 'convnext' backbone"),
 ])
 def test_unsupported_or_bad_configs_name_the_file_and_the_field(tmp_path, change, match):
     folder = copy_folder("mini_beit", tmp_path)
