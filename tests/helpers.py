@@ -22,11 +22,24 @@ def nchw_to_nhwc(x):
     return np.ascontiguousarray(np.asarray(x).transpose(0, 2, 3, 1))
 
 
+_PROGRAMS: dict = {}
+
+
 def run_with_intermediates(model, images):
-    """Depth and every sown intermediate of a loaded DepthModel, as {fixture name: NumPy array in fixture layout}."""
+    """Depth and every sown intermediate of a loaded DepthModel, as {fixture name: NumPy array in fixture layout}.
+
+    Jitted, one program per (config, input shape), shared by every test that asks (and by both
+    checkpoint formats of a fixture: the parameters are an argument).
+    """
+    import jax
+
     from dpt_jax.dpt import DPT
 
-    depth, state = DPT(model.config).apply({"params": model.params}, images, mutable=["intermediates"])
+    key = (model.config, tuple(images.shape))
+    if key not in _PROGRAMS:
+        module = DPT(model.config)
+        _PROGRAMS[key] = jax.jit(lambda p, x: module.apply({"params": p}, x, mutable=["intermediates"]))
+    depth, state = _PROGRAMS[key](model.params, images)
     out = {"depth": np.asarray(depth)}
     for path, value in traverse_util.flatten_dict(state["intermediates"]).items():
         x = np.asarray(value[0])

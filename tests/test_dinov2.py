@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import json
 
-import jax
 import numpy as np
 import pytest
-from flax import traverse_util
 
 import dpt_jax
 from dpt_jax import cli, output, preprocess, registry
@@ -36,10 +34,10 @@ from dpt_jax.dinov2 import (
     interpolate_pos_embed,
     scaled_cubic_taps,
 )
-from dpt_jax.dpt import DPT, param_shapes
+from dpt_jax.dpt import param_shapes
 from dpt_jax.errors import CheckpointError, ConversionError
 from dpt_jax.resize import resample_axis, resize_bicubic
-from helpers import FIXTURES, nchw_to_nhwc, rel_err
+from helpers import FIXTURES, nchw_to_nhwc, rel_err, run_with_intermediates
 
 DA = FIXTURES / "depth_anything"
 MINIS = ("mini_da2", "mini_da2_metric")
@@ -69,23 +67,6 @@ def references():
     return {name: np.load(DA / f"{name}.npz") for name in MINIS}
 
 
-_RUNS: dict = {}
-
-
-def run(model, images) -> dict[str, np.ndarray]:
-    """Output and every sown intermediate of the DPT, in the fixtures' layout (maps NCHW)."""
-    key = (model.config, images.shape)
-    if key not in _RUNS:
-        module = DPT(model.config)
-        _RUNS[key] = jax.jit(lambda p, x: module.apply({"params": p}, x, mutable=["intermediates"]))
-    depth, state = _RUNS[key](model.params, images)
-    out = {"depth": np.asarray(depth)}
-    for path, value in traverse_util.flatten_dict(state["intermediates"]).items():
-        x = np.asarray(value[0])
-        out[path[-1]] = x.transpose(0, 3, 1, 2) if x.ndim == 4 else x
-    return out
-
-
 @pytest.fixture(scope="module")
 def outputs(loaded, references):
     """Lazily computed runs keyed by (mini, source, case)."""
@@ -93,7 +74,8 @@ def outputs(loaded, references):
 
     def get(name, source, case):
         if (name, source, case) not in cache:
-            cache[name, source, case] = run(loaded[name, source], nchw_to_nhwc(references[name][f"{case}__input"]))
+            cache[name, source, case] = run_with_intermediates(loaded[name, source],
+                                                               nchw_to_nhwc(references[name][f"{case}__input"]))
         return cache[name, source, case]
 
     return get

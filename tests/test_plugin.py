@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ from dpt_jax import cli, output, registry
 from dpt_jax.config import DPTConfig, bounded, checked_fields
 from dpt_jax.convert import hf, keys, midas
 from dpt_jax.convert.safetensors_io import write_safetensors
-from dpt_jax.dpt import DPT
+from dpt_jax.dpt import param_shapes
 from dpt_jax.errors import ConversionError
 from dpt_jax.family import EncoderFamily, HFLayout
 from dpt_jax.layers import Conv, Dense
@@ -116,9 +115,9 @@ def toy():
 def original(toy, tmp_path_factory):
     """An "original" toy checkpoint (the toy's own key names) with random, non-zero weights."""
     config = toy.presets[0]
-    params = DPT(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"]
     rng = np.random.default_rng(0)
-    params = jax.tree_util.tree_map(lambda a: rng.normal(0, 0.5, a.shape).astype(np.float32), params)
+    params = traverse_util.unflatten_dict({k: rng.normal(0, 0.5, s).astype(np.float32)
+                                           for k, s in param_shapes(config).items()}, sep="/")
     path = tmp_path_factory.mktemp("toy") / "toy_small.safetensors"
     write_safetensors(path, hf.original_state(config, params), {"format": "pt"})
     return path, params
