@@ -4,7 +4,7 @@
     python benchmarks/bf16_accuracy.py                                  # swin2_tiny_256, beit_base_384, da2_vits
     python benchmarks/bf16_accuracy.py --models da2_vitb --images PHOTOS.npz --out DIR
 
-The criterion (issue 15): on full-size models and real photos, dpt-jax bfloat16's error against
+The criterion: on full-size models and real photos, dpt-jax bfloat16's error against
 the original float32 is no larger than the original's own error under
 `torch.autocast("cpu", dtype=torch.bfloat16)` (mean and max, same inputs).
 
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     info, feats = machine_info(), cpu_features()
     bf16_units = [k for k in ("avx512_bf16", "amx_bf16") if feats[k]]
     extra = {
-        "what": "dpt-jax bfloat16 vs torch.autocast('cpu', bfloat16), both against transformers float32 (issue 15)",
+        "what": "dpt-jax bfloat16 vs torch.autocast('cpu', bfloat16), both against transformers float32",
         "weights": f"random: DPT(config).init with PRNGKey({args.seed}) (Flax default initialisers, nothing rescaled), "
                    "written by DepthModel.save_pretrained and loaded by transformers AutoModelForDepthEstimation",
         "photos": f"{', '.join(photos)} (real photos, {Path(args.images).name}), preprocessed by dpt-jax "

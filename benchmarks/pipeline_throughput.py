@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+if __name__ == "__main__" and not __package__:  # run as a script: the repository root, not this folder, on the path
+    sys.path[0] = str(ROOT)
 SIZES = [(480, 640), (768, 1024), (1200, 1600), (1500, 2000), (1080, 1440), (900, 1200)]  # (h, w) landscape
 
 
@@ -147,12 +149,13 @@ def main(argv=None) -> int:
 
     import jax
 
-    from dpt_jax import bench, pipeline
+    from benchmarks.measure import machine_info, machine_label
+    from dpt_jax import overlap, pipeline
 
     jax.config.update("jax_default_matmul_precision", "highest")
-    info = bench.machine_info()
-    print(f"machine: {bench.machine_label(info)}; CPU flags: {cpu_flags()}; {jax.default_backend()} backend, "
-          f"jax {info['jax']}; decoding threads: {pipeline.default_workers()}")
+    info = machine_info()
+    print(f"machine: {machine_label(info)}; CPU flags: {cpu_flags()}; {jax.default_backend()} backend, "
+          f"jax {info['jax']}; decoding threads: {overlap.default_workers()}")
     with tempfile.TemporaryDirectory(prefix="dpt-jax-throughput-") as tmp:
         folder, outdir = Path(tmp) / "photos", Path(tmp) / "depth"
         folder.mkdir()

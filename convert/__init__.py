@@ -1,5 +1,7 @@
-"""Checkpoint conversion: installed as `dpt_jax.convert` (the source folder is ./convert).
+"""What is known about checkpoint files: installed as `dpt_jax.convert` (the source folder is ./convert).
 
-- `torch_zip`: a safe, lazy reader of PyTorch zip checkpoints and safetensors files.
-- `midas`: variant detection, the key tables and the converted-file format.
+- `files`, `torch_zip`, `safetensors_io`, `tensors`: safe, lazy readers (and the safetensors writer).
+- `keys`: key tables (source key -> Flax path) and their checks; `midas`: the MiDaS DPT neck's names.
+- `hf`: the Hugging Face transformers layout, generic; each family supplies its own names.
+- `beit`, `swinv2`, `dinov2`: one module a family, each ending in its `EncoderFamily`.
 """

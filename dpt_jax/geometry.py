@@ -374,7 +374,7 @@ def save_point_cloud(path, inverse_depth: np.ndarray, picture, *, fov: float | N
     sky (relative inverse depth near its smallest value) can land arbitrarily far, or beyond
     infinity (then it is always left out).
     """
-    from .pipeline import open_source
+    from .pictures import open_source
 
     name = source or (str(picture) if isinstance(picture, (str, os.PathLike)) else "picture")
     pixels = open_source(picture).load() if isinstance(picture, (str, os.PathLike)) else np.asarray(picture)

@@ -127,7 +127,7 @@ def _keep_missing(targets: dict, name: str, overwrite: bool, status: Status) -> 
 
 
 def run(args) -> int:
-    from . import geometry, pipeline
+    from . import geometry, pictures
     from .atomic import clean_stale_partials
     from .video import is_video
 
@@ -158,7 +158,7 @@ def run(args) -> int:
                 failed += 1
             continue
         try:
-            sources.append(pipeline.open_source(item.path, i))
+            sources.append(pictures.open_source(item.path, i))
             items.append(item)
         except ImageError as e:
             status.error(f"{e.name}: {e.message}")
@@ -250,7 +250,7 @@ def _predict(args, model, todo, plan, status: Status) -> tuple[list[Path], int]:
     Returns (the files written, how many pictures got all theirs)."""
     from tqdm import tqdm
 
-    from . import geometry, output, pipeline
+    from . import geometry, output, pictures, pipeline
 
     c = model.config
     total = len(todo)
@@ -263,7 +263,7 @@ def _predict(args, model, todo, plan, status: Status) -> tuple[list[Path], int]:
     def write_all(r: pipeline.Result) -> list[Path]:
         targets = plan[r.name]
         needs_picture = any(FORMATS[fmt].needs_picture for fmt in targets)
-        picture = pipeline.open_source(r.name).load() if needs_picture else None
+        picture = pictures.open_source(r.name).load() if needs_picture else None
         paths = []
         for fmt, path in targets.items():
             try:

@@ -142,10 +142,10 @@ def _reason(e) -> str:
 
 
 def _check_pixels(name, h, w):
-    from .pipeline import MAX_PIXELS
+    from .pictures import MAX_PIXELS
 
     if h * w > MAX_PIXELS:
-        raise VideoError(name, f"{w}x{h} frames are over the limit of {MAX_PIXELS:,} pixels (pipeline.MAX_PIXELS)")
+        raise VideoError(name, f"{w}x{h} frames are over the limit of {MAX_PIXELS:,} pixels (pictures.MAX_PIXELS)")
 
 
 def _batches(frames, n):

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import dpt_jax
-from dpt_jax import cli, hub, inputs, pipeline
+from dpt_jax import cli, hub, inputs, overlap, pipeline
 from dpt_jax.atomic import _host_tag
 from helpers import FIXTURES
 
@@ -61,7 +61,7 @@ def predict(*args):
     return cli.main(["predict", *map(str, args), "-m", MINI, "--batch-size", "1"])
 
 
-# -- issue 8, item 7: output names are unique across the run -------------------------------------
+# -- output names are unique across the run -------------------------------------
 
 def test_same_stems_from_different_folders_get_distinct_names(tmp_path, loads, model):
     for d, name in [("a", "x.jpg"), ("b", "x.jpg"), ("c", "x-2.png")]:
@@ -138,19 +138,19 @@ def test_decoded_pixels_in_flight_stay_within_the_budget(model, monkeypatch):
             return a
         return pipeline.Source(f"p{i}", a.shape[:2], load)
 
-    resize = pipeline.to_network
+    resize = overlap.to_network
 
     def counted_resize(config, images, size):
         held[0] -= images.shape[0] * images.shape[1] * images.shape[2]  # these pixels are released after this
         return resize(config, images, size)
 
-    monkeypatch.setattr(pipeline, "to_network", counted_resize)
+    monkeypatch.setattr(overlap, "to_network", counted_resize)
     fake = ShapeModel(model.config)
     budget = 2 * 60 * 71
     results = pipeline.run(fake, [source(i, a) for i, a in enumerate(pictures)], batch_size=4, pixel_budget=budget)
     assert peak[0] <= budget and held[0] == 0
     assert fake.shapes == [(4, 96, 128, 3), (1, 96, 128, 3)]  # the batches themselves are unchanged
-    monkeypatch.setattr(pipeline, "to_network", resize)
+    monkeypatch.setattr(overlap, "to_network", resize)
     unbounded = pipeline.run(fake, pictures, batch_size=4)
     for r, u in zip(results, unbounded):
         np.testing.assert_allclose(r.depth, u.depth, atol=1e-6)
@@ -187,7 +187,7 @@ def test_stale_partial_files_of_dead_processes_are_removed(tmp_path, no_model, c
     assert not stale.exists() and running.exists() and foreign.exists()
 
 
-# -- item 12 and issue 12 item 5: the output folder and the inputs are checked before any model --------
+# -- the output folder and the inputs are checked before any model --------
 
 def test_unwritable_output_folder_fails_before_the_model(tmp_path, no_model, capsys):
     picture(tmp_path / "p.png")
@@ -203,7 +203,7 @@ def test_missing_input_is_reported_before_any_download(tmp_path, no_model, capsy
     assert code == 1 and "missing.jpg: no such file" in capsys.readouterr().err
 
 
-# -- issue 12: formats, layout, status ------------------------------------------------------------------------
+# -- formats, layout, status ------------------------------------------------------------------------
 
 def test_every_format_in_one_run(tmp_path, loads, capsys):
     a = picture(tmp_path / "in" / "p.png", 3, size=(64, 80))
@@ -262,7 +262,7 @@ def test_height_size_and_bucket_options_set_the_network_input(tmp_path, model, m
     assert pipeline.planner(model.config, size=(64, 160))((60, 70)) == (64, 64)
 
 
-# -- issue 12 item 5: bugs ---------------------------------------------------------------------------------------
+# -- fixed bugs ---------------------------------------------------------------------------------------
 
 def test_convert_refuses_to_replace_its_source(tmp_path, capsys):
     src = tmp_path / "m.pt"

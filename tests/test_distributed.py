@@ -1,4 +1,4 @@
-"""`dpt-jax predict --distributed`: two CPU processes on 127.0.0.1 share a folder (issue 15, item 4)."""
+"""`dpt-jax predict --distributed`: two CPU processes on 127.0.0.1 share a folder."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""pipeline.run with decoding in worker threads and batches overlapped on the device (issue 15, item 3)."""
+"""pipeline.run with decoding in worker threads and batches overlapped on the device."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import dpt_jax
-from dpt_jax import pipeline
+from dpt_jax import overlap, pipeline
 from helpers import FIXTURES
 
 SIZES = [(64, 80), (80, 64), (64, 80), (80, 64), (64, 80), (64, 80), (80, 64)]
@@ -103,7 +103,7 @@ class Recorder:
 def run_recorded(model, monkeypatch, budget):
     sizes = [(60, 70), (60, 70), (60, 71), (60, 70), (60, 71), (60, 70), (90, 60), (60, 70)]
     rec = Recorder(sizes, delay=0.05)
-    resize, back = pipeline.to_network, pipeline.to_picture
+    resize, back = overlap.to_network, overlap.to_picture
 
     def counted_resize(config, images, size):
         rec.change(-images.shape[0] * images.shape[1] * images.shape[2])  # decoded pixels given back
@@ -124,8 +124,8 @@ def run_recorded(model, monkeypatch, budget):
         rec.log.append(("result", r.name))
         rec.change(-r.depth.shape[0] * r.depth.shape[1])
 
-    monkeypatch.setattr(pipeline, "to_network", counted_resize)
-    monkeypatch.setattr(pipeline, "to_picture", counted_back)
+    monkeypatch.setattr(overlap, "to_network", counted_resize)
+    monkeypatch.setattr(overlap, "to_picture", counted_back)
     results = pipeline.run(FakeModel(), [rec.source(i) for i in range(len(sizes))], batch_size=2,
                            pixel_budget=budget, workers=4, on_result=on_result, keep_depth=False)
     monkeypatch.undo()

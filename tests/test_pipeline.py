@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import dpt_jax
-from dpt_jax import cli, errors, pipeline
+from dpt_jax import cli, errors, pictures, pipeline
 from dpt_jax.preprocess import normalize_and_resize, processed_size, resize_depth
 from helpers import FIXTURES, nchw_to_nhwc
 
@@ -111,7 +111,7 @@ def test_bad_pictures_are_reported_and_the_rest_go_on(model, tmp_path):
 def test_too_large_pictures_are_refused_before_decoding(model, monkeypatch, tmp_path):
     path = tmp_path / "big.png"
     Image.fromarray(smooth_picture(64, 80)).save(path)
-    monkeypatch.setattr(pipeline, "MAX_PIXELS", 64 * 79)
+    monkeypatch.setattr(pictures, "MAX_PIXELS", 64 * 79)
     with pytest.raises(errors.ImageError, match="80x64 pixels is over the limit"):
         model.predict(path)
 

@@ -573,7 +573,7 @@ def test_safetensors_bf16_and_metadata(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# Hostile files (issue 8): each class of hole found by fuzzing, built small inside the test.
+# Hostile files: each class of hole found by fuzzing, built small inside the test.
 # Nothing here allocates what the hostile files declare.
 
 
