@@ -102,18 +102,18 @@ def best_rate(fn, count: int, repeats: int) -> float:
 def measure(model, paths: list[Path], batch_size: int, repeats: int, outdir: Path) -> dict:
     import jax.numpy as jnp
 
-    from dpt_jax import output, pipeline
+    from dpt_jax import output, overlap, pictures, pipeline
     from dpt_jax.preprocess import normalize_and_resize
 
     n = len(paths)
     pipeline.run(model, paths, batch_size=batch_size, keep_depth=False)  # compiles every program
     # The network inputs of the same batches the folder run makes, ready on the device.
-    sources = [pipeline.open_source(p) for p in paths]
+    sources = [pictures.open_source(p) for p in paths]
     target_of = pipeline.planner(model.config)
     batches = []
     for size_hw, members in pipeline.batches_by_shape(sources, target_of, batch_size):
         x = jnp.concatenate([normalize_and_resize(jnp.asarray(sources[m].load()[None]), size_hw) for m in members])
-        b = pipeline.padded_batch(len(members), batch_size, model.num_devices)
+        b = overlap.padded_batch(len(members), batch_size, model.num_devices)
         batches.append(jnp.concatenate([x, jnp.zeros((b - len(members), *x.shape[1:]), x.dtype)]))
     for x in batches:
         model.apply(x).block_until_ready()
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     import jax
 
     from benchmarks.measure import machine_info, machine_label
-    from dpt_jax import overlap, pipeline
+    from dpt_jax import overlap, pictures
 
     jax.config.update("jax_default_matmul_precision", "highest")
     info = machine_info()
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
         folder.mkdir()
         outdir.mkdir()
         paths = make_photos(folder, args.count)
-        sizes = sorted({pipeline.open_source(q).size for q in paths})
+        sizes = sorted({pictures.open_source(q).size for q in paths})
         print(f"folder: {len(paths)} JPEGs, sizes (h, w) {', '.join(f'{h}x{w}' for h, w in sizes)}; "
               f"batch size {args.batch_size}; best of {args.repeats}")
         for name in args.models.split(","):

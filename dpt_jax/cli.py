@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--normalize running: the average's weight of the past, in [0, 1) (default 0.9)")
     v.add_argument("--side-by-side", action="store_true",
                    help="the video shows input | depth, twice as wide (named -side.mp4)")
-    v.add_argument("--frames", choices=["png16", "npy"],
+    v.add_argument("--frames", choices=[n for n, f in FORMATS.items() if f.frames is not None],
                    help="also write the frames: npy (an (n, h, w) float32 stack of raw inverse depth) or png16 "
                         "(a folder of 16-bit PNGs, mapped as the video)")
     g = p.add_argument_group("point clouds", "-f ply: a coloured binary PLY of each picture, camera coordinates")

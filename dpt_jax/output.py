@@ -136,6 +136,66 @@ def read_pfm(path) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
+# Frame sequences of videos
+
+
+class NpyStack:
+    """(n, h, w) float32 frames streamed into a .npy file whose header gets the count n on commit()."""
+
+    takes = "depth"  # the raw depth of each frame
+
+    HEADER_BYTES = 128  # magic, version, length and the padded dict: room for any shape
+
+    def __init__(self, path: Path, size: tuple[int, int]):
+        self.size, self.count = size, 0
+        self._atomic = atomic_write(path, ".npy")
+        self._file = self._atomic.__enter__()
+        self._file.write(self._header())
+
+    def _header(self) -> bytes:
+        text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({self.count}, {self.size[0]}, {self.size[1]}), }}"
+        text = text.ljust(self.HEADER_BYTES - 10 - 1) + "\n"
+        return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode("latin1")
+
+    def write(self, depth: np.ndarray):
+        self._file.write(np.ascontiguousarray(depth, "<f4").tobytes())
+        self.count += len(depth)
+
+    def commit(self):
+        self._file.seek(0)
+        self._file.write(self._header())
+        self._file.seek(0, 2)
+        self._atomic.__exit__(None, None, None)
+
+    def discard(self):
+        error = RuntimeError("discarded")
+        self._atomic.__exit__(RuntimeError, error, None)
+
+
+class Png16Frames:
+    """16-bit grayscale PNGs folder/000000.png, 000001.png, ... each written atomically."""
+
+    takes = "mapped16"  # each frame mapped to uint16 by the video's range (one mapping for the whole video)
+
+    def __init__(self, folder: Path, size: tuple[int, int] | None = None):
+        self.folder, self.count = folder, 0
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def write(self, frames: np.ndarray):  # (b, h, w) uint16
+        from PIL import Image
+
+        for f in frames:
+            with atomic_write(self.folder / f"{self.count:06d}.png", ".png") as out:
+                Image.fromarray(f).save(out, format="PNG")
+            self.count += 1
+
+    def commit(self):
+        pass
+
+    discard = commit  # frames already written are whole files
+
+
+# ---------------------------------------------------------------------------------------------
 # The format registry: one entry per output format; the CLI's -f, its help and the file names read it.
 
 
@@ -145,6 +205,9 @@ class Format:
 
     `encode(file, depth, picture, metric)` writes one picture's map (`picture` is given when
     `needs_picture`); None for a format another module writes (the point cloud: geometry.py).
+    Videos take the formats that have `frames`: `frames(path, (h, w))` opens a writer of the
+    video's frames (its `takes`: the raw depth, or the frames as the video maps them to 16 bits;
+    `write(batch)`, then `commit()` or `discard()`), named `<stem><frames_ending>`.
     """
 
     name: str
@@ -152,6 +215,8 @@ class Format:
     description: str
     encode: Callable[[BinaryIO, np.ndarray, np.ndarray | None, bool], None] | None
     needs_picture: bool = False
+    frames: Callable[[Path, tuple[int, int]], object] | None = None
+    frames_ending: str | None = None
 
 
 def _shown(depth, metric: bool):
@@ -189,9 +254,11 @@ for _fmt in (
            lambda f, d, p, m: _png(f, colorize(_shown(d, m)))),
     Format("gray8", "-depth-gray8.png", "8-bit grayscale PNG", lambda f, d, p, m: _png(f, gray8(_shown(d, m)))),
     Format("png16", "-depth-16.png", "16-bit PNG (color, gray8 and png16 are scaled to each map's own range; a "
-           "metric model's png16 holds metres x 256)", _png16),
+           "metric model's png16 holds metres x 256)", _png16,
+           frames=lambda path, size: Png16Frames(path, size), frames_ending="-depth-16"),
     Format("npy", "-depth.npy", "raw float32: inverse depth, or metres for metric models",
-           lambda f, d, p, m: np.save(f, np.asarray(d, np.float32))),
+           lambda f, d, p, m: np.save(f, np.asarray(d, np.float32)),
+           frames=lambda path, size: NpyStack(path, size), frames_ending="-depth.npy"),
     Format("pfm", "-depth.pfm", "raw float32 as MiDaS writes it", lambda f, d, p, m: write_pfm(f, d)),
     Format("side", "-side.png", "picture and color depth side by side",
            lambda f, d, p, m: _png(f, side_by_side(p, _shown(d, m))), needs_picture=True),

@@ -189,7 +189,7 @@ def run(args) -> int:
         base = outdir / bases[id(item)].parent / bases[id(item)].name
         targets = {"video": base.with_name(base.name + ("-side.mp4" if args.side_by_side else "-depth.mp4"))}
         if args.frames:
-            targets["frames"] = base.with_name(base.name + ("-depth.npy" if args.frames == "npy" else "-depth-16"))
+            targets["frames"] = base.with_name(base.name + FORMATS[args.frames].frames_ending)
         if clash := [str(t) for t in targets.values() if t.resolve() in resolved_inputs]:
             raise ValueError(f"refusing to overwrite input files with outputs: {', '.join(clash)}")
         targets = _keep_missing(targets, str(item.path), args.overwrite, status)

@@ -49,7 +49,7 @@ VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpe
 CONTAINERS = {".mp4": ("mp4", ("libx264", "mpeg4")), ".m4v": ("mp4", ("libx264", "mpeg4")),
               ".mov": ("mov", ("libx264", "mpeg4")), ".mkv": ("matroska", ("libx264", "mpeg4")),
               ".webm": ("webm", ("libvpx-vp9", "libvpx")), ".avi": ("avi", ("mpeg4",))}
-FRAMES_FORMATS = (None, "png16", "npy")
+
 NORMALIZATIONS = ("global", "running")
 
 
@@ -249,58 +249,6 @@ def _can_encode(codec: str) -> bool:
         return False
 
 
-class _NpyStack:
-    """(n, h, w) float32 frames streamed into a .npy file whose header gets the count n on commit()."""
-
-    HEADER_BYTES = 128  # magic, version, length and the padded dict: room for any shape
-
-    def __init__(self, path: Path, size: tuple[int, int]):
-        self.size, self.count = size, 0
-        self._atomic = atomic_write(path, ".npy")
-        self._file = self._atomic.__enter__()
-        self._file.write(self._header())
-
-    def _header(self) -> bytes:
-        text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({self.count}, {self.size[0]}, {self.size[1]}), }}"
-        text = text.ljust(self.HEADER_BYTES - 10 - 1) + "\n"
-        return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode("latin1")
-
-    def write(self, depth: np.ndarray):
-        self._file.write(np.ascontiguousarray(depth, "<f4").tobytes())
-        self.count += len(depth)
-
-    def commit(self):
-        self._file.seek(0)
-        self._file.write(self._header())
-        self._file.seek(0, 2)
-        self._atomic.__exit__(None, None, None)
-
-    def discard(self):
-        error = RuntimeError("discarded")
-        self._atomic.__exit__(RuntimeError, error, None)
-
-
-class _Png16Frames:
-    """16-bit grayscale PNGs folder/000000.png, 000001.png, ... each written atomically."""
-
-    def __init__(self, folder: Path):
-        self.folder, self.count = folder, 0
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def write(self, frames: np.ndarray):  # (b, h, w) uint16
-        from PIL import Image
-
-        for f in frames:
-            with atomic_write(self.folder / f"{self.count:06d}.png", ".png") as out:
-                Image.fromarray(f).save(out, format="PNG")
-            self.count += 1
-
-    def commit(self):
-        pass
-
-    discard = commit  # frames already written are whole files
-
-
 # ------------------------------------------------------------------------------------------------
 # Device steps (each compiled once per shape)
 
@@ -371,15 +319,18 @@ def predict_video(model, src, dst, *, batch_size: int = 8, normalize: str = "glo
     smoothing = 0.9 if smoothing is None else float(smoothing)
     if not 0 <= smoothing < 1:
         raise ValueError(f"smoothing must be in [0, 1); got {smoothing}")
-    if frames_format not in FRAMES_FORMATS:
-        raise ValueError(f"frames_format must be None, 'png16' or 'npy'; got {frames_format!r}")
+    from .output import FORMATS
+
+    if frames_format is not None and getattr(FORMATS.get(frames_format), "frames", None) is None:
+        known = ", ".join(n for n, f in FORMATS.items() if f.frames is not None)
+        raise ValueError(f"frames_format must be None or one of {known}; got {frames_format!r}")
     if dst is None and frames_format is None:
         raise ValueError("nothing to write: give dst, frames_format, or both")
     dst = None if dst is None else Path(dst)
     if frames_format is not None and frames_path is None:
         if dst is None:
             raise ValueError("give frames_path when dst is None")
-        frames_path = dst.with_suffix(".npy" if frames_format == "npy" else "")
+        frames_path = dst.with_suffix(Path(FORMATS[frames_format].frames_ending).suffix)
     frames_path = None if frames_path is None else Path(frames_path)
     if dst is not None and frames_path is not None and dst.resolve() == frames_path.resolve():
         raise ValueError(f"the video and the frames would both be {dst}")
@@ -406,7 +357,7 @@ def predict_video(model, src, dst, *, batch_size: int = 8, normalize: str = "glo
     run.finish()
     if run.error is not None:
         raise run.error
-    frames = frames_path if (run.frames or run.stack) else None
+    frames = frames_path if run.frames is not None else None
     return VideoResult(run.decoded, run.fps, run.size, run.net_size, dst if run.video else None, frames,
                        time.perf_counter() - start, run.depth_range)
 
@@ -423,7 +374,7 @@ class _Run:
         self.reader = _Reader(src)
         self.fps = self.reader.fps
         self.batch = min(batch_size, self.reader.declared_frames or batch_size)
-        self.video = self.frames = self.stack = self.spill = None
+        self.video = self.frames = self.spill = None  # frames: the writer of the frames format
         self.size = self.net_size = None
         self.decoded = 0
         self.error: VideoError | None = None
@@ -475,10 +426,10 @@ class _Run:
             self.net_size = network_size(self.model.config, self.size, keep_aspect_ratio=self.keep)
         except ValueError as e:
             raise ValueError(f"{self.reader.name}: {e}") from None
-        if self.frames_format == "npy":
-            self.stack = _NpyStack(self.frames_path, self.size)
-        elif self.frames_format == "png16":
-            self.frames = _Png16Frames(self.frames_path)
+        if self.frames_format is not None:
+            from .output import FORMATS
+
+            self.frames = FORMATS[self.frames_format].frames(self.frames_path, self.size)
         if self.normalize == "global":
             self.spill = tempfile.TemporaryFile(prefix="dpt-jax-depth-")
         elif self.dst is not None:
@@ -490,8 +441,8 @@ class _Run:
 
     def _finish_batch(self, frames, net, depth, lo, hi, mapped):
         n = len(frames)
-        if self.stack is not None:
-            self.stack.write(np.asarray(depth))
+        if self.frames is not None and self.frames.takes == "depth":
+            self.frames.write(np.asarray(depth))
         if self.normalize == "global":
             self.spill.write(np.asarray(net, np.float32).tobytes())
             self.lo, self.hi = min(self.lo, float(lo.min())), max(self.hi, float(hi.max()))
@@ -502,7 +453,7 @@ class _Run:
             self.progress(n)
 
     def _emit(self, frames, colour, sixteen):
-        if self.frames is not None:
+        if self.frames is not None and self.frames.takes == "mapped16":
             self.frames.write(np.asarray(sixteen))
         if self.video is not None and self.error is None:
             colour = np.asarray(colour)  # (b, h, w, 3)
@@ -520,7 +471,7 @@ class _Run:
         self.depth_range = (self.lo, self.hi)
         if self.dst is not None and self.error is None:
             self.video = _VideoWriter(self.dst, self._video_size(), self.fps)
-        if self.video is None and self.frames is None:
+        if self.video is None and (self.frames is None or self.frames.takes != "mapped16"):
             return
         h_net, w_net = self.net_size
         self.spill.seek(0)
@@ -549,7 +500,7 @@ class _Run:
         """Remove every output file in the making (16-bit PNGs already written are whole and stay)."""
         if self.spill is not None:
             self.spill.close()
-        for out in (self.stack, self.video):
+        for out in (self.frames, self.video):
             if out is not None:
                 out.discard()
 
@@ -557,9 +508,8 @@ class _Run:
         """Keep the frames written (even after a failure: the user asked for them); the video only on success."""
         if self.spill is not None:
             self.spill.close()
-        for out in (self.stack, self.frames):
-            if out is not None:
-                out.commit()
+        if self.frames is not None:
+            self.frames.commit()
         if self.video is not None:
             if self.error is None:
                 self.video.commit()

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import dpt_jax
-from dpt_jax import cli, errors, pictures, pipeline
+from dpt_jax import cli, errors, overlap, pictures, pipeline
 from dpt_jax.preprocess import normalize_and_resize, processed_size, resize_depth
 from helpers import FIXTURES, nchw_to_nhwc
 
@@ -82,8 +82,8 @@ def test_mixed_sizes_compile_one_model_program_per_processed_shape(model):
 
 
 def test_padded_batch_sizes():
-    assert [pipeline.padded_batch(n, 8) for n in (1, 2, 3, 5, 8)] == [1, 2, 4, 8, 8]
-    assert pipeline.padded_batch(3, 8, multiple=4) == 4 and pipeline.padded_batch(5, 6, multiple=4) == 8
+    assert [overlap.padded_batch(n, 8) for n in (1, 2, 3, 5, 8)] == [1, 2, 4, 8, 8]
+    assert overlap.padded_batch(3, 8, multiple=4) == 4 and overlap.padded_batch(5, 6, multiple=4) == 8
 
 
 def test_bad_pictures_are_reported_and_the_rest_go_on(model, tmp_path):

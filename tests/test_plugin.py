@@ -182,3 +182,39 @@ def test_a_new_output_format_is_one_registry_entry(tmp_path):
         np.testing.assert_array_equal(raw.reshape(50, 70), np.load(tmp_path / "out" / "p-depth.npy"))
     finally:
         output.FORMATS.pop(fmt.name)
+
+
+def test_a_format_with_frames_is_a_video_output_too(tmp_path):
+    """Registering a format with `frames` makes it a --frames choice of videos, written by the video path."""
+    from test_video import make_video
+
+    from dpt_jax import video
+    from helpers import FIXTURES
+
+    class RawFrames:  # each frame's raw depth appended to one file
+        takes = "depth"
+
+        def __init__(self, path, size):
+            self.path, self.file = path, open(path, "wb")
+
+        def write(self, depth):
+            self.file.write(np.asarray(depth, "<f4").tobytes())
+
+        def commit(self):
+            self.file.close()
+
+        discard = commit
+
+    fmt = output.register_format(output.Format("raw", "-depth.raw", "raw float32 bytes", None,
+                                               frames=RawFrames, frames_ending="-depth.raw"))
+    try:
+        assert "raw" in cli.build_parser().parse_args(["predict", "x.mp4", "--frames", "raw"]).frames
+        model = dpt_jax.load(FIXTURES / "mini_beit.pt")
+        clip = make_video(tmp_path / "clip.mp4", frames=3)
+        video.predict_video(model, clip, None, frames_format="npy", frames_path=tmp_path / "a.npy")
+        video.predict_video(model, clip, None, frames_format="raw", frames_path=tmp_path / "a.raw")
+        stack = np.load(tmp_path / "a.npy")
+        raw = np.frombuffer((tmp_path / "a.raw").read_bytes(), "<f4").reshape(stack.shape)
+        np.testing.assert_array_equal(raw, stack)
+    finally:
+        output.FORMATS.pop(fmt.name)
