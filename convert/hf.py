@@ -307,8 +307,11 @@ def load_json(path, limit: int) -> dict:
     path = os.fspath(path)
     try:
         size = os.path.getsize(path)
-        if size > limit:
-            raise CheckpointError(path, f"is {size} bytes; at most {limit} are accepted for this file")
+    except OSError as e:
+        raise CheckpointError(path, f"cannot read: {e.strerror or e}") from None
+    if size > limit:
+        raise CheckpointError(path, f"is {size} bytes; at most {limit} are accepted for this file")
+    try:
         with open(path, "rb") as f:
             d = json.loads(f.read().decode("utf-8"))
     except OSError as e:
@@ -402,8 +405,10 @@ def _read_shards(index: Path) -> dict:
     weight_map = d.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(index, "field weight_map must be a non-empty object (tensor name -> shard file)")
-    shards = sorted(set(weight_map.values()), key=str)
-    bad = [s for s in shards if not isinstance(s, str) or not _SHARD_NAME.fullmatch(s) or s.startswith(".")]
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise CheckpointError(index, "field weight_map must map tensor names to shard file names (strings)")
+    shards = sorted(set(weight_map.values()))
+    bad = [s for s in shards if not _SHARD_NAME.fullmatch(s) or s.startswith(".")]
     if bad:
         raise CheckpointError(index, f"field weight_map names shard files that are not plain file names in its "
                                      f"folder: {', '.join(repr(str(s)[:60]) for s in bad[:5])}")

@@ -110,10 +110,23 @@ def check_state_dict(state: Mapping, table: list[Entry], skips: Iterable[Skip],
                         **{"model parameters with no source": untargeted})
 
 
+MAX_LISTED = 50  # problems listed per group; the rest are counted
+
+
 def problem_list(**groups: list[str]) -> list[str]:
-    """["3 missing:\\n    a\\n    b\\n    c", ...] for the non-empty groups (underscores read as dashes)."""
-    return [f"{len(items)} {title.replace('_', '-')}:\n    " + "\n    ".join(items)
-            for title, items in groups.items() if items]
+    """["3 missing:\\n    a\\n    b\\n    c", ...] for the non-empty groups (underscores read as dashes).
+
+    Each group lists at most MAX_LISTED items, each cut to 200 characters, then "... and N more".
+    """
+    out = []
+    for title, items in groups.items():
+        if not items:
+            continue
+        shown = [i if len(i) <= 200 else i[:200] + f"... ({len(i)} characters)" for i in items[:MAX_LISTED]]
+        if len(items) > MAX_LISTED:
+            shown.append(f"... and {len(items) - MAX_LISTED:,} more")
+        out.append(f"{len(items)} {title.replace('_', '-')}:\n    " + "\n    ".join(shown))
+    return out
 
 
 def apply_table(state: Mapping, table: list[Entry]) -> dict:

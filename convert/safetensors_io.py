@@ -43,7 +43,11 @@ DTYPES = {
     "BOOL": np.dtype(np.bool_),
 }
 
-_MAX_SAFETENSORS_HEADER_BYTES = 100 << 20  # the limit the safetensors library uses
+# A header spends about 100 bytes per tensor (the largest official DPT checkpoint has 487 tensors:
+# ~50 KB). 16 MiB and 100,000 tensors leave room for any DPT model while bounding what parsing
+# the JSON can allocate (a 99 MB header of zero-size tensors took 1.9 GB before it was refused).
+_MAX_SAFETENSORS_HEADER_BYTES = 16 << 20
+MAX_TENSORS = 100_000
 
 
 def read_safetensors(path) -> tuple[dict[str, TensorRef], dict[str, str]]:
@@ -91,6 +95,10 @@ def _read_safetensors_header(path) -> tuple[dict, int, int]:
             raw = f.read(header_size)
     except OSError as exc:
         raise CheckpointError(path, f"cannot read safetensors header: {exc.strerror or exc}") from exc
+    declared = raw.count(b'"data_offsets"')  # counted before parsing: each tensor entry names its offsets once
+    if declared > MAX_TENSORS:
+        raise CheckpointError(path, f"safetensors header declares {declared} tensors; at most {MAX_TENSORS} are "
+                                    "accepted")
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:

@@ -73,6 +73,8 @@ def _check_value(name: str, value, hint, meta) -> None:
     elif hint is str:
         if not isinstance(value, str) or len(value) > 200:
             raise ConfigError(f"{name} must be a short string; got {type(value).__name__}")
+        if not value.isprintable():  # a name printed in status lines must not carry newlines or escapes
+            raise ConfigError(f"{name} must be printable text; got {value[:40]!r}")
     if "range" in meta:
         lo, hi = meta["range"]
         if not lo <= value <= hi:

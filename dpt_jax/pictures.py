@@ -17,6 +17,9 @@ from .errors import ImageError
 
 #: Pictures with more pixels than this are refused before decoding (~100 MP: a 12000 x 8000 picture).
 MAX_PIXELS = 100_000_000
+#: The picture formats Pillow may decode (JPEG includes phones' MPO files); never EPS, PDF and the like,
+#: whose plugins run other programs (Ghostscript) or are rarely hardened.
+PICTURE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
 
 ImageLike = Union[str, os.PathLike, np.ndarray, "PIL.Image.Image"]  # noqa: F821
 
@@ -83,17 +86,18 @@ def open_source(item: ImageLike, index: int = 0) -> Source:
         if path.stat().st_size == 0:
             raise ImageError(name, "the file is empty")
         try:
-            with Image.open(path) as img:
+            with Image.open(path, formats=PICTURE_FORMATS) as img:
                 h, w = _displayed_size(img)
         except UnidentifiedImageError:
-            raise ImageError(name, "not an image file Pillow can read") from None
+            raise ImageError(name, f"not an image file of a picture format dpt-jax reads "
+                                   f"({', '.join(PICTURE_FORMATS)})") from None
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise ImageError(name, f"cannot read image: {e}") from None
         _check_pixels(name, h, w)
 
         def load():
             try:
-                with Image.open(path) as img:
+                with Image.open(path, formats=PICTURE_FORMATS) as img:
                     img.load()
                     return _as_rgb_array(img, name)
             except ImageError:

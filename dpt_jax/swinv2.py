@@ -89,6 +89,9 @@ class SwinV2Config:
 
     def __post_init__(self):
         checked_fields(self)
+        require(len(self.depths) <= 8, f"a SwinV2 has at most 8 stages; got {len(self.depths)}")
+        require(max(self.stage_dims) <= MAX_WIDTH, f"the last stage's width embed_dim * 2^(stages - 1) = "
+                f"{max(self.stage_dims)} is over {MAX_WIDTH}")
         require(len(self.num_heads) == len(self.depths) == len(self.pretrained_window_sizes),
                 f"depths, num_heads and pretrained_window_sizes must have one value per stage "
                 f"({len(self.depths)}); got {len(self.num_heads)} and {len(self.pretrained_window_sizes)}")

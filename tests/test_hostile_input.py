@@ -1,0 +1,107 @@
+"""Hostile or odd inputs, second round: each a refusal with a clear message, before anything large is allocated."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+
+import dpt_jax
+from dpt_jax.config import DPTConfig
+from dpt_jax.convert import keys
+from dpt_jax.convert.safetensors_io import MAX_TENSORS, read_safetensors
+from dpt_jax.errors import CheckpointError, ConfigError, ImageError
+from dpt_jax.pictures import open_source
+from dpt_jax.registry import MINI_CONFIGS
+from helpers import FIXTURES
+
+HF = FIXTURES / "hf"
+
+
+def test_a_header_of_too_many_tensors_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    entries = {f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(MAX_TENSORS + 1)}
+    blob = json.dumps(entries).encode()
+    path = tmp_path / "bomb.safetensors"
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob)
+
+    def no_parse(*args, **kwargs):
+        raise AssertionError("the header was parsed")
+
+    monkeypatch.setattr(json, "loads", no_parse)
+    with pytest.raises(CheckpointError, match=f"declares {MAX_TENSORS + 1} tensors; at most {MAX_TENSORS}"):
+        read_safetensors(path)
+
+
+def test_a_header_over_16_mib_is_refused(tmp_path):
+    path = tmp_path / "big.safetensors"
+    path.write_bytes(struct.pack("<Q", (16 << 20) + 1) + b"{" + b" " * 100)
+    with pytest.raises(CheckpointError, match="implausibly large"):
+        read_safetensors(path)
+
+
+def copy_hf(tmp_path, name="mini_beit"):
+    folder = tmp_path / name
+    shutil.copytree(HF / name, folder)
+    return folder
+
+
+@pytest.mark.parametrize("value", ["DPTForDepthEstimation", {"DPTForDepthEstimation": 1}, ["DPTForDepthEstimationX"],
+                                   [1]])
+def test_architectures_must_be_a_list_naming_the_class_exactly(tmp_path, value):
+    folder = copy_hf(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="field architectures") as e:
+        dpt_jax.load(folder)
+    assert str(folder / "config.json") in str(e.value)
+
+
+@pytest.mark.parametrize("weight_map", [{"a": ["x.safetensors"]}, {"a": {"b": 1}}, {"a": 3}])
+def test_an_index_whose_values_are_not_file_names_is_a_clear_error(tmp_path, weight_map):
+    folder = copy_hf(tmp_path)
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(CheckpointError, match="weight_map must map tensor names to shard file names"):
+        dpt_jax.load(folder)
+
+
+def test_an_oversized_config_says_so_not_invalid_json(tmp_path):
+    folder = copy_hf(tmp_path)
+    (folder / "config.json").write_text(json.dumps({"model_type": "dpt", "pad": "x" * (1 << 20)}))
+    with pytest.raises(CheckpointError) as e:
+        dpt_jax.load(folder)
+    assert "at most 1048576 are accepted" in str(e.value) and "not valid JSON" not in str(e.value)
+
+
+def test_a_swinv2_of_64_stages_is_a_config_error():
+    encoder = type(MINI_CONFIGS["mini_swin2"].encoder)
+    with pytest.raises(ConfigError, match="at most 8 stages"):
+        encoder(embed_dim=32, depths=(1,) * 64, num_heads=(1,) * 64, window_size=4,
+                pretrained_window_sizes=(0,) * 64, native_size=(64, 64))
+
+
+def test_config_names_with_control_characters_are_refused():
+    with pytest.raises(ConfigError, match="name must be printable"):
+        MINI_CONFIGS["mini_beit"].replace(name="evil\nmodel: trusted")
+    assert isinstance(MINI_CONFIGS["mini_beit"].replace(name="ok name"), DPTConfig)
+
+
+def test_problem_lists_are_capped():
+    problems = keys.problem_list(missing=[f"key{i}" for i in range(10_000)], unexpected=["x" * 10_000])
+    assert len(problems[0].splitlines()) == keys.MAX_LISTED + 2 and "... and 9,950 more" in problems[0]
+    assert len(problems[1]) < 300 and "(10000 characters)" in problems[1]
+
+
+def test_only_documented_picture_formats_are_decoded(tmp_path):
+    from PIL import Image
+
+    picture = np.zeros((8, 8, 3), np.uint8)
+    Image.fromarray(picture).save(tmp_path / "p.png")
+    assert open_source(tmp_path / "p.png").size == (8, 8)
+    Image.fromarray(picture).save(tmp_path / "p.pcx")  # a format Pillow reads, not one dpt-jax documents
+    with pytest.raises(ImageError, match="not an image file of a picture format dpt-jax reads"):
+        open_source(tmp_path / "p.pcx")
