@@ -570,7 +570,8 @@ def write(folder, config, params, *, overwrite: bool = False) -> Path:
     """Write `folder`/config.json + model.safetensors (metadata {"format": "pt"}) in the transformers layout.
 
     A non-empty `folder` is refused unless it is a previous export or `overwrite` is set. The
-    files are written into a temporary folder beside it, which then takes its place.
+    files are written into a temporary folder beside it; a new folder then takes its place, an
+    existing one gets the two files (each replaced atomically): nothing else in it is touched.
     """
     folder = Path(os.fspath(folder))
     text = json.dumps(hf_config(config), indent=2, sort_keys=False) + "\n"
@@ -589,10 +590,8 @@ def write(folder, config, params, *, overwrite: bool = False) -> Path:
         write_safetensors(tmp / WEIGHTS_NAME, tensors, {"format": "pt"})
         os.chmod(tmp, 0o755)
         if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
-            os.replace(folder, old / "previous")
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
+            for name in (CONFIG_NAME, WEIGHTS_NAME):
+                os.replace(tmp / name, folder / name)
         else:
             os.replace(tmp, folder)
     finally:

@@ -111,3 +111,20 @@ def clean_stale_partials(folder) -> list[Path]:
         except OSError:
             pass
     return removed
+
+
+def check_output(path, *, inputs=(), overwrite: bool = False, folder: bool = False) -> None:
+    """The one output rule of every command, checked before any work: never write over an input (a file
+    given, or anything inside a folder given), never write into a folder holding an input, and never
+    replace an existing file unless `overwrite` (a `folder` output: its own rule, `convert.hf.write`)."""
+    target = Path(os.path.abspath(os.fspath(path)))
+    resolved = Path(os.path.realpath(target))
+    for given in inputs:
+        source = Path(os.path.realpath(os.fspath(given)))
+        if not source.exists():
+            continue
+        inside = source.is_dir() and (resolved == source or source in resolved.parents)
+        if resolved == source or inside or (folder and resolved in source.parents):
+            raise ValueError(f"{path}: would write over the input {given}; choose another output")
+    if not folder and (target.exists() or target.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{path}: exists; not replaced (--overwrite / overwrite=True replaces it)")

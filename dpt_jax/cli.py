@@ -12,11 +12,13 @@ from .options import add_model_options, model_options
 
 
 def cmd_convert(args) -> int:
+    from .atomic import check_output
     from .checkpoint import load_checkpoint, write_converted
     from .convert import hf
 
     if os.path.exists(args.output) and os.path.exists(args.src) and os.path.samefile(args.src, args.output):
         raise ValueError(f"{args.output}: is the checkpoint being converted; choose another output file")
+    check_output(args.output, inputs=[args.src], overwrite=args.overwrite, folder=args.to == "hf")
     checkpoint = load_checkpoint(args.src, **model_options(args))
     config = checkpoint.config
     if args.to == "hf":  # a transformers folder: config.json + model.safetensors
@@ -129,8 +131,10 @@ def cmd_bench(args) -> int:
 
 def cmd_export(args) -> int:
     from . import export
+    from .atomic import check_output
     from .model import load
 
+    check_output(args.output, inputs=[args.model], overwrite=args.overwrite)
     model = load(args.model, **model_options(args))
     if args.with_preprocessing:
         spec = export.export(model, args.output, size=args.size, batch=args.batch, dtype=args.dtype,
@@ -159,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="converted .safetensors file (or, --to hf, folder) to write")
     p.add_argument("--to", choices=["dpt-jax", "hf"], default="dpt-jax",
                    help="dpt-jax: one converted .safetensors file; hf: a Hugging Face transformers folder")
-    p.add_argument("--overwrite", action="store_true", help="--to hf: replace a non-empty output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output file (--to hf: write into a non-empty folder, replacing "
+                        "config.json and model.safetensors and nothing else)")
     p.add_argument("-v", "--verbose", action="store_true", help="list the skipped keys")
     add_model_options(p)
     p.set_defaults(func=cmd_convert)
@@ -263,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "that size, with the original's resize and normalisation inside")
     p.add_argument("--picture-size", metavar="HxW", help="picture size taken with --with-preprocessing")
     add_model_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     p.add_argument("--no-verify", action="store_true",
                    help="do not run the written file against dpt-jax on a random input")
     p.set_defaults(func=cmd_export)

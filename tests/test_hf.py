@@ -325,12 +325,14 @@ def test_save_pretrained_refuses_a_foreign_folder_and_replaces_a_previous_export
     with pytest.raises(FileExistsError, match="not empty and not a previous dpt-jax export"):
         model.save_pretrained(out)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
-    model.save_pretrained(out, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
-    before = (out / "model.safetensors").stat().st_ino
-    model.save_pretrained(out)  # a previous export: replaced without asking
-    assert (out / "model.safetensors").stat().st_ino != before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folders left
+    model.save_pretrained(out, overwrite=True)  # its two files written; what was there is not deleted
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "notes.txt"]
+    clean = tmp_path / "clean"
+    model.save_pretrained(clean)
+    before = (clean / "model.safetensors").stat().st_ino
+    model.save_pretrained(clean)  # a previous export: replaced without asking
+    assert (clean / "model.safetensors").stat().st_ino != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean", "out"]  # no temporary folders left
 
 
 def test_failed_export_leaves_the_previous_one_and_no_temporary_folder(tmp_path, monkeypatch):

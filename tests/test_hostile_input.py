@@ -105,3 +105,54 @@ def test_only_documented_picture_formats_are_decoded(tmp_path):
     Image.fromarray(picture).save(tmp_path / "p.pcx")  # a format Pillow reads, not one dpt-jax documents
     with pytest.raises(ImageError, match="not an image file of a picture format dpt-jax reads"):
         open_source(tmp_path / "p.pcx")
+
+
+# -- one output rule for every command: never replace without --overwrite, never write over an input,
+#    never delete what the run did not create
+
+def test_convert_and_export_keep_existing_files_without_overwrite(tmp_path, capsys):
+    from dpt_jax import cli
+
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"mine")
+    assert cli.main(["convert", str(FIXTURES / "mini_beit.pt"), "-o", str(out)]) == 1
+    assert "exists; not replaced" in capsys.readouterr().err and out.read_bytes() == b"mine"
+    assert cli.main(["convert", str(FIXTURES / "mini_beit.pt"), "-o", str(out), "--overwrite"]) == 0
+    assert out.read_bytes() != b"mine"
+    program = tmp_path / "m.stablehlo"
+    program.write_bytes(b"mine")
+    assert cli.main(["export", str(out), "-o", str(program), "--size", "64x64", "--no-verify"]) == 1
+    assert program.read_bytes() == b"mine"
+
+
+def test_no_command_writes_over_its_input(tmp_path, capsys):
+    from dpt_jax import cli
+
+    src = tmp_path / "m.safetensors"
+    shutil.copy(FIXTURES / "mini_beit.safetensors", src)
+    before = src.read_bytes()
+    assert cli.main(["export", str(src), "-o", str(src), "--size", "64x64", "--overwrite"]) == 1
+    assert "would write over the input" in capsys.readouterr().err and src.read_bytes() == before
+    folder = copy_hf(tmp_path)
+    weights = (folder / "model.safetensors").read_bytes()
+    assert cli.main(["convert", str(folder), "-o", str(folder / "model.safetensors"), "--overwrite"]) == 1
+    assert (folder / "model.safetensors").read_bytes() == weights
+    # --to hf into a folder holding the source checkpoint: refused, the source stays
+    holder = tmp_path / "holder"
+    holder.mkdir()
+    shutil.copy(FIXTURES / "mini_beit.pt", holder / "mini_beit.pt")
+    assert cli.main(["convert", str(holder / "mini_beit.pt"), "--to", "hf", "-o", str(holder), "--overwrite"]) == 1
+    assert (holder / "mini_beit.pt").exists()
+
+
+def test_convert_to_hf_with_overwrite_replaces_only_its_own_files(tmp_path):
+    from dpt_jax import cli
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    (folder / "config.json").write_text("{}")
+    assert cli.main(["convert", str(FIXTURES / "mini_beit.pt"), "--to", "hf", "-o", str(folder), "--overwrite"]) == 0
+    assert (folder / "notes.txt").read_text() == "keep me"
+    assert json.loads((folder / "config.json").read_text())["exported_by"] == "dpt-jax"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no temporary folder left beside it
