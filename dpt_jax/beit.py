@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, Pair, bounded, checked_fields, require
-from .layers import QKV, Conv, Dense, LayerScaleBlock, attend, merge_heads
+from .layers import QKV, Conv, Dense, LayerScaleBlock, attend, merge_heads, patch_grid
 from .resize import resize_bilinear
 
 
@@ -103,10 +103,7 @@ class BeitEncoder(nn.Module):
     def __call__(self, images):
         c = self.config
         p = c.patch_size
-        height, width = images.shape[1:3]
-        if height % p or width % p:
-            raise ValueError(f"BEiT needs image sides that are multiples of {p}; got {height}x{width} (HxW)")
-        grid = (height // p, width // p)
+        grid = patch_grid(images, p, "BEiT")  # (h, w)
         x = Conv(c.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype_mm, name="patch_embed")(images)
         x = x.reshape(x.shape[0], -1, c.embed_dim)  # (B, h*w, C), row-major over the grid
         cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, c.embed_dim)).astype(x.dtype)

@@ -85,34 +85,23 @@ def _size(text: str) -> tuple[int, int]:
     return size
 
 
-def _degrees(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < 180:
-        raise argparse.ArgumentTypeError(f"expected a field of view in degrees between 0 and 180; got {text!r}")
-    return value
+def _number(convert, ok, expected: str):
+    """An argparse type: `convert(text)` that must satisfy `ok`, else "expected <expected>"."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    return value
+_degrees = _number(float, lambda v: 0 < v < 180, "a field of view in degrees between 0 and 180")
+_positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
+_positive = _number(int, lambda v: v >= 1, "a positive integer")
 
 
 def cmd_download(args) -> int:

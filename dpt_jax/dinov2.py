@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, bounded, checked_fields, require
-from .layers import Conv, Dense, LayerScaleBlock, attend, layer_norm, merge_heads
+from .layers import Conv, Dense, LayerScaleBlock, attend, layer_norm, merge_heads, patch_grid
 from .resize import _keys_far, _keys_near, resample_axis
 
 Pair = tuple[int, int]
@@ -146,10 +146,7 @@ class Dinov2Encoder(nn.Module):
     def __call__(self, images):
         c = self.config
         p = c.patch_size
-        height, width = images.shape[1:3]
-        if height % p or width % p:
-            raise ValueError(f"DINOv2 needs image sides that are multiples of {p}; got {height}x{width} (HxW)")
-        grid = (height // p, width // p)  # (h, w)
+        grid = patch_grid(images, p, "DINOv2")  # (h, w)
         nh, nw = c.native_grid
         cls = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, c.embed_dim))
         table = self.param("pos_embed", nn.initializers.normal(0.02), (1, 1 + nh * nw, c.embed_dim))

@@ -35,6 +35,15 @@ class Conv(nn.Conv):
         return super().__call__(x).astype(jnp.float32)
 
 
+def patch_grid(images, patch: int, what: str) -> tuple[int, int]:
+    """The (h, w) patch grid of images (B, H, W, 3); a ValueError naming the encoder (`what`) unless the
+    sides are multiples of `patch`."""
+    height, width = images.shape[1:3]
+    if height % patch or width % patch:
+        raise ValueError(f"{what} needs image sides that are multiples of {patch}; got {height}x{width} (HxW)")
+    return height // patch, width // patch
+
+
 def gelu(x):
     """The exact (erf) GELU used everywhere in the original; jax.nn.gelu defaults to the tanh form."""
     return jax.nn.gelu(x, approximate=False)
