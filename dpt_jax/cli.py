@@ -136,7 +136,8 @@ def cmd_export(args) -> int:
     print(f"program:   {spec.describe()}")
     if not args.no_verify:
         err = export.verify(model, args.output, spec)
-        print(f"verified:  max|exported - dpt-jax| / max|dpt-jax| = {err:.1e} on a random input")
+        print(f"verified:  max|exported - dpt-jax {spec.dtype}| / max|dpt-jax {spec.dtype}| = {err:.1e} on a random "
+              "input (the same program in dpt-jax)")
     return 0
 
 
@@ -271,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preset (beit_large_512, swin2_tiny_256, ...) or mini_beit / mini_swin2, optionally "
                         "@S or @HxW for the input size (default: native)")
     p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="the dtype of the matrix products (default float32)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls after the compiling one (default 1)")
     p.set_defaults(func=cmd_bench)

@@ -155,8 +155,8 @@ def _open(url: str, headers: dict, timeout: float):
             raise _Interrupted(f"no answer within {timeout:g} s") from None
         if isinstance(e.reason, (ConnectionResetError, ConnectionAbortedError)):
             raise _Interrupted(f"connection lost ({e.reason})") from None
-        raise DownloadError(url, f"{e.reason} (check the network connection, or download the file "
-                                 "yourself and pass its path)") from None
+        raise DownloadError(url, f"{e.reason}: check the network connection, or fetch {url} where the network "
+                                 "is reachable and pass the file's path (-m PATH, or dpt_jax.load(PATH))") from None
     except (TimeoutError, socket.timeout):
         raise _Interrupted(f"no answer within {timeout:g} s") from None
     except (http.client.HTTPException, ConnectionError) as e:

@@ -100,7 +100,8 @@ def _check_3d_options(args, pictures: list[Input]) -> None:
     given = [name for name, value in (("--fov", args.fov), ("--align", args.align), ("--robust", args.robust),
                                       ("--far", args.far)) if value not in (None, False)]
     if given and "ply" not in args.format:
-        raise ValueError(f"{', '.join(given)} apply to point clouds: add ply to -f/--format")
+        raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to point clouds: add ply "
+                         "to -f/--format")
     if args.robust and args.align is None:
         raise ValueError("--robust applies to --align (a robust fit to the known depths)")
     if args.align is not None and len(pictures) != 1:
@@ -218,7 +219,7 @@ def run(args) -> int:
             written, done = written + video_written, done + videos_done
     failed += len(todo) + len(video_todo) - done
     if len(written) == 1:
-        summary = f"1 {'depth map' if todo else 'file'} written: {written[0]}"
+        summary = f"1 file written: {written[0]}"
     elif written:
         summary = f"{done} {what}{'s' if done != 1 else ''} done, {len(written)} files written under {outdir}"
     else:

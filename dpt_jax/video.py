@@ -78,12 +78,20 @@ class VideoResult:
 # Reading
 
 
+def _pyav():
+    """The PyAV module; a clear error naming the extra to install when it is absent."""
+    try:
+        import av
+    except ImportError:
+        raise RuntimeError("videos need PyAV, which is not installed: pip install 'dpt-jax[video]'") from None
+    return av
+
+
 class _Reader:
     """Frames of the first video stream of `src`, as (h, w, 3) uint8 RGB, with their count checked at the end."""
 
     def __init__(self, src):
-        import av
-
+        av = _pyav()
         self.name = str(src)
         path = Path(src)
         if not path.is_file():
@@ -106,8 +114,7 @@ class _Reader:
         self.decoded = 0
 
     def __iter__(self):
-        import av
-
+        av = _pyav()
         try:
             for frame in self._container.decode(self._stream):
                 rgb = _upright(frame.to_ndarray(format="rgb24"), frame.rotation)  # (h, w, 3)
@@ -173,8 +180,7 @@ class _VideoWriter:
     """An encoded video that appears at `path` on commit(), and not at all on discard()."""
 
     def __init__(self, path: Path, size: tuple[int, int], fps: Fraction):
-        import av
-
+        av = _pyav()
         suffix = path.suffix.lower()
         container_format, codec = _codec_for(path)
         self._atomic = atomic_write(path, suffix)
@@ -198,8 +204,7 @@ class _VideoWriter:
         self.count = 0
 
     def write(self, rgb: np.ndarray):
-        import av
-
+        av = _pyav()
         h, w = rgb.shape[:2]
         if (h, w) != (self.height, self.width):
             rgb = np.pad(rgb, ((0, self.height - h), (0, self.width - w), (0, 0)), mode="edge")
@@ -240,8 +245,7 @@ def _codec_for(path: Path) -> tuple[str, str]:
 
 @functools.cache
 def _can_encode(codec: str) -> bool:
-    import av
-
+    av = _pyav()
     try:
         av.codec.Codec(codec, "w")
         return True

@@ -156,3 +156,15 @@ def test_convert_to_hf_with_overwrite_replaces_only_its_own_files(tmp_path):
     assert (folder / "notes.txt").read_text() == "keep me"
     assert json.loads((folder / "config.json").read_text())["exported_by"] == "dpt-jax"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no temporary folder left beside it
+
+
+def test_a_video_without_pyav_names_the_extra_to_install(tmp_path, monkeypatch):
+    import sys
+
+    from dpt_jax import video
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not decoded")
+    monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed
+    with pytest.raises(RuntimeError, match=r"pip install 'dpt-jax\[video\]'"):
+        video.predict_video(None, clip, tmp_path / "out.mp4")
