@@ -41,5 +41,5 @@ def sniff_format(path) -> str:
             "(torch.save(torch.load(old), new) with torch >= 1.6)",
         )
     raise CheckpointError(
-        path, f"unrecognized format: neither a torch zip checkpoint nor safetensors (starts with {head[:8]!r})"
+        path, "unrecognized format: neither a torch zip checkpoint nor safetensors (its first bytes are neither's)"
     )

@@ -384,15 +384,23 @@ def is_hf_folder(path) -> bool:
     return p.name in (CONFIG_NAME, INDEX_NAME) and p.is_file()
 
 
+def _inside(folder: Path, path: Path) -> Path:
+    """`path` once it is known to resolve inside `folder` (a link to another file is refused: its first bytes
+    must not reach a message)."""
+    if Path(os.path.realpath(folder)) not in Path(os.path.realpath(path)).parents:
+        raise CheckpointError(path, f"is a link to a file outside {folder}; pass that file itself if it is meant")
+    return path
+
+
 def read_weights(folder: Path) -> dict:
     """key -> TensorRef of model.safetensors, or of every shard of model.safetensors.index.json."""
     single, index = folder / WEIGHTS_NAME, folder / INDEX_NAME
     if single.is_file():
-        return read_state_dict(single)
+        return read_state_dict(_inside(folder, single))
     if index.is_file():
-        return _read_shards(index)
+        return _read_shards(_inside(folder, index))
     if (folder / TORCH_WEIGHTS_NAME).is_file():
-        return read_state_dict(folder / TORCH_WEIGHTS_NAME)
+        return read_state_dict(_inside(folder, folder / TORCH_WEIGHTS_NAME))
     raise CheckpointError(folder, f"holds {CONFIG_NAME} but no weights: neither {WEIGHTS_NAME} nor {INDEX_NAME} "
                                   f"(nor {TORCH_WEIGHTS_NAME})")
 
@@ -419,7 +427,7 @@ def _read_shards(index: Path) -> dict:
         raise CheckpointError(index, f"shard files missing next to it: {', '.join(missing_files[:10])}")
     tensors, problems = {}, []
     for shard in shards:
-        for key, ref in read_state_dict(index.parent / shard).items():
+        for key, ref in read_state_dict(_inside(index.parent, index.parent / shard)).items():
             if key in tensors:
                 problems.append(f"{key}: in more than one shard")
             elif weight_map.get(key) != shard:
@@ -460,7 +468,7 @@ def read(path, families) -> Source:
     folder = p if p.is_dir() else p.parent
     if not (folder / CONFIG_NAME).is_file():
         raise CheckpointError(folder, f"no {CONFIG_NAME}: not a Hugging Face checkpoint folder")
-    family, model = parse_config(folder / CONFIG_NAME, families)
+    family, model = parse_config(_inside(folder, folder / CONFIG_NAME), families)
     renamer = Renamer.of(family.hf)
     return Source(str(folder), family, model, to_original(read_weights(folder), renamer), renamer)
 

@@ -90,10 +90,11 @@ def _glob(pattern: str) -> tuple[Path, list[Path]]:
     return root, sorted(f for f in files if _match_parts(f.relative_to(root).parts, parts[k:]))
 
 
-def expand_inputs(args: list[str], recursive: bool = False) -> tuple[list[Input], list[str]]:
+def expand_inputs(args: list[str], recursive: bool = False, outdir=None) -> tuple[list[Input], list[str]]:
     """([Input], notes for the user): files as given, folders as the pictures and videos inside them
     (sub-folders too with `recursive`), globs expanded; sorted within each argument; each file once
-    (by resolved path)."""
+    (by resolved path). Files under `outdir` (the run's output folder) are never inputs; a relative
+    path that would climb out of the output folder ("..") is replaced by the file's name."""
     import glob
 
     from .video import VIDEO_SUFFIXES
@@ -115,6 +116,14 @@ def expand_inputs(args: list[str], recursive: bool = False) -> tuple[list[Input]
             found += [Input(f, f.relative_to(root)) for f in files]
         else:
             found.append(Input(p, PurePath(p.name)))
+    found = [i if ".." not in i.rel.parts else Input(i.path, PurePath(i.path.name)) for i in found]
+    if outdir is not None:
+        out = Path(outdir).resolve()
+        outputs = [i for i in found if out in i.path.resolve().parents]
+        if outputs:
+            found = [i for i in found if i not in outputs]
+            notes.append(f"{len(outputs)} file{'s' if len(outputs) != 1 else ''} inside the output folder {outdir} "
+                         "left out (outputs are never inputs)")
     unique, seen, repeats = [], set(), 0
     for item in found:
         key = item.path.resolve()

@@ -135,7 +135,7 @@ def run(args) -> int:
     process, processes = start_distributed(args.distributed)
     status = Status(args.quiet, args.verbose, prefix=f"[process {process}/{processes}] " if processes > 1 else "")
     args.size = args.size or args.height
-    found, notes = expand_inputs(args.inputs, recursive=args.recursive)
+    found, notes = expand_inputs(args.inputs, recursive=args.recursive, outdir=args.output)
     for note in notes if process == 0 else []:
         status.info(f"note: {note}")
     if not found:

@@ -168,3 +168,32 @@ def test_a_video_without_pyav_names_the_extra_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed
     with pytest.raises(RuntimeError, match=r"pip install 'dpt-jax\[video\]'"):
         video.predict_video(None, clip, tmp_path / "out.mp4")
+
+
+def test_weights_linked_from_outside_their_folder_are_refused_and_never_quoted(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOKEN=hunter2 and more")
+    folder = copy_hf(tmp_path)
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors").symlink_to(secret)
+    with pytest.raises(CheckpointError, match="link to a file outside") as e:
+        dpt_jax.load(folder)
+    assert "hunter2" not in str(e.value) and "TOKEN" not in str(e.value)
+    with pytest.raises(CheckpointError) as e:  # named directly: read, and still not quoted
+        dpt_jax.load(secret)
+    assert "TOKEN" not in str(e.value)
+
+
+def test_outputs_stay_inside_the_output_folder_and_are_never_inputs(tmp_path, monkeypatch):
+    from dpt_jax.inputs import expand_inputs
+
+    photos = tmp_path / "photos"
+    (photos / "a").mkdir(parents=True)
+    for p in (photos / "x.png", photos / "a" / "y.png", photos / "depth" / "x-depth.png"):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+    found, notes = expand_inputs([str(photos)], recursive=True, outdir=photos / "depth")
+    assert sorted(str(i.rel) for i in found) == ["a/y.png", "x.png"] and "left out" in notes[-1]
+    monkeypatch.chdir(photos / "a")
+    found, _ = expand_inputs(["../*/../x.png"])
+    assert [str(i.rel) for i in found] == ["x.png"]  # no ".." climbs out of the output folder
