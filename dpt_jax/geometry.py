@@ -245,6 +245,7 @@ def range_scale_shift(inverse_depth: np.ndarray, near: float = 1.0, far: float =
 
 #: Rows a CSV of known depths may have (a dense map belongs in .npy/.npz).
 MAX_CSV_SAMPLES = 1_000_000
+MAX_CSV_LINE = 1_000  # characters: "x,y,depth" needs a few dozen
 
 
 def load_known_depths(path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -332,7 +333,9 @@ def _read_csv(path, name, shape):
     mask = np.zeros(shape, bool)
     samples = 0
     with open(path, newline="", encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):  # i: the line number, for the messages
+        for i, line in enumerate(iter(lambda: f.readline(MAX_CSV_LINE + 1), ""), 1):  # i: the line number
+            if len(line) > MAX_CSV_LINE:
+                raise AlignError(name, f"line {i} is longer than {MAX_CSV_LINE} characters; expected x,y,depth")
             row = [c.strip() for c in next(csv.reader([line]), [])]
             header = samples == 0 and [c.lower() for c in row] == ["x", "y", "depth"]
             if not any(row) or row[0].startswith("#") or header:
@@ -343,7 +346,9 @@ def _read_csv(path, name, shape):
             try:
                 x, y, d = (float(c) for c in row)
             except ValueError:
-                raise AlignError(name, f"line {i}: expected x,y,depth numbers; got {line.strip()!r}") from None
+                raise AlignError(name, f"line {i}: expected x,y,depth numbers; got {line.strip()[:80]!r}") from None
+            if not (np.isfinite(x) and np.isfinite(y)):
+                raise AlignError(name, f"line {i}: pixel ({x:g}, {y:g}) is not a pixel of the {w}x{h} picture")
             if x != int(x) or y != int(y) or not (0 <= x < w and 0 <= y < h):
                 raise AlignError(name, f"line {i}: pixel ({x:g}, {y:g}) is not an integer pixel of the {w}x{h} picture")
             if not (np.isfinite(d) and d > 0):
@@ -412,4 +417,7 @@ def save_point_cloud(path, inverse_depth: np.ndarray, picture, *, fov: float | N
     if max_depth is not None:
         comments.append(f"points deeper than {max_depth:g} left out")
     points, colors = point_cloud(depth, pixels, intrinsics=k, max_depth=max_depth)
+    if len(points) == 0:
+        why = " (every point is deeper than --far)" if max_depth is not None else " (no finite, positive depth)"
+        raise AlignError(name, f"the point cloud has no valid point{why}; nothing written")
     return write_ply(path, points, colors, comments)

@@ -197,3 +197,21 @@ def test_outputs_stay_inside_the_output_folder_and_are_never_inputs(tmp_path, mo
     monkeypatch.chdir(photos / "a")
     found, _ = expand_inputs(["../*/../x.png"])
     assert [str(i.rel) for i in found] == ["x.png"]  # no ".." climbs out of the output folder
+
+
+def test_alignment_files_with_absurd_values_are_clear_errors(tmp_path):
+    from dpt_jax import geometry
+    from dpt_jax.errors import AlignError
+
+    picture = np.full((8, 10, 3), 128, np.uint8)
+    inverse = np.linspace(1, 2, 80, dtype=np.float32).reshape(8, 10)
+    for rows, match in [("inf,2,3\n", "not a pixel"), ("1," * 600 + "\n", "longer than 1000 characters")]:
+        known = tmp_path / "k.csv"
+        known.write_text(rows)
+        with pytest.raises(AlignError, match=match):
+            geometry.load_known_depths(known, (8, 10))
+    known = tmp_path / "far.csv"
+    known.write_text("".join(f"{x},{y},1e300\n" for x, y in [(0, 0), (5, 3), (9, 7)]))
+    with pytest.raises(AlignError, match="no valid point"):
+        geometry.save_point_cloud(tmp_path / "p.ply", inverse, picture, known=known)
+    assert not (tmp_path / "p.ply").exists()
