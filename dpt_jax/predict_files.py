@@ -95,6 +95,24 @@ def shard(items: list, process: int, processes: int) -> list:
     return items[process::processes]
 
 
+def unused_options(args, video_flags: list[bool]) -> list[str]:
+    """One line for each group of options given that applies to no input of the run."""
+    notes = []
+    video_only = [name for name, given in (("--normalize", args.normalize != "global"),
+                                           ("--smoothing", args.smoothing is not None),
+                                           ("--side-by-side", args.side_by_side), ("--frames", args.frames)) if given]
+    if video_only and not any(video_flags):
+        notes.append(f"{', '.join(video_only)} {'applies' if len(video_only) == 1 else 'apply'} to videos; this "
+                     "run has none")
+    picture_only = [name for name, given in (("-f/--format", args.format != ["color"]),
+                                             ("--size/--height", args.size is not None),
+                                             ("--bucket", args.bucket)) if given]
+    if picture_only and any(video_flags):
+        notes.append(f"{', '.join(picture_only)} {'applies' if len(picture_only) == 1 else 'apply'} to pictures; "
+                     "videos write a depth video (and --frames) at the model's native size")
+    return notes
+
+
 def _check_3d_options(args, pictures: list[Input]) -> None:
     """--fov, --align, --robust and --far belong to --format ply; --align to exactly one picture."""
     given = [name for name, value in (("--fov", args.fov), ("--align", args.align), ("--robust", args.robust),
@@ -139,8 +157,17 @@ def run(args) -> int:
     for note in notes if process == 0 else []:
         status.info(f"note: {note}")
     if not found:
-        raise ValueError("no input pictures found")
+        from .inputs import IMAGE_SUFFIXES
+        from .video import VIDEO_SUFFIXES
+
+        given = ", ".join(args.inputs[:5]) + (", ..." if len(args.inputs) > 5 else "")
+        raise ValueError(f"no input pictures or videos found in {given} (taken by suffix: "
+                         f"{' '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))}"
+                         f"{'; sub-folders need --recursive' if not args.recursive else ''})")
     _check_3d_options(args, [i for i in found if not is_video(i.path)])
+    if process == 0:
+        for note in unused_options(args, [is_video(i.path) for i in found]):
+            status.info(f"note: {note}")
     # Names come from the whole list, the same in every process; then each process takes its share.
     bases = dict(zip((id(i) for i in found), output_bases(found)))
     mine = shard(found, process, processes)

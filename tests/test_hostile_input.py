@@ -215,3 +215,24 @@ def test_alignment_files_with_absurd_values_are_clear_errors(tmp_path):
     with pytest.raises(AlignError, match="no valid point"):
         geometry.save_point_cloud(tmp_path / "p.ply", inverse, picture, known=known)
     assert not (tmp_path / "p.ply").exists()
+
+
+def test_options_that_apply_to_no_input_say_so():
+    from types import SimpleNamespace
+
+    from dpt_jax.predict_files import unused_options
+
+    args = SimpleNamespace(normalize="running", smoothing=None, side_by_side=True, frames=None, format=["npy", "ply"],
+                           size=(64, 64), bucket=False)
+    assert unused_options(args, [False, False]) == ["--normalize, --side-by-side apply to videos; this run has none"]
+    assert unused_options(args, [True])[0].startswith("-f/--format, --size/--height apply to pictures")
+    assert len(unused_options(args, [True, False])) == 1  # a mixed run: the picture options apply to its pictures
+
+
+def test_an_empty_folder_names_itself_and_the_suffixes_taken(tmp_path, capsys):
+    from dpt_jax import cli
+
+    (tmp_path / "notes.txt").write_text("no pictures here")
+    assert cli.main(["predict", str(tmp_path), "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert f"no input pictures or videos found in {tmp_path}" in err and ".jpg" in err and "--recursive" in err
