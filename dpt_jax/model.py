@@ -86,10 +86,10 @@ class DepthModel:
         Returns one result per picture (a list for a list). A picture that cannot be used raises
         ImageError naming it; `pipeline.run` is the batch form that reports failures and goes on.
         `output`: "array" (float32 (h, w) depth as above), "pil" (16-bit grayscale PIL image, mode
-        I;16, scaled to its own range) or "color" (RGB PIL image, `dpt_jax.output.colorize`).
+        I;16, as `-f png16` writes it: scaled to its own range, or metres x 256 for metric models) or
+        "color" (RGB PIL image, `dpt_jax.output.colorize`, near bright).
         `size`: network input target instead of the native size (an int as MiDaS's --height, or
-        (H, W)); `keep_aspect_ratio`: default as the original (True for BEiT and Depth Anything,
-        False for SwinV2);
+        (H, W)); `keep_aspect_ratio`: default as the original preprocessing (`config.keep_aspect_ratio`);
         `bucket`: see `pipeline.run`.
         """
         from . import output as _output
@@ -104,7 +104,8 @@ class DepthModel:
                 raise ImageError(r.name, r.error)
         depths = [r.depth for r in results]
         if output != "array":
-            depths = [_output.to_pil(d, "gray16" if output == "pil" else "color") for d in depths]
+            mode = "gray16" if output == "pil" else "color"  # as the png16 / color files hold them
+            depths = [_output.to_pil(d, mode, metric=self.config.is_metric) for d in depths]
         return depths[0] if single else depths
 
     def save(self, path) -> None:

@@ -87,17 +87,24 @@ def gray16(depth: np.ndarray) -> np.ndarray:
     return np.round(normalized(depth) * 65535).astype(np.uint16)
 
 
-def to_pil(depth: np.ndarray, mode: str = "gray16"):
-    """A depth map as a PIL image: "gray16" (mode I;16, own range), "gray8" (mode L) or "color" (RGB inferno)."""
+def to_pil(depth: np.ndarray, mode: str = "gray16", *, metric: bool = False):
+    """A depth map as a PIL image, as the files of the same format hold it: "gray16" (mode I;16: own
+    range, or metres x 256 for a `metric` map, as png16), "gray8" (mode L) or "color" (RGB inferno);
+    pictures show near as bright."""
     from PIL import Image
 
     if mode == "gray16":
-        return Image.fromarray(gray16(depth))
+        return Image.fromarray(metric_png16(depth) if metric else gray16(depth))
     if mode == "gray8":
-        return Image.fromarray(gray8(depth))
+        return Image.fromarray(gray8(_shown(depth, metric)))
     if mode == "color":
-        return Image.fromarray(colorize(depth))
+        return Image.fromarray(colorize(_shown(depth, metric)))
     raise ValueError(f"unknown mode {mode!r}; expected gray16, gray8 or color")
+
+
+def metric_png16(depth: np.ndarray) -> np.ndarray:
+    """Metres -> uint16 round(metres x 256), clipped to [0, 65535] (KITTI's depth-PNG convention)."""
+    return np.clip(np.round(np.asarray(depth, np.float64) * METRIC_PNG16_SCALE), 0, 65535).astype(np.uint16)
 
 
 def side_by_side(picture: np.ndarray, depth: np.ndarray) -> np.ndarray:
@@ -231,11 +238,7 @@ def _png(f, array: np.ndarray) -> None:
 
 
 def _png16(f, depth, picture, metric: bool) -> None:
-    if metric:
-        scaled = np.clip(np.round(np.asarray(depth, np.float64) * METRIC_PNG16_SCALE), 0, 65535)
-        _png(f, scaled.astype(np.uint16))
-    else:
-        _png(f, gray16(depth))
+    _png(f, metric_png16(depth) if metric else gray16(depth))
 
 
 FORMATS: dict[str, Format] = {}

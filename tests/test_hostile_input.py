@@ -236,3 +236,19 @@ def test_an_empty_folder_names_itself_and_the_suffixes_taken(tmp_path, capsys):
     assert cli.main(["predict", str(tmp_path), "-o", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert f"no input pictures or videos found in {tmp_path}" in err and ".jpg" in err and "--recursive" in err
+
+
+def test_metric_pictures_from_the_api_hold_what_the_png16_file_holds(tmp_path):
+    from PIL import Image
+
+    from dpt_jax import cli
+
+    model = dpt_jax.load(FIXTURES / "depth_anything" / "mini_da2_metric.pth", variant="mini_da2_metric")
+    picture = np.random.default_rng(3).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    metres = model.predict(picture)
+    pil = np.asarray(model.predict(picture, output="pil"))
+    np.testing.assert_array_equal(pil, np.clip(np.round(metres.astype(np.float64) * 256), 0, 65535))
+    Image.fromarray(picture).save(tmp_path / "p.png")
+    assert cli.main(["predict", str(tmp_path / "p.png"), "-m", str(FIXTURES / "depth_anything" / "mini_da2_metric.pth"),
+                     "--variant", "mini_da2_metric", "-f", "png16", "-o", str(tmp_path / "o"), "-q"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o" / "p-depth-16.png")), pil)
