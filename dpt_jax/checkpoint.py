@@ -162,6 +162,12 @@ def read_hf(path, *, variant: str | None = None, **options) -> Checkpoint:
     converted like an original checkpoint (convert/hf.py); `options` win over what config.json says."""
     source = hf.read(path, registry.FAMILIES.values())
     config = registry.detect_config(source.state, source.path, variant=variant, facts=source.options, **options)
+    if variant is not None:  # a variant given must be what config.json says, as a converted file's must
+        said = {"metric depth": (source.model.metric, config.is_metric)}
+        if source.model.hooks is not None and hasattr(config.encoder, "hooks"):
+            said["the blocks feeding the neck"] = (source.model.hooks, tuple(config.encoder.hooks))
+        if wrong := [f"{what}: config.json says {a}, {config.name} has {b}" for what, (a, b) in said.items() if a != b]:
+            raise ConversionError(source.model.path, f"is not the variant {variant} given: " + "; ".join(wrong))
     config = registry.as_preset(hf.finish(config, source))
     return convert_state_dict(source.state, config, source.path, shown=source.shown)
 

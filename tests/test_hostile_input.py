@@ -252,3 +252,15 @@ def test_metric_pictures_from_the_api_hold_what_the_png16_file_holds(tmp_path):
     assert cli.main(["predict", str(tmp_path / "p.png"), "-m", str(FIXTURES / "depth_anything" / "mini_da2_metric.pth"),
                      "--variant", "mini_da2_metric", "-f", "png16", "-o", str(tmp_path / "o"), "-q"]) == 0
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o" / "p-depth-16.png")), pil)
+
+
+def test_options_on_hugging_face_folders_win_or_are_refused_as_on_converted_files(tmp_path):
+    relative, metric = tmp_path / "relative", tmp_path / "metric"
+    for name, folder in (("mini_da2", relative), ("mini_da2_metric", metric)):
+        dpt_jax.load(FIXTURES / "depth_anything" / f"{name}.pth", variant=name).save_pretrained(folder)
+    assert dpt_jax.load(metric, max_depth=5.0).config.max_depth == 5.0  # allowed: it wins
+    assert dpt_jax.load(relative, variant="mini_da2").config.name == "mini_da2"
+    with pytest.raises(CheckpointError, match="not the variant mini_da2_metric given: metric depth"):
+        dpt_jax.load(relative, variant="mini_da2_metric")
+    with pytest.raises(CheckpointError, match="max_depth applies to metric models"):
+        dpt_jax.load(relative, max_depth=5.0)
