@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -81,10 +82,12 @@ class DepthModel:
         models (`config.is_metric`). Pre- and postprocessing follow the config: MiDaS run.py, or
         Depth Anything's image2tensor / infer_image (lower bound 518, ImageNet mean/std).
 
-        `images`: one picture or a list of them; a picture is a file path, a PIL image or an
-        (h, w, 3) array (uint8, uint16, or float in [0, 1]; grayscale and RGBA are converted).
-        Returns one result per picture (a list for a list). A picture that cannot be used raises
-        ImageError naming it; `pipeline.run` is the batch form that reports failures and goes on.
+        `images`: one picture, or several (a list, an (n, h, w, 3) array, any iterable such as a
+        generator); a picture is a file path, a PIL image or an (h, w, 3) array (uint8, uint16, or
+        float in [0, 1]; grayscale and RGBA are converted).
+        Returns one result per picture (a list for several); with `output` a tuple of kinds, each
+        result is a tuple of them (`output=("array", "pil")`: the raw depth and its picture).
+        A picture that cannot be used raises ImageError naming it; `pipeline.run` is the batch form that reports failures and goes on.
         `output`: "array" (float32 (h, w) depth as above), "pil" (16-bit grayscale PIL image, mode
         I;16, as `-f png16` writes it: scaled to its own range, or metres x 256 for metric models) or
         "color" (RGB PIL image, `dpt_jax.output.colorize`, near bright).
@@ -94,19 +97,25 @@ class DepthModel:
         """
         from . import output as _output
 
-        if output not in ("array", "pil", "color"):
-            raise ValueError(f"output must be 'array', 'pil' or 'color'; got {output!r}")
-        single = not isinstance(images, (list, tuple))
-        results = pipeline.run(self, [images] if single else images, batch_size=batch_size,
-                               keep_aspect_ratio=keep_aspect_ratio, size=size, bucket=bucket)
+        kinds = (output,) if isinstance(output, str) else tuple(output)
+        if not kinds or any(k not in ("array", "pil", "color") for k in kinds):
+            raise ValueError(f"output must be 'array', 'pil' or 'color', or a tuple of them; got {output!r}")
+        single, items = _as_items(images)
+        results = pipeline.run(self, items, batch_size=batch_size, keep_aspect_ratio=keep_aspect_ratio, size=size,
+                               bucket=bucket)
         for r in results:
             if r.error is not None:
                 raise ImageError(r.name, r.error)
-        depths = [r.depth for r in results]
-        if output != "array":
-            mode = "gray16" if output == "pil" else "color"  # as the png16 / color files hold them
-            depths = [_output.to_pil(d, mode, metric=self.config.is_metric) for d in depths]
-        return depths[0] if single else depths
+
+        def shaped(depth, kind):
+            if kind == "array":
+                return depth
+            mode = "gray16" if kind == "pil" else "color"  # as the png16 / color files hold them
+            return _output.to_pil(depth, mode, metric=self.config.is_metric)
+
+        out = [shaped(r.depth, kinds[0]) if isinstance(output, str) else tuple(shaped(r.depth, k) for k in kinds)
+               for r in results]
+        return out[0] if single else out
 
     def save(self, path) -> None:
         """Write a converted safetensors file (float32 parameters, config in the metadata)."""
@@ -121,6 +130,22 @@ class DepthModel:
         from .convert import hf
 
         return hf.write(directory, self.config, jax.device_get(self.params), overwrite=overwrite)
+
+
+def _as_items(images) -> tuple[bool, list]:
+    """(one picture?, the pictures): a path, PIL image or (h, w, 3) array is one; a list, tuple, (n, h, w, 3)
+    array or any other iterable (a generator) is several."""
+    if isinstance(images, (str, os.PathLike)) or hasattr(images, "getbands"):  # a path, a PIL image
+        return True, [images]
+    if isinstance(images, np.ndarray) or hasattr(images, "__array__"):
+        array = np.asarray(images)
+        return (True, [array]) if array.ndim != 4 else (False, list(array))
+    if isinstance(images, (list, tuple)):
+        return False, list(images)
+    try:
+        return False, list(iter(images))
+    except TypeError:
+        return True, [images]  # pipeline.run names what is wrong with it
 
 
 def load(source=None, *, dtype: str = "float32", variant: str | None = None, max_depth: float | None = None,

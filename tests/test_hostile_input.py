@@ -264,3 +264,18 @@ def test_options_on_hugging_face_folders_win_or_are_refused_as_on_converted_file
         dpt_jax.load(relative, variant="mini_da2_metric")
     with pytest.raises(CheckpointError, match="max_depth applies to metric models"):
         dpt_jax.load(relative, max_depth=5.0)
+
+
+def test_predict_takes_batches_generators_and_several_outputs():
+    model = dpt_jax.load(FIXTURES / "mini_beit.safetensors")
+    pictures = np.random.default_rng(5).integers(0, 256, (2, 40, 48, 3), dtype=np.uint8)
+    expected = model.predict(list(pictures))
+    assert len(expected) == 2
+    for given in (pictures, (p for p in pictures), tuple(pictures)):
+        got = model.predict(given)
+        assert isinstance(got, list) and all(np.array_equal(a, b) for a, b in zip(got, expected))
+    depth, picture = model.predict(pictures[0], output=("array", "pil"))
+    np.testing.assert_array_equal(depth, expected[0])
+    assert picture.mode == "I;16" and picture.size == (48, 40)
+    with pytest.raises(ValueError, match="output must be"):
+        model.predict(pictures[0], output=("array", "jpeg"))
