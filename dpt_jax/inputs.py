@@ -93,8 +93,9 @@ def _glob(pattern: str) -> tuple[Path, list[Path]]:
 def expand_inputs(args: list[str], recursive: bool = False, outdir=None) -> tuple[list[Input], list[str]]:
     """([Input], notes for the user): files as given, folders as the pictures and videos inside them
     (sub-folders too with `recursive`), globs expanded; sorted within each argument; each file once
-    (by resolved path). Files under `outdir` (the run's output folder) are never inputs; a relative
-    path that would climb out of the output folder ("..") is replaced by the file's name."""
+    (by resolved path). When `outdir` (the run's output folder) lies inside a folder given, what is in
+    it is not an input; a relative path that would climb out of the output folder ("..") is replaced by
+    the file's name."""
     import glob
 
     from .video import VIDEO_SUFFIXES
@@ -117,13 +118,15 @@ def expand_inputs(args: list[str], recursive: bool = False, outdir=None) -> tupl
         else:
             found.append(Input(p, PurePath(p.name)))
     found = [i if ".." not in i.rel.parts else Input(i.path, PurePath(i.path.name)) for i in found]
-    if outdir is not None:
+    if outdir is not None:  # an output folder inside a folder being walked: what is in it is not an input
         out = Path(outdir).resolve()
-        outputs = [i for i in found if out in i.path.resolve().parents]
-        if outputs:
+        walked = [Path(a).resolve() for a in args if Path(a).is_dir()]
+        if any(w in out.parents for w in walked):
+            outputs = [i for i in found if out in i.path.resolve().parents]
             found = [i for i in found if i not in outputs]
-            notes.append(f"{len(outputs)} file{'s' if len(outputs) != 1 else ''} inside the output folder {outdir} "
-                         "left out (outputs are never inputs)")
+            if outputs:
+                notes.append(f"{len(outputs)} file{'s' if len(outputs) != 1 else ''} inside the output folder "
+                             f"{outdir} left out (outputs are never inputs)")
     unique, seen, repeats = [], set(), 0
     for item in found:
         key = item.path.resolve()

@@ -87,7 +87,8 @@ class DepthModel:
         float in [0, 1]; grayscale and RGBA are converted).
         Returns one result per picture (a list for several); with `output` a tuple of kinds, each
         result is a tuple of them (`output=("array", "pil")`: the raw depth and its picture).
-        A picture that cannot be used raises ImageError naming it; `pipeline.run` is the batch form that reports failures and goes on.
+        A picture that cannot be used raises ImageError naming it; `pipeline.run` is the batch form that
+        reports failures and goes on.
         `output`: "array" (float32 (h, w) depth as above), "pil" (16-bit grayscale PIL image, mode
         I;16, as `-f png16` writes it: scaled to its own range, or metres x 256 for metric models) or
         "color" (RGB PIL image, `dpt_jax.output.colorize`, near bright).
