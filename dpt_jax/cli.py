@@ -230,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("point clouds", "-f ply: a coloured binary PLY of each picture, camera coordinates")
     g.add_argument("--fov", type=_degrees, metavar="DEG",
                    help="horizontal field of view of the camera in degrees (default 60)")
+    g.add_argument("--focal", type=_positive_float, metavar="PX",
+                   help="focal length in pixels of the picture (fx = fy; principal point at the centre), instead "
+                        "of --fov, as Depth Anything's depth_to_pointcloud.py")
+    for axis in ("fx", "fy", "cx", "cy"):
+        g.add_argument(f"--{axis}", type=_positive_float, metavar="PX",
+                       help=f"camera intrinsics in pixels: --fx --fy --cx --cy together ({axis})")
     g.add_argument("--align", metavar="FILE",
                    help="known depths in metres for the one picture given (.csv rows x,y,depth, .npy or .npz): "
                         "fits scale and shift so the PLY is in metres (relative models; metric ones are already)")

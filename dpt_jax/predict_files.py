@@ -113,10 +113,32 @@ def unused_options(args, video_flags: list[bool]) -> list[str]:
     return notes
 
 
+def camera_options(args) -> dict:
+    """The camera the point clouds use, as `geometry.save_point_cloud` keywords: {} (its default, a 60 degree
+    field of view), {"fov": deg}, or {"intrinsics": (fx, fy, cx, cy) or a function of the picture size}."""
+    explicit = {k: getattr(args, k) for k in ("fx", "fy", "cx", "cy")}
+    given = [k for k, v in explicit.items() if v is not None]
+    chosen = [name for name, on in (("--fov", args.fov is not None), ("--focal", args.focal is not None),
+                                    ("--fx ...", bool(given))) if on]
+    if len(chosen) > 1:
+        raise ValueError(f"{' and '.join(chosen)} each give the camera: choose one")
+    if given and len(given) != 4:
+        missing = ", ".join(f"--{k}" for k in explicit if k not in given)
+        raise ValueError(f"--fx, --fy, --cx and --cy go together; missing {missing}")
+    if given:
+        return {"intrinsics": tuple(explicit[k] for k in ("fx", "fy", "cx", "cy"))}
+    if args.focal is not None:
+        f = args.focal
+        return {"intrinsics": lambda h, w: (f, f, w / 2, h / 2)}
+    return {"fov": args.fov} if args.fov is not None else {}
+
+
 def _check_3d_options(args, pictures: list[Input]) -> None:
     """--fov, --align, --robust and --far belong to --format ply; --align to exactly one picture."""
-    given = [name for name, value in (("--fov", args.fov), ("--align", args.align), ("--robust", args.robust),
-                                      ("--far", args.far)) if value not in (None, False)]
+    camera_options(args)  # a valid camera choice
+    options = [("--fov", args.fov), ("--focal", args.focal), ("--fx", args.fx), ("--fy", args.fy), ("--cx", args.cx),
+               ("--cy", args.cy), ("--align", args.align), ("--robust", args.robust), ("--far", args.far)]
+    given = [name for name, value in options if value not in (None, False)]
     if given and "ply" not in args.format:
         raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to point clouds: add ply "
                          "to -f/--format")
@@ -297,7 +319,10 @@ def _predict(args, model, todo, plan, status: Status) -> tuple[list[Path], int]:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 if fmt == "ply":  # metric models: metres; relative: metres with --align, else arbitrary units
-                    geometry.save_point_cloud(path, r.depth, picture, fov=args.fov or 60.0, known=args.align,
+                    camera = camera_options(args)
+                    if callable(camera.get("intrinsics")):
+                        camera["intrinsics"] = camera["intrinsics"](*r.depth.shape)
+                    geometry.save_point_cloud(path, r.depth, picture, **camera, known=args.align,
                                               robust=args.robust, metric=c.is_metric, max_depth=args.far,
                                               source=r.name)
                 else:

@@ -279,3 +279,21 @@ def test_predict_takes_batches_generators_and_several_outputs():
     assert picture.mode == "I;16" and picture.size == (48, 40)
     with pytest.raises(ValueError, match="output must be"):
         model.predict(pictures[0], output=("array", "jpeg"))
+
+
+def test_point_clouds_from_a_focal_length_or_intrinsics(tmp_path, capsys):
+    from PIL import Image
+
+    from dpt_jax import cli
+
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    common = [str(tmp_path / "p.png"), "-m", str(FIXTURES / "mini_beit.safetensors"), "-f", "ply", "-q"]
+    assert cli.main(["predict", *common, "-o", str(tmp_path / "a"), "--focal", "50"]) == 0
+    assert cli.main(["predict", *common, "-o", str(tmp_path / "b"), "--fx", "50", "--fy", "50", "--cx", "30",
+                     "--cy", "20"]) == 0
+    a, b = (tmp_path / d / "p-points.ply" for d in "ab")
+    assert a.read_bytes() == b.read_bytes() and b"fx 50 fy 50 cx 30 cy 20" in a.read_bytes()
+    assert cli.main(["predict", *common, "-o", str(tmp_path / "c"), "--focal", "50", "--fov", "70"]) == 1
+    assert "choose one" in capsys.readouterr().err
+    assert cli.main(["predict", *common, "-o", str(tmp_path / "c"), "--fx", "50"]) == 1
+    assert "missing --fy, --cx, --cy" in capsys.readouterr().err
