@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 
 NAMING = """\
 Output files: OUTDIR/<relative path>/<stem><ending>, one per format:
@@ -33,6 +33,7 @@ class Input:
 
     path: Path
     rel: PurePath  # e.g. sub/holiday.jpg
+    problem: str | None = None  # why it cannot be an input (a glob matching nothing), reported as a failure
 
 
 def _is_hidden(name: str) -> bool:
@@ -106,14 +107,19 @@ def expand_inputs(args: list[str], recursive: bool = False, outdir=None) -> tupl
         p = Path(a)
         if p.is_dir():
             files, skipped = _walk_files(p, recursive)
-            found += [Input(f, f.relative_to(p)) for f in files if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
+            taken = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
+            found += [Input(f, f.relative_to(p)) for f in taken]
+            if others := [f for f in files if f not in taken]:
+                shown = ", ".join(f.name[:40] for f in others[:5]) + (", ..." if len(others) > 5 else "")
+                notes.append(f"{a}: {len(others)} file{'s' if len(others) != 1 else ''} without a picture or video "
+                             f"suffix skipped ({shown}); name them one by one to process them")
             if skipped:
                 notes.append(f"{a}: {skipped} sub-folder{'s' if skipped != 1 else ''} skipped (--recursive "
                              "processes them, keeping their layout)")
         elif not p.exists() and glob.has_magic(a):
             root, files = _glob(a)
-            if not files:
-                found.append(Input(p, PurePath(p.name)))  # a glob matching nothing is reported as missing
+            if not files:  # reported as a failed input
+                found.append(Input(p, PurePath(p.name), "the pattern matches no file"))
             found += [Input(f, f.relative_to(root)) for f in files]
         else:
             found.append(Input(p, PurePath(p.name)))

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Union
@@ -86,8 +87,10 @@ def open_source(item: ImageLike, index: int = 0) -> Source:
         if path.stat().st_size == 0:
             raise ImageError(name, "the file is empty")
         try:
-            with Image.open(path, formats=PICTURE_FORMATS) as img:
-                h, w = _displayed_size(img)
+            with warnings.catch_warnings():  # dpt-jax's own limit (MAX_PIXELS) decides, not Pillow's warning
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path, formats=PICTURE_FORMATS) as img:
+                    h, w = _displayed_size(img)
         except UnidentifiedImageError:
             raise ImageError(name, f"not an image file of a picture format dpt-jax reads "
                                    f"({', '.join(PICTURE_FORMATS)})") from None
@@ -97,9 +100,11 @@ def open_source(item: ImageLike, index: int = 0) -> Source:
 
         def load():
             try:
-                with Image.open(path, formats=PICTURE_FORMATS) as img:
-                    img.load()
-                    return _as_rgb_array(img, name)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    with Image.open(path, formats=PICTURE_FORMATS) as img:
+                        img.load()
+                        return _as_rgb_array(img, name)
             except ImageError:
                 raise
             except Exception as e:  # truncated or corrupt pixel data surfaces only when decoding

@@ -200,6 +200,10 @@ def run(args) -> int:
     failed = 0
     sources, items, videos = [], [], []
     for i, item in enumerate(mine):
+        if item.problem is not None:
+            status.error(f"{item.path}: {item.problem}")
+            failed += 1
+            continue
         if is_video(item.path):  # its frames are read when it is processed; here only that it is there
             if item.path.is_file():
                 videos.append(item)

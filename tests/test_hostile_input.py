@@ -297,3 +297,24 @@ def test_point_clouds_from_a_focal_length_or_intrinsics(tmp_path, capsys):
     assert "choose one" in capsys.readouterr().err
     assert cli.main(["predict", *common, "-o", str(tmp_path / "c"), "--fx", "50"]) == 1
     assert "missing --fy, --cx, --cy" in capsys.readouterr().err
+
+
+def test_input_discovery_says_what_it_skips(tmp_path, capsys):
+    from PIL import Image
+
+    from dpt_jax import cli
+    from dpt_jax.inputs import expand_inputs
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    picture = np.random.default_rng(4).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(folder / "a.jfif", format="JPEG")
+    Image.fromarray(picture).save(folder / "noext", format="PNG")
+    found, notes = expand_inputs([str(folder)])
+    assert [i.path.name for i in found] == ["a.jfif"]
+    assert any("1 file without a picture or video suffix skipped (noext)" in n for n in notes)
+    model = str(FIXTURES / "mini_beit.safetensors")
+    code = cli.main(["predict", str(folder), str(folder / "nothing*.png"), "-m", model, "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and "nothing*.png: the pattern matches no file" in err
+    assert (tmp_path / "out" / "a-depth.png").exists()
