@@ -842,7 +842,7 @@ def test_safetensors_absurd_declarations_are_checkpoint_errors(tmp_path, entry, 
 def test_safetensors_header_length_cap(tmp_path):
     path = tmp_path / "header.safetensors"
     path.write_bytes(struct.pack("<Q", 2**63) + b"{}")
-    expect_error(path, "implausibly large", "at most 104857600")
+    expect_error(path, "implausibly large", "at most 16777216")
 
 
 def test_atomic_write_names_the_file_when_the_disk_is_full(tmp_path, monkeypatch):
