@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     import textwrap
 
     from . import hub
-    from .output import FORMATS
+    from .output import COLORMAPS, FORMATS
 
     p = sub.add_parser(
         "predict", help="write depth maps for pictures", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -190,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="process the sub-folders of folders given too, keeping their layout under OUTDIR")
     p.add_argument("--overwrite", action="store_true",
                    help="replace output files that exist (default: skip pictures whose outputs exist)")
+    p.add_argument("--suffix-model", action="store_true",
+                   help="put the model in the output names, <stem>-<model>-depth.png (as MiDaS's <name>-<model_type>), "
+                        "so a second model into the same folder does not find the first one's outputs")
+    p.add_argument("--cmap", choices=list(COLORMAPS), default="inferno",
+                   help="colormap of color, side and video outputs: inferno (default), spectral_r (Depth "
+                        "Anything's), gray; near is bright/warm")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--height", type=_positive, metavar="N",
                       help="network input target N x N instead of the model's native size, as MiDaS's --height "

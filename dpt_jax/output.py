@@ -65,13 +65,44 @@ def normalized(depth: np.ndarray) -> np.ndarray:
     return (depth - lo) / (hi - lo)
 
 
-def colorize(depth: np.ndarray) -> np.ndarray:
-    """(h, w) inverse depth -> (h, w, 3) uint8 RGB in the inferno colormap; near (large inverse depth) is bright.
+def _segments(anchors: list[str]) -> np.ndarray:
+    """A 256-level colormap through equally spaced colours (hex), interpolated as matplotlib's
+    LinearSegmentedColormap builds its lookup table, then x 255 truncated to uint8 as matplotlib-based
+    tools convert it (Depth Anything's run.py)."""
+    y = np.array([[int(h[k:k + 2], 16) for k in (0, 2, 4)] for h in anchors], np.float64) / 255
+    x = 1.0 - np.linspace(0, 1, len(anchors))[::-1]  # the positions of a reversed map, as matplotlib computes them
+    t = np.linspace(0, 1, 256)
+    ind = np.searchsorted(x, t)[1:-1]
+    distance = ((t[1:-1] - x[ind - 1]) / (x[ind] - x[ind - 1]))[:, None]
+    table = np.concatenate([y[:1], distance * (y[ind] - y[ind - 1]) + y[ind - 1], y[-1:]])
+    return (np.clip(table, 0, 1) * 255).astype(np.uint8)
+
+
+#: The colormaps pictures and videos are drawn with (near is bright / warm): inferno (default), Depth
+#: Anything's Spectral_r (ColorBrewer's Spectral, reversed), and gray.
+COLORMAPS = {
+    "inferno": INFERNO,
+    "spectral_r": _segments(["5e4fa2", "3288bd", "66c2a5", "abdda4", "e6f598", "ffffbf", "fee08b", "fdae61",
+                             "f46d43", "d53e4f", "9e0142"]),
+    "gray": np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1),
+}
+
+
+def colormap(name: str) -> np.ndarray:
+    """The (256, 3) uint8 table of colormap `name` (a key of COLORMAPS, any case)."""
+    table = COLORMAPS.get(name.lower())
+    if table is None:
+        raise ValueError(f"unknown colormap {name!r}; known: {', '.join(COLORMAPS)}")
+    return table
+
+
+def colorize(depth: np.ndarray, cmap: str = "inferno") -> np.ndarray:
+    """(h, w) inverse depth -> (h, w, 3) uint8 RGB in colormap `cmap`; near (large inverse depth) is bright.
 
     The map is first scaled to [0, 1] by its own minimum and maximum (`normalized`), so colours
-    compare within one picture, not across pictures. A constant map is all black.
+    compare within one picture, not across pictures. A constant map takes the colormap's first colour.
     """
-    return INFERNO[np.round(normalized(depth) * 255).astype(np.uint8)]
+    return colormap(cmap)[np.round(normalized(depth) * 255).astype(np.uint8)]
 
 
 METRIC_PNG16_SCALE = 256.0  # metric png16: uint16 units per metre
@@ -87,7 +118,7 @@ def gray16(depth: np.ndarray) -> np.ndarray:
     return np.round(normalized(depth) * 65535).astype(np.uint16)
 
 
-def to_pil(depth: np.ndarray, mode: str = "gray16", *, metric: bool = False):
+def to_pil(depth: np.ndarray, mode: str = "gray16", *, metric: bool = False, cmap: str = "inferno"):
     """A depth map as a PIL image, as the files of the same format hold it: "gray16" (mode I;16: own
     range, or metres x 256 for a `metric` map, as png16), "gray8" (mode L) or "color" (RGB inferno);
     pictures show near as bright."""
@@ -98,7 +129,7 @@ def to_pil(depth: np.ndarray, mode: str = "gray16", *, metric: bool = False):
     if mode == "gray8":
         return Image.fromarray(gray8(_shown(depth, metric)))
     if mode == "color":
-        return Image.fromarray(colorize(_shown(depth, metric)))
+        return Image.fromarray(colorize(_shown(depth, metric), cmap))
     raise ValueError(f"unknown mode {mode!r}; expected gray16, gray8 or color")
 
 
@@ -107,14 +138,14 @@ def metric_png16(depth: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.asarray(depth, np.float64) * METRIC_PNG16_SCALE), 0, 65535).astype(np.uint16)
 
 
-def side_by_side(picture: np.ndarray, depth: np.ndarray) -> np.ndarray:
+def side_by_side(picture: np.ndarray, depth: np.ndarray, cmap: str = "inferno") -> np.ndarray:
     """(h, w, 3) picture (uint8, or float in [0, 1]) and its (h, w) depth -> (h, 2w, 3) uint8."""
     picture = np.asarray(picture)
     if picture.dtype != np.uint8:
         picture = np.round(np.clip(picture, 0, 1) * 255).astype(np.uint8)
     if picture.shape[:2] != np.shape(depth):
         raise ValueError(f"picture {picture.shape[:2]} and depth {np.shape(depth)} differ in size")
-    return np.concatenate([picture, colorize(depth)], axis=1)
+    return np.concatenate([picture, colorize(depth, cmap)], axis=1)
 
 
 def write_pfm(f, depth: np.ndarray) -> None:
@@ -224,6 +255,7 @@ class Format:
     needs_picture: bool = False
     frames: Callable[[Path, tuple[int, int]], object] | None = None
     frames_ending: str | None = None
+    uses_colormap: bool = False  # encode takes cmap= as well
 
 
 def _shown(depth, metric: bool):
@@ -253,8 +285,8 @@ def register_format(fmt: Format) -> Format:
 
 
 for _fmt in (
-    Format("color", "-depth.png", "inferno colormap PNG, near is bright",
-           lambda f, d, p, m: _png(f, colorize(_shown(d, m)))),
+    Format("color", "-depth.png", "colormap PNG (--cmap, default inferno), near is bright",
+           lambda f, d, p, m, cmap="inferno": _png(f, colorize(_shown(d, m), cmap)), uses_colormap=True),
     Format("gray8", "-depth-gray8.png", "8-bit grayscale PNG", lambda f, d, p, m: _png(f, gray8(_shown(d, m)))),
     Format("png16", "-depth-16.png", "16-bit PNG (color, gray8 and png16 are scaled to each map's own range; a "
            "metric model's png16 holds metres x 256)", _png16,
@@ -264,14 +296,15 @@ for _fmt in (
            frames=lambda path, size: NpyStack(path, size), frames_ending="-depth.npy"),
     Format("pfm", "-depth.pfm", "raw float32 as MiDaS writes it", lambda f, d, p, m: write_pfm(f, d)),
     Format("side", "-side.png", "picture and color depth side by side",
-           lambda f, d, p, m: _png(f, side_by_side(p, _shown(d, m))), needs_picture=True),
+           lambda f, d, p, m, cmap="inferno": _png(f, side_by_side(p, _shown(d, m), cmap)), needs_picture=True,
+           uses_colormap=True),
     Format("ply", "-points.ply", "coloured point cloud (see the point cloud options)", None, needs_picture=True),
 ):
     register_format(_fmt)
 
 
 def write_depth(path, depth: np.ndarray, fmt: str, *, picture: np.ndarray | None = None,
-                replace: bool = True, metric: bool = False) -> Path:
+                replace: bool = True, metric: bool = False, cmap: str = "inferno") -> Path:
     """Write `depth` as `fmt` (a key of FORMATS) to `path`, via a temporary file and a rename.
 
     A format that `needs_picture` takes the `picture`. `replace=False` refuses (FileExistsError)
@@ -284,6 +317,7 @@ def write_depth(path, depth: np.ndarray, fmt: str, *, picture: np.ndarray | None
         raise ValueError(f"unknown format {fmt!r}; expected one of {known}")
     if entry.needs_picture and picture is None:
         raise ValueError(f"the {fmt} format needs the picture")
+    colour = {"cmap": cmap} if entry.uses_colormap else {}
     with atomic_write(path, Path(entry.ending).suffix, replace=replace) as f:
-        entry.encode(f, depth, picture, metric)
+        entry.encode(f, depth, picture, metric, **colour)
     return Path(path)

@@ -113,6 +113,15 @@ def unused_options(args, video_flags: list[bool]) -> list[str]:
     return notes
 
 
+def model_tag(model) -> str:
+    """The model in output names: a file's or folder's stem, else the name given (None: the default model)."""
+    from .hub import DEFAULT_MODEL
+
+    text = str(model) if model is not None else DEFAULT_MODEL
+    tag = Path(text).stem if os.path.exists(text) else text.replace("/", "--")
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in tag)[:80]
+
+
 def camera_options(args) -> dict:
     """The camera the point clouds use, as `geometry.save_point_cloud` keywords: {} (its default, a 60 degree
     field of view), {"fov": deg}, or {"intrinsics": (fx, fy, cx, cy) or a function of the picture size}."""
@@ -192,6 +201,9 @@ def run(args) -> int:
             status.info(f"note: {note}")
     # Names come from the whole list, the same in every process; then each process takes its share.
     bases = dict(zip((id(i) for i in found), output_bases(found)))
+    if args.suffix_model:  # <stem>-<model>: the model as the user named it (a file's stem, or the name)
+        tag = model_tag(args.model)
+        bases = {k: b.with_name(f"{b.name}-{tag}") for k, b in bases.items()}
     mine = shard(found, process, processes)
     if processes > 1:
         status.info(f"{len(mine)} of {len(found)} pictures are this process's share")
@@ -331,7 +343,7 @@ def _predict(args, model, todo, plan, status: Status) -> tuple[list[Path], int]:
                                               source=r.name)
                 else:
                     output.write_depth(path, r.depth, fmt, picture=picture, replace=args.overwrite,
-                                       metric=c.is_metric)
+                                       metric=c.is_metric, cmap=args.cmap)
             except FileExistsError:
                 raise ValueError(f"{path} appeared meanwhile; not replaced (--overwrite replaces it)") from None
             except OSError as e:
@@ -383,7 +395,7 @@ def _predict_videos(args, model, todo, status: Status) -> tuple[list[Path], int]
         if tty:
             status.bar = tqdm(unit="frame", file=sys.stderr, desc=item.path.name)
         try:
-            r = video.predict_video(model, item.path, targets.get("video"), batch_size=args.batch_size,
+            r = video.predict_video(model, item.path, targets.get("video"), batch_size=args.batch_size, cmap=args.cmap,
                                     normalize=args.normalize, smoothing=args.smoothing,
                                     side_by_side=args.side_by_side,
                                     frames_format=args.frames if "frames" in targets else None,

@@ -262,7 +262,6 @@ def _jitted():
     import jax
     import jax.numpy as jnp
 
-    from .output import INFERNO
     from .preprocess import resize_depth
 
     @functools.partial(jax.jit, static_argnames=("size", "method"))
@@ -281,13 +280,13 @@ def _jitted():
         return ranges, state
 
     @jax.jit
-    def render(depth, lo, hi):
-        """(b, h, w) inverse depth and the (b,) range mapped to [0, 1] -> inferno (b, h, w, 3) uint8 and
-        16-bit (b, h, w)."""
+    def render(depth, lo, hi, table):
+        """(b, h, w) inverse depth and the (b,) range mapped to [0, 1] -> colours of `table` (256, 3)
+        (b, h, w, 3) uint8 and 16-bit (b, h, w)."""
         lo, hi = lo[:, None, None], hi[:, None, None]
         flat = hi - lo <= jnp.finfo(jnp.float32).eps * jnp.maximum(jnp.abs(hi), 1.0)  # as output.normalized
         v = jnp.where(flat, 0.0, jnp.clip((depth - lo) / jnp.where(flat, 1.0, hi - lo), 0.0, 1.0))
-        colour = jnp.asarray(INFERNO)[jnp.round(v * 255).astype(jnp.int32)]
+        colour = table[jnp.round(v * 255).astype(jnp.int32)]
         return colour, jnp.round(v * 65535).astype(jnp.uint16)
 
     return resized_with_range, running_range, render
@@ -302,7 +301,8 @@ _device_steps = functools.cache(_jitted)
 
 def predict_video(model, src, dst, *, batch_size: int = 8, normalize: str = "global", smoothing: float | None = None,
                   side_by_side: bool = False, frames_format: str | None = None, frames_path=None,
-                  keep_aspect_ratio: bool | None = None, progress: Callable[[int], None] | None = None) -> VideoResult:
+                  keep_aspect_ratio: bool | None = None, progress: Callable[[int], None] | None = None,
+                  cmap: str = "inferno") -> VideoResult:
     """Write the depth video of `src` to `dst` (.mp4, .mov, .mkv, .webm or .avi); see the module docstring.
 
     `batch_size`: frames a model call (the whole clip if shorter). `normalize`: "global" or
@@ -347,7 +347,7 @@ def predict_video(model, src, dst, *, batch_size: int = 8, normalize: str = "glo
         _codec_for(dst)
     start = time.perf_counter()
     run = _Run(model, src, dst, batch_size, normalize, smoothing, side_by_side, frames_format, frames_path,
-               keep_aspect_ratio, progress)
+               keep_aspect_ratio, progress, cmap)
     try:
         try:
             run.first_pass()
@@ -370,7 +370,10 @@ class _Run:
     """One predict_video call: pass 1 runs the model; pass 2 ("global" only) maps, colours and encodes."""
 
     def __init__(self, model, src, dst, batch_size, normalize, smoothing, side_by_side, frames_format, frames_path,
-                 keep_aspect_ratio, progress):
+                 keep_aspect_ratio, progress, cmap="inferno"):
+        from .output import colormap
+
+        self.table = colormap(cmap)
         self.model, self.src, self.dst = model, src, dst
         self.normalize, self.smoothing, self.side_by_side = normalize, smoothing, side_by_side
         self.frames_format, self.frames_path, self.progress = frames_format, frames_path, progress
@@ -409,7 +412,7 @@ class _Run:
                     if self.state is None:
                         self.state = jnp.full((2,), jnp.nan, jnp.float32)
                     ranges, self.state = running_range(lo, hi, self.state, jnp.float32(self.smoothing))
-                    mapped = render(depth, ranges[:, 0], ranges[:, 1])
+                    mapped = render(depth, ranges[:, 0], ranges[:, 1], self.table)
                 else:
                     mapped = None
                 if pending is not None:
@@ -491,7 +494,7 @@ class _Run:
                     net = np.concatenate([net, np.zeros((self.batch - n, h_net, w_net), np.float32)])
                 depth = resized_with_range(jnp.asarray(net), self.size, self.model.config.output_resize)[0]
                 bounds = jnp.full((self.batch,), self.lo, jnp.float32), jnp.full((self.batch,), self.hi, jnp.float32)
-                colour, sixteen = render(depth, *bounds)
+                colour, sixteen = render(depth, *bounds, self.table)
                 frames = next(inputs) if inputs is not None else [None] * n
                 self._emit(frames, colour[:n], sixteen[:n])
         finally:

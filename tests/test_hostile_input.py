@@ -318,3 +318,21 @@ def test_input_discovery_says_what_it_skips(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "nothing*.png: the pattern matches no file" in err
     assert (tmp_path / "out" / "a-depth.png").exists()
+
+
+def test_colormaps_and_model_suffixes(tmp_path):
+    from PIL import Image
+
+    from dpt_jax import cli, output
+
+    spectral = output.colormap("Spectral_r")
+    assert tuple(spectral[0]) == (0x5E, 0x4F, 0xA2) and tuple(spectral[255]) == (0x9E, 0x01, 0x42)  # far blue, near red
+    assert np.abs(spectral[127:129].astype(int) - (0xFF, 0xFF, 0xBF)).max() <= 3  # ColorBrewer's centre
+    with pytest.raises(ValueError, match="unknown colormap"):
+        output.colormap("jet")
+    Image.fromarray(np.random.default_rng(6).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    model = FIXTURES / "mini_beit.safetensors"
+    assert cli.main(["predict", str(tmp_path / "p.png"), "-m", str(model), "--cmap", "gray", "--suffix-model",
+                     "-o", str(tmp_path / "o"), "-q"]) == 0
+    rgb = np.asarray(Image.open(tmp_path / "o" / "p-mini_beit-depth.png"))
+    assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all() and rgb.std() > 0
