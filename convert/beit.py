@@ -49,22 +49,23 @@ def _count(state, pattern: str) -> int:
 
 def detect_config(state, path, **options) -> DPTConfig:
     """The configuration of a MiDaS BEiT checkpoint, read off its keys and shapes."""
-    shape = lambda key: midas.shape(state, key, path)  # noqa: E731
-    embed = shape("pretrained.model.cls_token")[-1]
+    shape = lambda key, ndim: midas.shape(state, key, path, ndim)  # noqa: E731
+    embed = shape("pretrained.model.cls_token", 3)[-1]
     depth = _count(state, r"pretrained\.model\.blocks\.(\d+)\..*")
-    rows, heads = shape("pretrained.model.blocks.0.attn.relative_position_bias_table")
+    rows, heads = shape("pretrained.model.blocks.0.attn.relative_position_bias_table", 2)
     side = math.isqrt(max(rows - 3, 0))
     if side * side != rows - 3 or side % 2 == 0:
         raise ConversionError(path, f"relative_position_bias_table has {rows} rows, not (2G-1)^2 + 3")
     grid = (side + 1) // 2
     hooks = tuple(depth * q // 4 - 1 for q in (1, 2, 3, 4))  # the last block of each quarter
     encoder = BeitConfig(
-        embed_dim=embed, depth=depth, num_heads=heads, mlp_hidden=shape("pretrained.model.blocks.0.mlp.fc1.weight")[0],
+        embed_dim=embed, depth=depth, num_heads=heads,
+        mlp_hidden=shape("pretrained.model.blocks.0.mlp.fc1.weight", 2)[0],
         hooks=hooks, native_grid=(grid, grid),
     )
     return DPTConfig(
         name="custom_beit", encoder=encoder,
-        reassembly_features=tuple(shape(f"pretrained.act_postprocess{i}.3.weight")[0] for i in range(1, 5)),
+        reassembly_features=tuple(shape(f"pretrained.act_postprocess{i}.3.weight", 4)[0] for i in range(1, 5)),
         reassemble_factors=(4, 2, 1, 0.5), readout="project", native_size=(grid * 16, grid * 16),
         keep_aspect_ratio=True, **midas.neck_widths(state, path),
     )

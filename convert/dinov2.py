@@ -14,6 +14,7 @@ said by a Hugging Face config.json, or read off an official release file name.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -33,7 +34,7 @@ from .hf import (
     same_names,
     stage_fields,
 )
-from .keys import Entry, Skip
+from .keys import Entry, Skip, shape_of
 from .keys import conv as _conv
 from .keys import linear as _linear
 from .keys import norm as _norm
@@ -52,29 +53,25 @@ def recognises(state) -> bool:
     return "pretrained.blocks.0.ls1.gamma" in state and "depth_head.projects.0.weight" in state
 
 
-def _shape(state, key, path) -> tuple[int, ...]:
-    if key not in state:
-        raise ConversionError(path, f"not a Depth Anything checkpoint: key {key!r} is missing")
-    return tuple(state[key].shape)
 
 
 def _architecture_of_keys(state, path) -> dict:
     """What the keys and shapes of a Depth Anything state dict say (everything but the heads and the variant)."""
-    shape = lambda key: _shape(state, key, path)  # noqa: E731
+    shape = lambda key, ndim: shape_of(state, key, path, ndim, "Depth Anything checkpoint")  # noqa: E731
     rx = re.compile(r"pretrained\.blocks\.(\d+)\..*")
-    tokens = shape("pretrained.pos_embed")[1] - 1
-    side = int(round(tokens ** 0.5))
-    if side * side != tokens:
+    tokens = shape("pretrained.pos_embed", 3)[1] - 1
+    side = math.isqrt(max(tokens, 0))
+    if tokens < 1 or side * side != tokens:
         raise ConversionError(path, f"pretrained.pos_embed holds {tokens} patch positions, not a square grid")
     return {
-        "embed_dim": shape("pretrained.cls_token")[-1],
+        "embed_dim": shape("pretrained.cls_token", 3)[-1],
         "depth": len({m.group(1) for k in state if (m := rx.fullmatch(k))}),
-        "mlp_hidden": shape("pretrained.blocks.0.mlp.fc1.weight")[0],
-        "patch_size": shape("pretrained.patch_embed.proj.weight")[-1],
+        "mlp_hidden": shape("pretrained.blocks.0.mlp.fc1.weight", 2)[0],
+        "patch_size": shape("pretrained.patch_embed.proj.weight", 4)[-1],
         "native_grid": (side, side),
-        "reassembly_features": tuple(shape(f"depth_head.projects.{i}.weight")[0] for i in range(4)),
-        "fusion_features": shape("depth_head.scratch.layer1_rn.weight")[0],
-        "head_features": shape("depth_head.scratch.output_conv2.0.weight")[0],
+        "reassembly_features": tuple(shape(f"depth_head.projects.{i}.weight", 4)[0] for i in range(4)),
+        "fusion_features": shape("depth_head.scratch.layer1_rn.weight", 4)[0],
+        "head_features": shape("depth_head.scratch.output_conv2.0.weight", 4)[0],
     }
 
 

@@ -15,6 +15,8 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
+from ..errors import ConversionError
+
 # How a PyTorch array becomes a Flax one.
 LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "copy": lambda a: a,
@@ -48,6 +50,17 @@ class Entry:
 class Skip:
     pattern: str  # regular expression over source keys
     reason: str  # why the model does not need it
+
+
+def shape_of(state: Mapping, key: str, path, ndim: int, kind: str = "checkpoint") -> tuple[int, ...]:
+    """The shape of `key`, checked: the one way detection reads a shape. A missing key, or one of another
+    rank (a crafted scalar where a matrix belongs), is a ConversionError naming the file and the key."""
+    if key not in state:
+        raise ConversionError(path, f"not a {kind}: key {key!r} is missing")
+    shape = tuple(state[key].shape)
+    if len(shape) != ndim:
+        raise ConversionError(path, f"{key[:80]} has {len(shape)} dimensions {shape}; a {kind} has {ndim}")
+    return shape
 
 
 # -- table pieces ---------------------------------------------------------------------------------

@@ -17,10 +17,9 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
-from ..errors import ConversionError
 from ..family import Release
 from .hf import Rename, as_transformers_factors, fusion_rules, same_names
-from .keys import Entry, Skip, conv, linear
+from .keys import Entry, Skip, conv, linear, shape_of
 
 RELEASE_URL = "https://github.com/isl-org/MiDaS/releases/download/v3_1/{name}.pt"
 LICENCE = "MIT"  # the MiDaS repository's, which publishes the weights
@@ -71,14 +70,12 @@ NECK_SKIPS = [Skip(r"pretrained\.model\.head\.(weight|bias)", "the classifier of
 
 def neck_widths(state: Mapping, path) -> dict:
     """The neck and head widths a MiDaS checkpoint declares: fusion_features and head_features."""
-    return {"fusion_features": shape(state, "scratch.layer1_rn.weight", path)[0],
-            "head_features": shape(state, "scratch.output_conv.2.weight", path)[0]}
+    return {"fusion_features": shape(state, "scratch.layer1_rn.weight", path, 4)[0],
+            "head_features": shape(state, "scratch.output_conv.2.weight", path, 4)[0]}
 
 
-def shape(state: Mapping, key: str, path) -> tuple[int, ...]:
-    if key not in state:
-        raise ConversionError(path, f"not a MiDaS v3.1 DPT checkpoint: key {key!r} is missing")
-    return tuple(state[key].shape)
+def shape(state: Mapping, key: str, path, ndim: int) -> tuple[int, ...]:
+    return shape_of(state, key, path, ndim, "MiDaS v3.1 DPT checkpoint")
 
 
 def release(name: str, approx_bytes: int):

@@ -65,15 +65,15 @@ def detect_config(state, path, *, pretrained_window_sizes=None, window_size=None
     needs the argument: guessing wrong moves the hooks by 55-90 %. `window_size` and `native_size`
     stand in for the shift-mask buffer, which files without buffers (Hugging Face's) do not hold.
     """
-    shape = lambda key: midas.shape(state, key, path)  # noqa: E731
-    embed = shape("pretrained.model.patch_embed.proj.weight")[0]
+    shape = lambda key, ndim: midas.shape(state, key, path, ndim)  # noqa: E731
+    embed = shape("pretrained.model.patch_embed.proj.weight", 4)[0]
     stages = _count(state, r"pretrained\.model\.layers\.(\d+)\..*")
     depths = tuple(_count(state, rf"pretrained\.model\.layers\.{s}\.blocks\.(\d+)\..*") for s in range(stages))
-    heads = tuple(shape(f"pretrained.model.layers.{s}.blocks.0.attn.logit_scale")[0] for s in range(stages))
+    heads = tuple(shape(f"pretrained.model.layers.{s}.blocks.0.attn.logit_scale", 3)[0] for s in range(stages))
     # The first stage's shift mask (num_windows, ws*ws, ws*ws) gives the window and the native size.
     mask_key = "pretrained.model.layers.0.blocks.1.attn_mask"
     if mask_key in state:
-        num_windows, ws2, _ = shape(mask_key)
+        num_windows, ws2, _ = shape(mask_key, 3)
         window = math.isqrt(ws2)
         size = window * math.isqrt(num_windows) * 4
     elif window_size is not None and native_size is not None and native_size[0] == native_size[1]:

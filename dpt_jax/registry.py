@@ -138,12 +138,15 @@ def detect_config(state: Mapping, path="<state dict>", *, variant: str | None = 
                                   f"{config.family.title} model")
         variant = chosen
     options = {**_taken(family.detect_config, facts or {}), **options}
-    if family.chooses_variant:
-        config = family.detect_config(state, path, variant=variant, **options)
-    else:
-        config = as_preset(family.detect_config(state, path, **options))
-        if variant is not None and config.name != variant:
-            raise ConversionError(path, f"its keys say it is {config.name}, not the variant {variant} given")
+    try:
+        if family.chooses_variant:
+            config = family.detect_config(state, path, variant=variant, **options)
+        else:
+            config = as_preset(family.detect_config(state, path, **options))
+    except ConfigError as e:  # shapes that describe no valid model (a zero-width layer, a crafted count)
+        raise ConversionError(path, f"its keys and shapes describe no valid {family.title} model: {e}") from None
+    if not family.chooses_variant and variant is not None and config.name != variant:
+        raise ConversionError(path, f"its keys say it is {config.name}, not the variant {variant} given")
     return with_max_depth(config, max_depth, path)
 
 

@@ -336,3 +336,44 @@ def test_colormaps_and_model_suffixes(tmp_path):
                      "-o", str(tmp_path / "o"), "-q"]) == 0
     rgb = np.asarray(Image.open(tmp_path / "o" / "p-mini_beit-depth.png"))
     assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all() and rgb.std() > 0
+
+
+def _manifest_state(path):
+    class Shape:
+        def __init__(self, shape):
+            self.shape = tuple(shape)
+
+    return {e["key"]: Shape(e["shape"]) for e in json.loads(path.read_text())["state_dict"]}
+
+
+@pytest.mark.parametrize("manifest", [FIXTURES / "manifests" / "dpt_beit_base_384.json",
+                                      FIXTURES / "manifests" / "dpt_swin2_tiny_256.json",
+                                      FIXTURES / "depth_anything" / "manifests" / "da2_vits.json"])
+def test_every_shape_detection_reads_is_checked(manifest):
+    """Each key detection reads, made a scalar, a vector, a 5-d or a zero-size tensor: a clear error naming the
+    file, never an IndexError or TypeError from inside."""
+    from dpt_jax import registry
+    from dpt_jax.errors import ConversionError
+
+    state = _manifest_state(manifest)
+    variant = {"variant": "da2_vits"} if "da2" in manifest.name else {}
+    detected = registry.detect_config(state, "f.pth", **variant)
+    read = set()
+
+    class Spy(dict):
+        def __getitem__(self, key):
+            read.add(key)
+            return dict.__getitem__(self, key)
+
+    registry.detect_config(Spy(state), "f.pth", **variant)
+    assert read, "detection reads shapes"
+    for key in sorted(read):
+        for shape in [(), (3,), (1, 2, 3, 4, 5), tuple(0 for _ in state[key].shape)]:
+            crafted = dict(state)
+            crafted[key] = type(state[key])(shape)
+            try:
+                config = registry.detect_config(crafted, "f.pth", **variant)
+            except ConversionError as e:
+                assert str(e).startswith("f.pth: ")
+            else:  # a shape detection may tolerate must still give a valid config (and then fail the key check)
+                assert config.family is detected.family
