@@ -40,7 +40,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, partial_prefix
 from ..errors import CheckpointError, ConversionError
 from .files import read_state_dict
 from .keys import INVERSE_LAYOUTS
@@ -591,7 +591,7 @@ def write(folder, config, params, *, overwrite: bool = False) -> Path:
             raise FileExistsError(f"{folder}: not empty and not a previous dpt-jax export; refusing to write into it "
                                   "(choose an empty or new folder, or pass --overwrite / overwrite=True)")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=partial_prefix(), suffix=".hf", dir=folder.parent))
     try:
         with atomic_write(tmp / CONFIG_NAME) as f:
             f.write(text.encode())

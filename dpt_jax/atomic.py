@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -23,7 +24,9 @@ def _host_tag() -> str:
     return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 
 
-def _partial_prefix() -> str:
+def partial_prefix() -> str:
+    """The name prefix of this process's temporary files and folders (what `clean_stale_partials` removes
+    once the process is gone)."""
     return f"{PARTIAL_PREFIX}{os.getpid()}-{_host_tag()}-"
 
 
@@ -42,7 +45,7 @@ def atomic_write(path, suffix: str = "", *, replace: bool = True):
     folder = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=_partial_prefix(), suffix=suffix, dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=partial_prefix(), suffix=suffix, dir=folder)
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -86,10 +89,11 @@ def _alive(pid: int) -> bool:
 
 
 def clean_stale_partials(folder) -> list[Path]:
-    """Remove the temporary files `atomic_write` left in `folder` (not its sub-folders) when killed.
+    """Remove the temporary files `atomic_write` left in `folder` (not its sub-folders) when killed, and the
+    temporary folders named alike (a Hugging Face export in the making).
 
-    Only files named as this module names them, written on this host, whose process is no
-    longer running, are removed; files of running writers, other hosts and other programs stay.
+    Only entries named as this module names them, written on this host, whose process is no
+    longer running, are removed; those of running writers, other hosts and other programs stay.
     Returns the removed paths.
     """
     removed = []
@@ -100,13 +104,14 @@ def clean_stale_partials(folder) -> list[Path]:
     host = _host_tag()
     for entry in entries:
         m = _PARTIAL_RX.match(entry.name)
-        if not m or m.group(2) != host or not entry.is_file(follow_symlinks=False):
+        is_dir = entry.is_dir(follow_symlinks=False)
+        if not m or m.group(2) != host or not (is_dir or entry.is_file(follow_symlinks=False)):
             continue
         pid = int(m.group(1))
         if pid == os.getpid() or _alive(pid):
             continue
         try:
-            os.unlink(entry.path)
+            shutil.rmtree(entry.path) if is_dir else os.unlink(entry.path)
             removed.append(Path(entry.path))
         except OSError:
             pass

@@ -12,10 +12,11 @@ from .options import add_model_options, model_options
 
 
 def cmd_convert(args) -> int:
-    from .atomic import check_output
+    from .atomic import check_output, clean_stale_partials
     from .checkpoint import load_checkpoint, write_converted
     from .convert import hf
 
+    clean_stale_partials(os.path.dirname(os.path.abspath(args.output)))  # left there by a killed convert
     if os.path.exists(args.output) and os.path.exists(args.src) and os.path.samefile(args.src, args.output):
         raise ValueError(f"{args.output}: is the checkpoint being converted; choose another output file")
     check_output(args.output, inputs=[args.src], overwrite=args.overwrite, folder=args.to == "hf")
@@ -120,9 +121,10 @@ def cmd_bench(args) -> int:
 
 def cmd_export(args) -> int:
     from . import export
-    from .atomic import check_output
+    from .atomic import check_output, clean_stale_partials
     from .model import load
 
+    clean_stale_partials(os.path.dirname(os.path.abspath(args.output)))  # left there by a killed export
     check_output(args.output, inputs=[args.model], overwrite=args.overwrite)
     model = load(args.model, **model_options(args))
     if args.with_preprocessing:

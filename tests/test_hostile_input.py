@@ -377,3 +377,19 @@ def test_every_shape_detection_reads_is_checked(manifest):
                 assert str(e).startswith("f.pth: ")
             else:  # a shape detection may tolerate must still give a valid config (and then fail the key check)
                 assert config.family is detected.family
+
+
+def test_convert_removes_what_a_killed_convert_left(tmp_path):
+    from dpt_jax import cli
+    from dpt_jax.atomic import PARTIAL_PREFIX, partial_prefix
+
+    host = partial_prefix().split("-")[2]
+    dead = 2 ** 22 + 12345  # above any pid this machine hands out
+    stale_file = tmp_path / f"{PARTIAL_PREFIX}{dead}-{host}-x.safetensors"
+    stale_folder = tmp_path / f"{PARTIAL_PREFIX}{dead}-{host}-y.hf"
+    stale_file.write_bytes(b"half")
+    stale_folder.mkdir()
+    (stale_folder / "model.safetensors").write_bytes(b"half")
+    assert cli.main(["convert", str(FIXTURES / "mini_beit.pt"), "--to", "hf", "-o", str(tmp_path / "out")]) == 0
+    assert not stale_file.exists() and not stale_folder.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
