@@ -153,6 +153,11 @@ class DPTConfig:
                 "a metric model (depth_activation 'sigmoid') needs max_depth > 0")
         require(all(s % self.resize_multiple == 0 for s in self.native_size) or self.resize_rule == "minimal",
                 "with resize_rule 'lower_bound' the native size must be a multiple of resize_multiple")
+        family = getattr(type(self.encoder), "family", None)
+        if family is not None:  # sizes the preprocessing makes must be sizes the encoder takes
+            multiple = family.input_multiple(self.encoder)
+            require(self.resize_multiple % multiple == 0, f"resize_multiple {self.resize_multiple} must be a multiple "
+                    f"of {multiple}, the sides the encoder takes (otherwise every picture fails)")
 
     @property
     def family(self):

@@ -393,3 +393,8 @@ def test_convert_removes_what_a_killed_convert_left(tmp_path):
     assert cli.main(["convert", str(FIXTURES / "mini_beit.pt"), "--to", "hf", "-o", str(tmp_path / "out")]) == 0
     assert not stale_file.exists() and not stale_folder.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_resize_multiple_the_encoder_cannot_take_is_refused_up_front():
+    with pytest.raises(ConfigError, match="resize_multiple 1 must be a multiple of 16"):
+        MINI_CONFIGS["mini_beit"].replace(resize_multiple=1)
