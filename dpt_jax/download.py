@@ -45,6 +45,21 @@ def unlink(*paths: Path) -> None:
             p.unlink()
 
 
+def _synced(f, url: str, partial: Path) -> None:
+    """Flush and fsync the partial file; a disk error is one DownloadError saying so (no retry helps)."""
+    try:
+        f.flush()
+        os.fsync(f.fileno())
+    except OSError as e:
+        raise DownloadError(url, f"cannot write {partial}: {e.strerror or e} (free some space, or set "
+                                 "DPT_JAX_CACHE to another directory)") from None
+
+
+def max_bytes_unknown(approx: int | None) -> int:
+    """The most a transfer of unannounced size may send: twice the expected size, else 8 GB."""
+    return 2 * approx if approx else 8 * 10**9
+
+
 def human_size(n: int | None) -> str:
     if n is None:
         return "unknown size"
@@ -247,22 +262,31 @@ def _fetch_once(url: str, partial: Path, meta_path: Path, *, desc: str, approx: 
             unit_divisor=1024, desc=desc, file=sys.stderr, disable=not show_bar, leave=False,
         ) as bar:
             watch = _StallWatch(stall_timeout, stall_bytes, total, have)
+            cap = total if total is not None else max_bytes_unknown(approx)
             try:
                 while True:
                     chunk = response.read1(_CHUNK)  # what has arrived (read() would wait for a full chunk)
                     if not chunk:
                         break
-                    f.write(chunk)
+                    if have + len(chunk) > cap:
+                        raise DownloadError(url, f"sent more than {human_size(cap)} without announcing its size "
+                                                 "(Content-Length); refused")
+                    try:
+                        f.write(chunk)
+                    except OSError as e:  # the disk, not the connection: no retry can help
+                        raise DownloadError(url, f"cannot write {partial}: {e.strerror or e} (free some space, or "
+                                                 "set DPT_JAX_CACHE to another directory)") from None
                     have += len(chunk)
                     bar.update(len(chunk))
                     watch.update(have)
+            except DownloadError:
+                raise
             except (TimeoutError, socket.timeout):
                 raise _Interrupted(f"no data for {min(timeout, stall_timeout):g} s after {have} bytes") from None
             except (http.client.HTTPException, OSError) as e:
                 raise _Interrupted(f"connection lost after {have} bytes ({type(e).__name__}: {e})") from None
             finally:
-                f.flush()
-            os.fsync(f.fileno())
+                _synced(f, url, partial)
 
     if total is not None and have != total:
         if have > total:

@@ -29,6 +29,7 @@ class FileServer:
         self.status: dict[str, int] = {}
         self.stall = 0.0
         self.trickle = 0.0
+        self.no_length = False  # send no Content-Length: the body ends when the connection closes
         self.requests: list[tuple[str, dict]] = []
         self.sent: list[int] = []
         self._stop = threading.Event()
@@ -85,7 +86,10 @@ class FileServer:
             code = 206
         body = data[start:]
         h.send_response(code)
-        h.send_header("Content-Length", str(len(body)))
+        if self.no_length:
+            h.close_connection = True
+        else:
+            h.send_header("Content-Length", str(len(body)))
         h.send_header("ETag", etag)
         h.send_header("Accept-Ranges", "bytes")
         if code == 206:

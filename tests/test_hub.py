@@ -415,3 +415,45 @@ def test_depth_anything_download_shows_licence_and_checks_the_variant(server, ca
         assert read_release(path, MINI_CONFIGS["mini_da2_metric"]).config is MINI_CONFIGS["mini_da2_metric"]
     finally:
         hub.unregister("mini_da2")
+
+
+def test_a_full_disk_is_reported_at_once_not_retried(server, mini, cache, monkeypatch):
+    import builtins
+
+    from dpt_jax import download
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    real_open = builtins.open
+    monkeypatch.setattr(download, "open", lambda path, mode="r", *a, **k: FullDisk(real_open(path, mode, *a, **k))
+                        if "partial" in str(path) and "b" in mode and "json" not in str(path)
+                        else real_open(path, mode, *a, **k), raising=False)
+    with pytest.raises(errors.DownloadError, match="cannot write .*No space left on device"):
+        fetch("mini_beit", cache=cache, progress=False, retries=3)
+    assert len(server.requests) == 1  # not retried as a lost connection
+
+
+def test_a_transfer_of_unannounced_size_is_capped(server, cache):
+    server.no_length = True
+    url = server.serve("/big.pt", BEIT.read_bytes())
+    hub.register(Release("mini_big", "mini_big.pt", 1000, "MIT", url=url, holds="mini_beit"))
+    try:
+        with pytest.raises(errors.DownloadError, match="without announcing its size"):
+            hub.download("mini_big", cache=cache, progress=False)
+    finally:
+        hub.unregister("mini_big")
+    assert not (cache / "mini_big.pt").exists()
