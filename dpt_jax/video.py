@@ -30,6 +30,7 @@ failure are still written, as the user asked for frames.
 from __future__ import annotations
 
 import functools
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -366,6 +367,12 @@ def predict_video(model, src, dst, *, batch_size: int = 8, normalize: str = "glo
                        time.perf_counter() - start, run.depth_range)
 
 
+def _identity(path) -> tuple[int, int, int]:
+    """What says a file is still the one read before: inode, size, modification time."""
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class _Run:
     """One predict_video call: pass 1 runs the model; pass 2 ("global" only) maps, colours and encodes."""
 
@@ -379,6 +386,7 @@ class _Run:
         self.frames_format, self.frames_path, self.progress = frames_format, frames_path, progress
         self.keep = model.config.keep_aspect_ratio if keep_aspect_ratio is None else keep_aspect_ratio
         self.reader = _Reader(src)
+        self.identity = _identity(src)  # pass 2 decodes the file again: it must still be this file
         self.fps = self.reader.fps
         self.batch = min(batch_size, self.reader.declared_frames or batch_size)
         self.video = self.frames = self.spill = None  # frames: the writer of the frames format
@@ -484,6 +492,9 @@ class _Run:
         self.spill.seek(0)
         inputs = None
         if self.video is not None and self.side_by_side:
+            if _identity(self.src) != self.identity:
+                raise VideoError(self.src, "the file changed while it was processed (the global normalisation "
+                                           "reads it twice); nothing written, run again")
             reader = _Reader(self.src)  # decoded again rather than kept: memory stays one batch
             inputs = _batches(iter(reader), self.batch)
         try:
@@ -495,7 +506,10 @@ class _Run:
                 depth = resized_with_range(jnp.asarray(net), self.size, self.model.config.output_resize)[0]
                 bounds = jnp.full((self.batch,), self.lo, jnp.float32), jnp.full((self.batch,), self.hi, jnp.float32)
                 colour, sixteen = render(depth, *bounds, self.table)
-                frames = next(inputs) if inputs is not None else [None] * n
+                frames = next(inputs, None) if inputs is not None else [None] * n
+                if frames is None or len(frames) != n:
+                    raise VideoError(self.src, "the file changed while it was processed (fewer frames the second "
+                                               "time it was read); nothing written, run again")
                 self._emit(frames, colour[:n], sixteen[:n])
         finally:
             if inputs is not None:

@@ -398,3 +398,23 @@ def test_convert_removes_what_a_killed_convert_left(tmp_path):
 def test_a_resize_multiple_the_encoder_cannot_take_is_refused_up_front():
     with pytest.raises(ConfigError, match="resize_multiple 1 must be a multiple of 16"):
         MINI_CONFIGS["mini_beit"].replace(resize_multiple=1)
+
+
+def test_a_video_replaced_between_the_two_passes_is_reported(tmp_path, monkeypatch):
+    from test_video import make_video
+
+    from dpt_jax import video
+    from dpt_jax.errors import VideoError
+
+    model = dpt_jax.load(FIXTURES / "mini_beit.safetensors")
+    clip = make_video(tmp_path / "clip.mp4", frames=4)
+    first_pass = video._Run.first_pass
+
+    def then_replace(run):
+        first_pass(run)
+        make_video(tmp_path / "other.mp4", frames=2).replace(clip)  # another, shorter video under the same name
+
+    monkeypatch.setattr(video._Run, "first_pass", then_replace)
+    with pytest.raises(VideoError, match="changed while it was processed"):
+        video.predict_video(model, clip, tmp_path / "out.mp4", side_by_side=True)
+    assert not (tmp_path / "out.mp4").exists()
