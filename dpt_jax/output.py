@@ -24,6 +24,7 @@ shown bright.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -211,26 +212,37 @@ class NpyStack:
 
 
 class Png16Frames:
-    """16-bit grayscale PNGs folder/000000.png, 000001.png, ... each written atomically."""
+    """16-bit grayscale PNGs folder/000000.png, 000001.png, ...: the folder appears whole on commit() (written
+    beside it under a temporary name first), or not at all; a folder it replaces (--overwrite) goes whole."""
 
     takes = "mapped16"  # each frame mapped to uint16 by the video's range (one mapping for the whole video)
 
     def __init__(self, folder: Path, size: tuple[int, int] | None = None):
-        self.folder, self.count = folder, 0
-        folder.mkdir(parents=True, exist_ok=True)
+        from .atomic import partial_prefix
+
+        self.folder, self.count = Path(folder), 0
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.folder.parent / f"{partial_prefix()}{self.folder.name}"
+        self.tmp.mkdir()
 
     def write(self, frames: np.ndarray):  # (b, h, w) uint16
         from PIL import Image
 
         for f in frames:
-            with atomic_write(self.folder / f"{self.count:06d}.png", ".png") as out:
-                Image.fromarray(f).save(out, format="PNG")
+            Image.fromarray(f).save(self.tmp / f"{self.count:06d}.png", format="PNG")
             self.count += 1
 
     def commit(self):
-        pass
+        import shutil
 
-    discard = commit  # frames already written are whole files
+        if self.folder.is_dir() and not self.folder.is_symlink():
+            shutil.rmtree(self.folder)  # the previous frames of this name, replaced as a whole
+        os.replace(self.tmp, self.folder)
+
+    def discard(self):
+        import shutil
+
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -418,3 +418,25 @@ def test_a_video_replaced_between_the_two_passes_is_reported(tmp_path, monkeypat
     with pytest.raises(VideoError, match="changed while it was processed"):
         video.predict_video(model, clip, tmp_path / "out.mp4", side_by_side=True)
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_a_frame_folder_is_complete_or_absent(tmp_path):
+    from test_video import make_video
+
+    from dpt_jax import video
+    from dpt_jax.output import Png16Frames
+
+    frames = np.zeros((3, 4, 5), np.uint16)
+    interrupted = Png16Frames(tmp_path / "a-depth-16")
+    interrupted.write(frames)
+    interrupted.discard()  # a killed or failed run
+    assert list(tmp_path.iterdir()) == []
+    stale = tmp_path / "clip-depth-16"
+    stale.mkdir()
+    for i in range(9):  # the frames of a longer video, written before
+        (stale / f"{i:06d}.png").write_bytes(b"old")
+    model = dpt_jax.load(FIXTURES / "mini_beit.safetensors")
+    clip = make_video(tmp_path / "clip.mp4", frames=3)
+    video.predict_video(model, clip, None, frames_format="png16", frames_path=stale)
+    assert sorted(p.name for p in stale.iterdir()) == ["000000.png", "000001.png", "000002.png"]  # replaced whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip-depth-16", "clip.mp4"]
