@@ -396,6 +396,7 @@ def _predict_videos(args, model, todo, status: Status) -> tuple[list[Path], int]
             status.bar = tqdm(unit="frame", file=sys.stderr, desc=item.path.name)
         try:
             r = video.predict_video(model, item.path, targets.get("video"), batch_size=args.batch_size, cmap=args.cmap,
+                                    on_status=status.info,
                                     normalize=args.normalize, smoothing=args.smoothing,
                                     side_by_side=args.side_by_side,
                                     frames_format=args.frames if "frames" in targets else None,

@@ -109,6 +109,13 @@ class _Reader:
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
         self.declared_frames = self._stream.frames or None  # from the container's index; 0 when unknown
+        self.declared_pixels = (self._stream.codec_context.width or 0) * (self._stream.codec_context.height or 0)
+        if self.declared_pixels:  # the frame size its header declares, checked before any frame is decoded
+            try:
+                _check_pixels(self.name, self._stream.codec_context.height, self._stream.codec_context.width)
+            except VideoError:
+                self._container.close()
+                raise
         rate = self._stream.average_rate or self._stream.guessed_rate
         self.fps = Fraction(rate) if rate else Fraction(25)
         self.size: tuple[int, int] | None = None  # (h, w) as displayed, from the first frame
@@ -303,7 +310,7 @@ _device_steps = functools.cache(_jitted)
 def predict_video(model, src, dst, *, batch_size: int = 8, normalize: str = "global", smoothing: float | None = None,
                   side_by_side: bool = False, frames_format: str | None = None, frames_path=None,
                   keep_aspect_ratio: bool | None = None, progress: Callable[[int], None] | None = None,
-                  cmap: str = "inferno") -> VideoResult:
+                  cmap: str = "inferno", on_status: Callable[[str], None] | None = None) -> VideoResult:
     """Write the depth video of `src` to `dst` (.mp4, .mov, .mkv, .webm or .avi); see the module docstring.
 
     `batch_size`: frames a model call (the whole clip if shorter). `normalize`: "global" or
@@ -348,7 +355,7 @@ def predict_video(model, src, dst, *, batch_size: int = 8, normalize: str = "glo
         _codec_for(dst)
     start = time.perf_counter()
     run = _Run(model, src, dst, batch_size, normalize, smoothing, side_by_side, frames_format, frames_path,
-               keep_aspect_ratio, progress, cmap)
+               keep_aspect_ratio, progress, cmap, on_status)
     try:
         try:
             run.first_pass()
@@ -377,7 +384,7 @@ class _Run:
     """One predict_video call: pass 1 runs the model; pass 2 ("global" only) maps, colours and encodes."""
 
     def __init__(self, model, src, dst, batch_size, normalize, smoothing, side_by_side, frames_format, frames_path,
-                 keep_aspect_ratio, progress, cmap="inferno"):
+                 keep_aspect_ratio, progress, cmap="inferno", on_status=None):
         from .output import colormap
 
         self.table = colormap(cmap)
@@ -389,6 +396,11 @@ class _Run:
         self.identity = _identity(src)  # pass 2 decodes the file again: it must still be this file
         self.fps = self.reader.fps
         self.batch = min(batch_size, self.reader.declared_frames or batch_size)
+        if self.reader.declared_pixels:  # decoded frames held at once stay within the pipeline's pixel budget
+            from .pipeline import PIXEL_BUDGET
+
+            self.batch = max(1, min(self.batch, PIXEL_BUDGET // self.reader.declared_pixels))
+        self.on_status = on_status
         self.video = self.frames = self.spill = None  # frames: the writer of the frames format
         self.size = self.net_size = None
         self.decoded = 0
@@ -447,6 +459,12 @@ class _Run:
             self.frames = FORMATS[self.frames_format].frames(self.frames_path, self.size)
         if self.normalize == "global":
             self.spill = tempfile.TemporaryFile(prefix="dpt-jax-depth-")
+            if self.on_status is not None:
+                h, w = self.net_size
+                frames = self.reader.declared_frames
+                size = f"about {frames * h * w * 4 / 1e6:,.0f} MB" if frames else f"{h * w * 4 / 1e6:.1f} MB a frame"
+                self.on_status(f"{self.reader.name}: the raw depth waits for the second pass in a temporary file in "
+                               f"{tempfile.gettempdir()} ({size}; TMPDIR chooses the folder)")
         elif self.dst is not None:
             self.video = _VideoWriter(self.dst, self._video_size(), self.fps)
 

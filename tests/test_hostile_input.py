@@ -440,3 +440,28 @@ def test_a_frame_folder_is_complete_or_absent(tmp_path):
     video.predict_video(model, clip, None, frames_format="png16", frames_path=stale)
     assert sorted(p.name for p in stale.iterdir()) == ["000000.png", "000001.png", "000002.png"]  # replaced whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip-depth-16", "clip.mp4"]
+
+
+def test_videos_batch_within_the_pixel_budget_and_say_where_the_raw_depth_waits(tmp_path, monkeypatch):
+    import tempfile
+
+    from test_video import make_video
+
+    from dpt_jax import pipeline, video
+
+    model = dpt_jax.load(FIXTURES / "mini_beit.safetensors")
+    clip = make_video(tmp_path / "clip.mp4", frames=6, h=48, w=64)
+    batches = []
+    first_pass = video._Run.first_pass
+    monkeypatch.setattr(video._Run, "first_pass", lambda run: batches.append(run.batch) or first_pass(run))
+    monkeypatch.setattr(pipeline, "PIXEL_BUDGET", 2 * 48 * 64)  # two frames
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    lines = []
+    video.predict_video(model, clip, tmp_path / "out.mp4", batch_size=8, on_status=lines.append)
+    assert batches == [2]
+    assert any("temporary file in " + str(tmp_path) in line and "MB" in line for line in lines)
+    from dpt_jax import pictures
+
+    monkeypatch.setattr(pictures, "MAX_PIXELS", 100)
+    with pytest.raises(dpt_jax.errors.VideoError, match="over the limit"):  # checked from the header, not a frame
+        video.predict_video(model, clip, tmp_path / "big.mp4")
