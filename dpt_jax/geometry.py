@@ -102,7 +102,8 @@ def point_cloud(depth: np.ndarray, image: np.ndarray | None = None, *, fov: floa
 # PLY
 
 
-def write_ply(path, points: np.ndarray, colors: np.ndarray | None = None, comments: Sequence[str] = ()) -> Path:
+def write_ply(path, points: np.ndarray, colors: np.ndarray | None = None, comments: Sequence[str] = (), *,
+              replace: bool = True) -> Path:
     """Write a binary little-endian PLY of vertices (float x, y, z and, with colors, uchar red, green, blue).
 
     `comments` go into the header as `comment ...` lines (one line each: no line breaks). Written
@@ -130,7 +131,7 @@ def write_ply(path, points: np.ndarray, colors: np.ndarray | None = None, commen
     types = {"<f4": "float", "u1": "uchar"}
     header = ["ply", "format binary_little_endian 1.0", *(f"comment {c}" for c in comments),
               f"element vertex {len(points)}", *(f"property {types[t]} {name}" for name, t in fields), "end_header"]
-    with atomic_write(path, ".ply") as f:
+    with atomic_write(path, ".ply", replace=replace) as f:
         f.write(("\n".join(header) + "\n").encode("ascii"))
         f.write(vertices.tobytes())
     return Path(path)
@@ -365,7 +366,7 @@ def _read_csv(path, name, shape):
 def save_point_cloud(path, inverse_depth: np.ndarray, picture, *, fov: float | None = None, intrinsics=None,
                      known=None, robust: bool = False, scale_shift: tuple[float, float] | None = None,
                      metric: bool = False, depth_range: tuple[float, float] = (1.0, 10.0),
-                     max_depth: float | None = None, source: str | None = None) -> Path:
+                     max_depth: float | None = None, source: str | None = None, replace: bool = True) -> Path:
     """Write a model's output for one picture as a coloured PLY point cloud, with its units in the header.
 
     `inverse_depth` (h, w): the model's output; `picture`: the picture (path, or (h, w, 3) array).
@@ -420,4 +421,4 @@ def save_point_cloud(path, inverse_depth: np.ndarray, picture, *, fov: float | N
     if len(points) == 0:
         why = " (every point is deeper than --far)" if max_depth is not None else " (no finite, positive depth)"
         raise AlignError(name, f"the point cloud has no valid point{why}; nothing written")
-    return write_ply(path, points, colors, comments)
+    return write_ply(path, points, colors, comments, replace=replace)

@@ -185,9 +185,9 @@ class NpyStack:
 
     HEADER_BYTES = 128  # magic, version, length and the padded dict: room for any shape
 
-    def __init__(self, path: Path, size: tuple[int, int]):
+    def __init__(self, path: Path, size: tuple[int, int], replace: bool = True):
         self.size, self.count = size, 0
-        self._atomic = atomic_write(path, ".npy")
+        self._atomic = atomic_write(path, ".npy", replace=replace)
         self._file = self._atomic.__enter__()
         self._file.write(self._header())
 
@@ -217,10 +217,10 @@ class Png16Frames:
 
     takes = "mapped16"  # each frame mapped to uint16 by the video's range (one mapping for the whole video)
 
-    def __init__(self, folder: Path, size: tuple[int, int] | None = None):
+    def __init__(self, folder: Path, size: tuple[int, int] | None = None, replace: bool = True):
         from .atomic import partial_prefix
 
-        self.folder, self.count = Path(folder), 0
+        self.folder, self.count, self.replace = Path(folder), 0, replace
         self.folder.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.folder.parent / f"{partial_prefix()}{self.folder.name}"
         self.tmp.mkdir()
@@ -235,9 +235,13 @@ class Png16Frames:
     def commit(self):
         import shutil
 
-        if self.folder.is_dir() and not self.folder.is_symlink():
-            shutil.rmtree(self.folder)  # the previous frames of this name, replaced as a whole
-        os.replace(self.tmp, self.folder)
+        if self.folder.exists() or self.folder.is_symlink():
+            if not self.replace:  # another run made it meanwhile: its frames stay
+                self.discard()
+                raise FileExistsError(f"{self.folder}: appeared meanwhile; not replaced")
+            if self.folder.is_dir() and not self.folder.is_symlink():
+                shutil.rmtree(self.folder)  # the previous frames of this name, replaced as a whole
+        os.rename(self.tmp, self.folder)  # fails rather than merge into a folder another run just filled
 
     def discard(self):
         import shutil
@@ -255,7 +259,7 @@ class Format:
 
     `encode(file, depth, picture, metric)` writes one picture's map (`picture` is given when
     `needs_picture`); None for a format another module writes (the point cloud: geometry.py).
-    Videos take the formats that have `frames`: `frames(path, (h, w))` opens a writer of the
+    Videos take the formats that have `frames`: `frames(path, (h, w), replace)` opens a writer of the
     video's frames (its `takes`: the raw depth, or the frames as the video maps them to 16 bits;
     `write(batch)`, then `commit()` or `discard()`), named `<stem><frames_ending>`.
     """
@@ -265,7 +269,7 @@ class Format:
     description: str
     encode: Callable[[BinaryIO, np.ndarray, np.ndarray | None, bool], None] | None
     needs_picture: bool = False
-    frames: Callable[[Path, tuple[int, int]], object] | None = None
+    frames: Callable[[Path, tuple[int, int], bool], object] | None = None
     frames_ending: str | None = None
     uses_colormap: bool = False  # encode takes cmap= as well
 
@@ -302,10 +306,10 @@ for _fmt in (
     Format("gray8", "-depth-gray8.png", "8-bit grayscale PNG", lambda f, d, p, m: _png(f, gray8(_shown(d, m)))),
     Format("png16", "-depth-16.png", "16-bit PNG (color, gray8 and png16 are scaled to each map's own range; a "
            "metric model's png16 holds metres x 256)", _png16,
-           frames=lambda path, size: Png16Frames(path, size), frames_ending="-depth-16"),
+           frames=Png16Frames, frames_ending="-depth-16"),
     Format("npy", "-depth.npy", "raw float32: inverse depth, or metres for metric models",
            lambda f, d, p, m: np.save(f, np.asarray(d, np.float32)),
-           frames=lambda path, size: NpyStack(path, size), frames_ending="-depth.npy"),
+           frames=NpyStack, frames_ending="-depth.npy"),
     Format("pfm", "-depth.pfm", "raw float32 as MiDaS writes it", lambda f, d, p, m: write_pfm(f, d)),
     Format("side", "-side.png", "picture and color depth side by side",
            lambda f, d, p, m, cmap="inferno": _png(f, side_by_side(p, _shown(d, m), cmap)), needs_picture=True,

@@ -340,7 +340,7 @@ def _predict(args, model, todo, plan, status: Status) -> tuple[list[Path], int]:
                         camera["intrinsics"] = camera["intrinsics"](*r.depth.shape)
                     geometry.save_point_cloud(path, r.depth, picture, **camera, known=args.align,
                                               robust=args.robust, metric=c.is_metric, max_depth=args.far,
-                                              source=r.name)
+                                              source=r.name, replace=args.overwrite)
                 else:
                     output.write_depth(path, r.depth, fmt, picture=picture, replace=args.overwrite,
                                        metric=c.is_metric, cmap=args.cmap)
@@ -396,12 +396,15 @@ def _predict_videos(args, model, todo, status: Status) -> tuple[list[Path], int]
             status.bar = tqdm(unit="frame", file=sys.stderr, desc=item.path.name)
         try:
             r = video.predict_video(model, item.path, targets.get("video"), batch_size=args.batch_size, cmap=args.cmap,
-                                    on_status=status.info,
+                                    on_status=status.info, replace=args.overwrite,
                                     normalize=args.normalize, smoothing=args.smoothing,
                                     side_by_side=args.side_by_side,
                                     frames_format=args.frames if "frames" in targets else None,
                                     frames_path=targets.get("frames"), keep_aspect_ratio=args.keep_aspect_ratio,
                                     progress=status.bar.update if status.bar is not None else None)
+        except FileExistsError as e:  # another run wrote it meanwhile: kept
+            status.error(f"{item.path}: {e.filename or e} appeared meanwhile; not replaced (--overwrite replaces it)")
+            continue
         except (ValueError, OSError) as e:  # VideoError included: this video is reported, the next one goes on
             message = str(e)
             status.error(message if message.startswith(str(item.path)) else f"{item.path}: {message}")

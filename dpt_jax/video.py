@@ -187,11 +187,11 @@ def _batches(frames, n):
 class _VideoWriter:
     """An encoded video that appears at `path` on commit(), and not at all on discard()."""
 
-    def __init__(self, path: Path, size: tuple[int, int], fps: Fraction):
+    def __init__(self, path: Path, size: tuple[int, int], fps: Fraction, replace: bool = True):
         av = _pyav()
         suffix = path.suffix.lower()
         container_format, codec = _codec_for(path)
-        self._atomic = atomic_write(path, suffix)
+        self._atomic = atomic_write(path, suffix, replace=replace)
         f = self._atomic.__enter__()
         try:
             self._container = av.open(f, "w", format=container_format)
@@ -310,7 +310,8 @@ _device_steps = functools.cache(_jitted)
 def predict_video(model, src, dst, *, batch_size: int = 8, normalize: str = "global", smoothing: float | None = None,
                   side_by_side: bool = False, frames_format: str | None = None, frames_path=None,
                   keep_aspect_ratio: bool | None = None, progress: Callable[[int], None] | None = None,
-                  cmap: str = "inferno", on_status: Callable[[str], None] | None = None) -> VideoResult:
+                  cmap: str = "inferno", on_status: Callable[[str], None] | None = None,
+                  replace: bool = True) -> VideoResult:
     """Write the depth video of `src` to `dst` (.mp4, .mov, .mkv, .webm or .avi); see the module docstring.
 
     `batch_size`: frames a model call (the whole clip if shorter). `normalize`: "global" or
@@ -355,7 +356,7 @@ def predict_video(model, src, dst, *, batch_size: int = 8, normalize: str = "glo
         _codec_for(dst)
     start = time.perf_counter()
     run = _Run(model, src, dst, batch_size, normalize, smoothing, side_by_side, frames_format, frames_path,
-               keep_aspect_ratio, progress, cmap, on_status)
+               keep_aspect_ratio, progress, cmap, on_status, replace)
     try:
         try:
             run.first_pass()
@@ -384,7 +385,7 @@ class _Run:
     """One predict_video call: pass 1 runs the model; pass 2 ("global" only) maps, colours and encodes."""
 
     def __init__(self, model, src, dst, batch_size, normalize, smoothing, side_by_side, frames_format, frames_path,
-                 keep_aspect_ratio, progress, cmap="inferno", on_status=None):
+                 keep_aspect_ratio, progress, cmap="inferno", on_status=None, replace=True):
         from .output import colormap
 
         self.table = colormap(cmap)
@@ -400,7 +401,7 @@ class _Run:
             from .pipeline import PIXEL_BUDGET
 
             self.batch = max(1, min(self.batch, PIXEL_BUDGET // self.reader.declared_pixels))
-        self.on_status = on_status
+        self.on_status, self.replace = on_status, replace
         self.video = self.frames = self.spill = None  # frames: the writer of the frames format
         self.size = self.net_size = None
         self.decoded = 0
@@ -456,7 +457,7 @@ class _Run:
         if self.frames_format is not None:
             from .output import FORMATS
 
-            self.frames = FORMATS[self.frames_format].frames(self.frames_path, self.size)
+            self.frames = FORMATS[self.frames_format].frames(self.frames_path, self.size, self.replace)
         if self.normalize == "global":
             self.spill = tempfile.TemporaryFile(prefix="dpt-jax-depth-")
             if self.on_status is not None:
@@ -466,7 +467,7 @@ class _Run:
                 self.on_status(f"{self.reader.name}: the raw depth waits for the second pass in a temporary file in "
                                f"{tempfile.gettempdir()} ({size}; TMPDIR chooses the folder)")
         elif self.dst is not None:
-            self.video = _VideoWriter(self.dst, self._video_size(), self.fps)
+            self.video = _VideoWriter(self.dst, self._video_size(), self.fps, self.replace)
 
     def _video_size(self):
         h, w = self.size
@@ -503,7 +504,7 @@ class _Run:
         resized_with_range, _, render = _device_steps()
         self.depth_range = (self.lo, self.hi)
         if self.dst is not None and self.error is None:
-            self.video = _VideoWriter(self.dst, self._video_size(), self.fps)
+            self.video = _VideoWriter(self.dst, self._video_size(), self.fps, self.replace)
         if self.video is None and (self.frames is None or self.frames.takes != "mapped16"):
             return
         h_net, w_net = self.net_size

@@ -465,3 +465,33 @@ def test_videos_batch_within_the_pixel_budget_and_say_where_the_raw_depth_waits(
     monkeypatch.setattr(pictures, "MAX_PIXELS", 100)
     with pytest.raises(dpt_jax.errors.VideoError, match="over the limit"):  # checked from the header, not a frame
         video.predict_video(model, clip, tmp_path / "big.mp4")
+
+
+def test_an_output_another_run_wrote_meanwhile_is_kept(tmp_path, monkeypatch):
+    from test_video import make_video
+
+    from dpt_jax import geometry, video
+
+    model = dpt_jax.load(FIXTURES / "mini_beit.safetensors")
+    clip = make_video(tmp_path / "clip.mp4", frames=3)
+    first_pass = video._Run.first_pass
+    theirs = {"video": tmp_path / "clip-depth.mp4", "frames": tmp_path / "clip-depth-16"}
+
+    def meanwhile(run):  # the other run finishes first
+        first_pass(run)
+        theirs["video"].write_bytes(b"theirs")
+        theirs["frames"].mkdir()
+        (theirs["frames"] / "000000.png").write_bytes(b"theirs")
+
+    monkeypatch.setattr(video._Run, "first_pass", meanwhile)
+    with pytest.raises(FileExistsError):
+        video.predict_video(model, clip, theirs["video"], frames_format="png16", frames_path=theirs["frames"],
+                            replace=False)
+    assert theirs["video"].read_bytes() == b"theirs" and (theirs["frames"] / "000000.png").read_bytes() == b"theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip-depth-16", "clip-depth.mp4", "clip.mp4"]
+    ply = tmp_path / "p.ply"
+    ply.write_bytes(b"theirs")
+    with pytest.raises(FileExistsError):
+        inverse = np.linspace(1, 2, 20, dtype=np.float32).reshape(4, 5)
+        geometry.save_point_cloud(ply, inverse, np.zeros((4, 5, 3), np.uint8), replace=False)
+    assert ply.read_bytes() == b"theirs"

@@ -194,7 +194,7 @@ def test_a_format_with_frames_is_a_video_output_too(tmp_path):
     class RawFrames:  # each frame's raw depth appended to one file
         takes = "depth"
 
-        def __init__(self, path, size):
+        def __init__(self, path, size, replace):
             self.path, self.file = path, open(path, "wb")
 
         def write(self, depth):
