@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from dpt_jax import video
+from dpt_jax.output import colormap
 
 HERE = Path(__file__).resolve().parent
 spec = importlib.util.spec_from_file_location("render_scene", HERE / "render_scene.py")
@@ -53,7 +54,8 @@ def main():
     lo, hi = float(inverse.min()), float(inverse.max())  # --normalize global: one range for the clip
     render = video._device_steps()[2]  # the video writer's mapping to inferno colours
     n = len(inverse)
-    colour, _ = render(jnp.asarray(inverse), jnp.full((n,), lo, jnp.float32), jnp.full((n,), hi, jnp.float32))
+    colour, _ = render(jnp.asarray(inverse), jnp.full((n,), lo, jnp.float32), jnp.full((n,), hi, jnp.float32),
+                       jnp.asarray(colormap("inferno")))
     frame = np.concatenate([pictures[SHOWN], np.asarray(colour)[SHOWN]], axis=1)  # (h, 2w, 3): input | depth
     Image.fromarray(frame).save(HERE / "video_frame.png", optimize=True)
     print(f"wrote {HERE / 'video_frame.png'}: frame {SHOWN} of {FRAMES}, inverse depth {lo:.4f}..{hi:.4f} "
