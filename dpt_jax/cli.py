@@ -249,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "fits scale and shift so the PLY is in metres (relative models; metric ones are already)")
     g.add_argument("--robust", action="store_true",
                    help="--align: a robust fit that ignores wrong known depths (up to about a third)")
+    g.add_argument("--ply-stride", type=_positive, default=1, metavar="N",
+                   help="every N-th pixel of each axis becomes a point (default 1; point clouds have at most "
+                        "25 million points)")
     g.add_argument("--far", type=_positive_float, metavar="DEPTH",
                    help="leave out points deeper than this, in the PLY's units (metres for metric models and "
                         "--align; otherwise the arbitrary units 1 nearest .. 10 farthest)")

@@ -60,7 +60,7 @@ def _camera(shape, fov, intrinsics) -> np.ndarray:
 
 def point_cloud(depth: np.ndarray, image: np.ndarray | None = None, *, fov: float | None = None,
                 intrinsics=None, mask: np.ndarray | None = None,
-                max_depth: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                max_depth: float | None = None, stride: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
     """Back-project a depth map through a pinhole camera: (points (N, 3) float32, colors (N, 3) uint8).
 
     `depth` (h, w): z along the optical axis in any unit (the points come out in the same unit);
@@ -69,7 +69,7 @@ def point_cloud(depth: np.ndarray, image: np.ndarray | None = None, *, fov: floa
     (x, y, z) = ((u - cx) z / fx, (v - cy) z / fy, z), OpenCV axes (x right, y down, z forward).
     `image` (h, w, 3) uint8, or float in [0, 1], gives the colours (None: colors is None).
     `fov`: horizontal field of view in degrees (see `intrinsics_from_fov`), or `intrinsics`: a 3x3
-    K or (fx, fy, cx, cy) in pixels of this picture.
+    K or (fx, fy, cx, cy) in pixels of this picture. `stride`: every stride-th pixel of each axis.
     """
     depth = np.asarray(depth)
     if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
@@ -83,6 +83,10 @@ def point_cloud(depth: np.ndarray, image: np.ndarray | None = None, *, fov: floa
         keep &= mask
     if max_depth is not None:
         keep &= depth <= max_depth
+    if stride > 1:
+        grid = np.zeros_like(keep)
+        grid[::stride, ::stride] = True
+        keep &= grid
     v, u = np.nonzero(keep)  # (N,) rows and columns, in row-major order
     z = depth[v, u].astype(np.float64)
     points = np.stack([(u - k[0, 2]) * z / k[0, 0], (v - k[1, 2]) * z / k[1, 1], z], -1).astype(np.float32)  # (N, 3)
@@ -246,6 +250,8 @@ def range_scale_shift(inverse_depth: np.ndarray, near: float = 1.0, far: float =
 
 #: Rows a CSV of known depths may have (a dense map belongs in .npy/.npz).
 MAX_CSV_SAMPLES = 1_000_000
+#: The most points a point cloud of one picture may have (~375 MB of PLY, ~1.5 GB while it is built).
+MAX_POINTS = 25_000_000
 MAX_CSV_LINE = 1_000  # characters: "x,y,depth" needs a few dozen
 
 
@@ -366,7 +372,8 @@ def _read_csv(path, name, shape):
 def save_point_cloud(path, inverse_depth: np.ndarray, picture, *, fov: float | None = None, intrinsics=None,
                      known=None, robust: bool = False, scale_shift: tuple[float, float] | None = None,
                      metric: bool = False, depth_range: tuple[float, float] = (1.0, 10.0),
-                     max_depth: float | None = None, source: str | None = None, replace: bool = True) -> Path:
+                     max_depth: float | None = None, source: str | None = None, replace: bool = True,
+                     stride: int = 1) -> Path:
     """Write a model's output for one picture as a coloured PLY point cloud, with its units in the header.
 
     `inverse_depth` (h, w): the model's output; `picture`: the picture (path, or (h, w, 3) array).
@@ -383,6 +390,12 @@ def save_point_cloud(path, inverse_depth: np.ndarray, picture, *, fov: float | N
     from .pictures import open_source
 
     name = source or (str(picture) if isinstance(picture, (str, os.PathLike)) else "picture")
+    h, w = np.shape(inverse_depth)[:2]
+    points = -(-h // stride) * -(-w // stride)
+    if points > MAX_POINTS:  # refused before anything is decoded or allocated for it
+        least = next(s for s in range(stride, 1 + max(h, w)) if -(-h // s) * -(-w // s) <= MAX_POINTS)
+        raise AlignError(name, f"a point cloud of {points:,} points is over the limit of {MAX_POINTS:,}: take every "
+                               f"n-th pixel (--ply-stride {least}, or stride={least})")
     pixels = open_source(picture).load() if isinstance(picture, (str, os.PathLike)) else np.asarray(picture)
     p = np.asarray(inverse_depth, np.float32)
     if pixels.shape[:2] != p.shape:
@@ -417,7 +430,7 @@ def save_point_cloud(path, inverse_depth: np.ndarray, picture, *, fov: float | N
                     f"pixels of the {p.shape[1]}x{p.shape[0]} picture")
     if max_depth is not None:
         comments.append(f"points deeper than {max_depth:g} left out")
-    points, colors = point_cloud(depth, pixels, intrinsics=k, max_depth=max_depth)
+    points, colors = point_cloud(depth, pixels, intrinsics=k, max_depth=max_depth, stride=stride)
     if len(points) == 0:
         why = " (every point is deeper than --far)" if max_depth is not None else " (no finite, positive depth)"
         raise AlignError(name, f"the point cloud has no valid point{why}; nothing written")

@@ -340,7 +340,7 @@ def _predict(args, model, todo, plan, status: Status) -> tuple[list[Path], int]:
                         camera["intrinsics"] = camera["intrinsics"](*r.depth.shape)
                     geometry.save_point_cloud(path, r.depth, picture, **camera, known=args.align,
                                               robust=args.robust, metric=c.is_metric, max_depth=args.far,
-                                              source=r.name, replace=args.overwrite)
+                                              source=r.name, replace=args.overwrite, stride=args.ply_stride)
                 else:
                     output.write_depth(path, r.depth, fmt, picture=picture, replace=args.overwrite,
                                        metric=c.is_metric, cmap=args.cmap)

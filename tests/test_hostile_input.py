@@ -495,3 +495,17 @@ def test_an_output_another_run_wrote_meanwhile_is_kept(tmp_path, monkeypatch):
         inverse = np.linspace(1, 2, 20, dtype=np.float32).reshape(4, 5)
         geometry.save_point_cloud(ply, inverse, np.zeros((4, 5, 3), np.uint8), replace=False)
     assert ply.read_bytes() == b"theirs"
+
+
+def test_point_clouds_of_large_pictures_are_bounded_with_a_way_out(tmp_path, monkeypatch):
+    from dpt_jax import geometry
+    from dpt_jax.errors import AlignError
+
+    inverse = np.linspace(1, 2, 40 * 50, dtype=np.float32).reshape(40, 50)
+    picture = np.zeros((40, 50, 3), np.uint8)
+    monkeypatch.setattr(geometry, "MAX_POINTS", 600)
+    with pytest.raises(AlignError, match=r"2,000 points is over the limit of 600: .* \(--ply-stride 2"):
+        geometry.save_point_cloud(tmp_path / "a.ply", inverse, picture)
+    geometry.save_point_cloud(tmp_path / "a.ply", inverse, picture, stride=2)
+    header = (tmp_path / "a.ply").read_bytes().split(b"end_header")[0]
+    assert b"element vertex 500" in header  # 20 x 25 points
