@@ -19,6 +19,7 @@ file's shapes have been checked against what the model expects.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -129,7 +130,18 @@ def convert_state_dict(state: Mapping[str, TensorRef], config: DPTConfig, path="
     problems = check_state_dict(state, table, skips, param_shapes(config), shown)
     if problems:
         raise ConversionError(path, f"does not fit {config.name} ({family.title}):\n  " + "\n  ".join(problems))
-    return Checkpoint(config, apply_table(state, table), skipped_keys(state, skips), str(path))
+    with _memory(path, "laying out the parameters"):
+        params = apply_table(state, table)
+    return Checkpoint(config, params, skipped_keys(state, skips), str(path))
+
+
+@contextlib.contextmanager
+def _memory(path, step: str):
+    """A MemoryError during `step` as a CheckpointError naming the file and the step."""
+    try:
+        yield
+    except MemoryError:
+        raise CheckpointError(path, f"not enough memory while {step}") from None
 
 
 def read_checkpoint(path, *, variant: str | None = None, max_depth: float | None = None, **options) -> Checkpoint:
@@ -183,9 +195,10 @@ def write_converted(path, config: DPTConfig, params: Mapping) -> None:
     """Write params (nested dict of arrays) as float32 safetensors with the config in the metadata, atomically."""
     from flax import traverse_util
 
-    flat = {k: np.asarray(v, np.float32) for k, v in traverse_util.flatten_dict(dict(params), sep="/").items()}
-    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_json()}
-    write_safetensors(path, flat, metadata)
+    with _memory(path, "writing the converted file"):
+        flat = {k: np.asarray(v, np.float32) for k, v in traverse_util.flatten_dict(dict(params), sep="/").items()}
+        metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_json()}
+        write_safetensors(path, flat, metadata)
 
 
 def read_converted(path, *, variant: str | None = None, **options) -> Checkpoint:
@@ -226,5 +239,6 @@ def read_converted(path, *, variant: str | None = None, **options) -> Checkpoint
     problems = problem_list(missing=missing, unexpected=unexpected, mis_shaped=mis_shaped)
     if problems:
         raise ConversionError(path, f"does not fit {config.name}:\n  " + "\n  ".join(problems))
-    params = traverse_util.unflatten_dict({k: state[k].read() for k in want}, sep="/")
+    with _memory(path, "reading the parameters"):
+        params = traverse_util.unflatten_dict({k: state[k].read() for k in want}, sep="/")
     return Checkpoint(config, params, [], path)

@@ -509,3 +509,17 @@ def test_point_clouds_of_large_pictures_are_bounded_with_a_way_out(tmp_path, mon
     geometry.save_point_cloud(tmp_path / "a.ply", inverse, picture, stride=2)
     header = (tmp_path / "a.ply").read_bytes().split(b"end_header")[0]
     assert b"element vertex 500" in header  # 20 x 25 points
+
+
+def test_memory_errors_name_the_file_and_the_step(tmp_path, monkeypatch):
+    from dpt_jax import checkpoint
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(checkpoint, "apply_table", no_memory)
+    with pytest.raises(CheckpointError, match=r"mini_beit.pt: not enough memory while laying out the parameters"):
+        dpt_jax.load(FIXTURES / "mini_beit.pt")
+    monkeypatch.setattr(checkpoint, "write_safetensors", no_memory)
+    with pytest.raises(CheckpointError, match="out.safetensors: not enough memory while writing the converted file"):
+        checkpoint.write_converted(tmp_path / "out.safetensors", MINI_CONFIGS["mini_beit"], {})
