@@ -73,7 +73,16 @@ def start_distributed(requested: bool) -> tuple[int, int]:
         return 0, 1
     import jax
 
-    options = {}
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if address:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"JAX_COORDINATOR_ADDRESS must be host:port (the port of process 0, e.g. "
+                             f"host0:12345); got {address[:80]!r}")
+    timeout = os.environ.get("DPT_JAX_DISTRIBUTED_TIMEOUT", "120")
+    if not timeout.isdigit() or int(timeout) < 1:
+        raise ValueError(f"DPT_JAX_DISTRIBUTED_TIMEOUT must be a positive number of seconds; got {timeout[:40]!r}")
+    options = {"initialization_timeout": int(timeout)}
     for name, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
         if os.environ.get(name):
             try:
@@ -83,7 +92,8 @@ def start_distributed(requested: bool) -> tuple[int, int]:
     try:
         jax.distributed.initialize(**options)
     except (ValueError, TypeError, RuntimeError) as e:
-        raise RuntimeError(f"cannot start the distributed run (--distributed): {e}; set JAX_COORDINATOR_ADDRESS "
+        raise RuntimeError(f"cannot start the distributed run (--distributed) within {timeout} s "
+                           f"(DPT_JAX_DISTRIBUTED_TIMEOUT): {str(e)[:300]}; set JAX_COORDINATOR_ADDRESS "
                            "(host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID, or run under a "
                            "cluster manager JAX detects (Slurm, Open MPI, TPU pods)") from None
     return jax.process_index(), jax.process_count()

@@ -523,3 +523,12 @@ def test_memory_errors_name_the_file_and_the_step(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "write_safetensors", no_memory)
     with pytest.raises(CheckpointError, match="out.safetensors: not enough memory while writing the converted file"):
         checkpoint.write_converted(tmp_path / "out.safetensors", MINI_CONFIGS["mini_beit"], {})
+
+
+@pytest.mark.parametrize("address", ["host0", "host0:", "host0:99999", ":123"])
+def test_a_coordinator_address_without_a_port_is_a_clear_error(monkeypatch, address):
+    from dpt_jax.predict_files import start_distributed
+
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", address)
+    with pytest.raises(ValueError, match="JAX_COORDINATOR_ADDRESS must be host:port"):
+        start_distributed(True)
