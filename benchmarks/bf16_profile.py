@@ -44,7 +44,7 @@ def stage_functions(config, dtype):
         return Reassemble(c, mm).apply({"params": params["reassemble"]}, features, grid)
 
     def fusion(params, maps):
-        return Fusion(c.fusion_residual, mm).apply({"params": params["fusion"]}, maps)
+        return Fusion(c, mm).apply({"params": params["fusion"]}, maps)
 
     def head(params, fused, size):
         return DepthHead(c, mm).apply({"params": params["head"]}, fused, size)

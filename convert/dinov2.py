@@ -1,5 +1,5 @@
-"""Depth Anything (V1 / V2, relative and metric) checkpoints: key tables, the variant choice, the
-Hugging Face layout, releases.
+"""Depth Anything (V1 / V2, relative and metric) and Video Depth Anything checkpoints: key tables, the
+variant choice, the Hugging Face layout, releases.
 
 The original state dict has two halves: `pretrained.*` (the DINOv2 ViT, `dpt_jax.dinov2`) and
 `depth_head.*` (the DPT neck and head). The neck reuses the MiDaS targets (reassemble/project_i,
@@ -9,7 +9,9 @@ size, final activation), not in names.
 
 V1 and V2 files hold the same keys and shapes (nothing in a file tells them apart), and the
 metric V2 files the same as the relative ones: the variant is a choice (`detect_config`), given,
-said by a Hugging Face config.json, or read off an official release file name.
+said by a Hugging Face config.json, or read off an official release file name. Video Depth
+Anything's files name the neck `head.*` and add four temporal modules (`head.motion_modules.*`);
+its relative and metric files again hold the same keys.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ from .midas import fusion_table, unused_fusion_units
 
 def describe_variant(config: DPTConfig) -> str:
     """"V2, metric depth in metres (max 20 m)" and the like."""
+    if config.is_temporal:
+        unit = "metric depth in metres" if config.is_metric else "relative inverse depth"
+        return f"Video Depth Anything, {unit}"
     version = "V1" if config.output_resize == "bilinear" else "V2"
     if config.is_metric:
         return f"{version}, metric depth in metres (max {config.max_depth:g} m)"
@@ -50,7 +55,20 @@ def describe_variant(config: DPTConfig) -> str:
 
 
 def recognises(state) -> bool:
-    return "pretrained.blocks.0.ls1.gamma" in state and "depth_head.projects.0.weight" in state
+    return "pretrained.blocks.0.ls1.gamma" in state and f"{_head_prefix(state)}.projects.0.weight" in state
+
+
+def _head_prefix(state) -> str:
+    """Depth Anything's files name the neck and head `depth_head.*`, Video Depth Anything's `head.*`."""
+    return "head" if "head.projects.0.weight" in state else "depth_head"
+
+
+def head_prefix(config: DPTConfig) -> str:
+    return "head" if config.is_temporal else "depth_head"
+
+
+#: A temporal module's first position table, in Video Depth Anything's files
+_TEMPORAL_TABLE = "head.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.pos_encoder.pe"
 
 
 
@@ -63,21 +81,24 @@ def _architecture_of_keys(state, path) -> dict:
     side = math.isqrt(max(tokens, 0))
     if tokens < 1 or side * side != tokens:
         raise ConversionError(path, f"pretrained.pos_embed holds {tokens} patch positions, not a square grid")
+    head = _head_prefix(state)
     return {
+        "temporal_frames": shape(_TEMPORAL_TABLE, 3)[1] if _TEMPORAL_TABLE in state else 0,
         "embed_dim": shape("pretrained.cls_token", 3)[-1],
         "depth": len({m.group(1) for k in state if (m := rx.fullmatch(k))}),
         "mlp_hidden": shape("pretrained.blocks.0.mlp.fc1.weight", 2)[0],
         "patch_size": shape("pretrained.patch_embed.proj.weight", 4)[-1],
         "native_grid": (side, side),
-        "reassembly_features": tuple(shape(f"depth_head.projects.{i}.weight", 4)[0] for i in range(4)),
-        "fusion_features": shape("depth_head.scratch.layer1_rn.weight", 4)[0],
-        "head_features": shape("depth_head.scratch.output_conv2.0.weight", 4)[0],
+        "reassembly_features": tuple(shape(f"{head}.projects.{i}.weight", 4)[0] for i in range(4)),
+        "fusion_features": shape(f"{head}.scratch.layer1_rn.weight", 4)[0],
+        "head_features": shape(f"{head}.scratch.output_conv2.0.weight", 4)[0],
     }
 
 
 def _architecture_of_config(c: DPTConfig) -> dict:
     e = c.encoder
-    return {"embed_dim": e.embed_dim, "depth": e.depth, "mlp_hidden": e.mlp_hidden, "patch_size": e.patch_size,
+    return {"temporal_frames": c.temporal_frames,
+            "embed_dim": e.embed_dim, "depth": e.depth, "mlp_hidden": e.mlp_hidden, "patch_size": e.patch_size,
             "native_grid": e.native_grid, "reassembly_features": c.reassembly_features,
             "fusion_features": c.fusion_features, "head_features": c.head_features}
 
@@ -111,10 +132,12 @@ def detect_config(state, path, *, variant: str | None = None, max_depth: float |
             raise ConversionError(path, f"a Depth Anything checkpoint of no released architecture ({what}): "
                                   "dpt-jax knows no variant for it")
         choices = "\n    ".join(f"{c.name}: {describe_variant(c)}" for c in fitting)
+        cannot = ("a Video Depth Anything checkpoint whose keys cannot tell relative from metric"
+                  if arch["temporal_frames"] else "a Depth Anything checkpoint whose keys cannot tell V1 from V2, "
+                  "relative from metric, or Hypersim (indoor) from Virtual KITTI (outdoor)")
         raise ConversionError(path, (
-            "a Depth Anything checkpoint whose keys cannot tell V1 from V2, relative from metric, or "
-            "Hypersim (indoor) from Virtual KITTI (outdoor), and whose file name is not an official release "
-            "name. Choose its variant: dpt_jax.load(path, variant=...) or --variant on the command line; "
+            f"{cannot}, and whose file name is not an official release name. Choose its variant: "
+            "dpt_jax.load(path, variant=...) or --variant on the command line; "
             f"the variants with this architecture:\n    {choices}"))
     if variant not in VARIANTS:
         raise ConversionError(path, f"{variant!r} is not a Depth Anything variant; known: {', '.join(VARIANTS)}")
@@ -125,13 +148,11 @@ def detect_config(state, path, *, variant: str | None = None, max_depth: float |
         fits = f"; variants that fit: {', '.join(c.name for c in fitting)}" if fitting else ""
         raise ConversionError(path, f"does not hold a {variant} model: its keys say {diffs}{fits}")
     if max_depth is not None:
-        if not config.is_metric:
-            raise ConversionError(path, f"max_depth applies to metric models; {variant} is relative")
+        if config.depth_activation != "sigmoid":
+            kind = "is relative" if not config.is_metric else "has no largest depth (a ReLU head in metres)"
+            raise ConversionError(path, f"max_depth applies to metric Depth Anything V2 models; {variant} {kind}")
         config = config.replace(max_depth=float(max_depth))
     return config
-
-
-FUSION_BLOCK = "depth_head.scratch.refinenet{i}"
 
 
 def encoder_key_table(config: Dinov2Config, source: str = "pretrained", target: str = "encoder") -> list[Entry]:
@@ -177,15 +198,39 @@ def head_key_table(config: DPTConfig, source: str = "depth_head") -> list[Entry]
     return t
 
 
+#: Video Depth Anything's motion_modules.m -> the temporal module it is, in the original's order
+TEMPORAL_TARGETS = ("reassemble/temporal_3", "reassemble/temporal_4", "fusion/temporal_4", "fusion/temporal_3")
+
+
+def temporal_key_table(source: str = "head") -> list[Entry]:
+    """The four temporal modules' keys (`dpt_jax.temporal.TemporalModule`), position tables included."""
+    t = []
+    for m, d in enumerate(TEMPORAL_TARGETS):
+        s = f"{source}.motion_modules.{m}.temporal_transformer"
+        t += _norm(f"{s}.norm", f"{d}/norm") + _linear(f"{s}.proj_in", f"{d}/proj_in")
+        block = f"{s}.transformer_blocks.0"
+        for j in (0, 1):
+            a = f"{block}.attention_blocks.{j}"
+            t += [e for n in ("q", "k", "v") for e in _linear(f"{a}.to_{n}", f"{d}/attn_{j}/to_{n}", bias=False)]
+            t += _linear(f"{a}.to_out.0", f"{d}/attn_{j}/to_out")
+            t.append(Entry(f"{a}.pos_encoder.pe", f"{d}/attn_{j}/pos_encoding", "copy"))
+            t += _norm(f"{block}.norms.{j}", f"{d}/norm_{j}")
+        t += _linear(f"{block}.ff.net.0.proj", f"{d}/ff/proj") + _linear(f"{block}.ff.net.2", f"{d}/ff/out")
+        t += _norm(f"{block}.ff_norm", f"{d}/ff_norm") + _linear(f"{s}.proj_out", f"{d}/proj_out")
+    return t
+
+
 def key_table(config: DPTConfig) -> list[Entry]:
-    """The whole model's table: encoder then neck and head."""
-    return encoder_key_table(config.encoder) + head_key_table(config)
+    """The whole model's table: encoder then neck and head (and a video model's temporal modules)."""
+    head = head_prefix(config)
+    table = encoder_key_table(config.encoder) + head_key_table(config, head)
+    return table + (temporal_key_table(head) if config.is_temporal else [])
 
 
 def skipped(config: DPTConfig) -> list[Skip]:
     """Keys present in every released file that the forward never uses, with the reason."""
     return [Skip(r"pretrained\.mask_token", "DINOv2's masked-image-modelling token; the depth forward never masks")
-            ] + unused_fusion_units(config, FUSION_BLOCK)
+            ] + unused_fusion_units(config, f"{head_prefix(config)}.scratch.refinenet{{i}}")
 
 # ---------------------------------------------------------------------------------------------
 # Hugging Face: transformers' DepthAnythingForDepthEstimation (a Dinov2Backbone)
@@ -236,6 +281,9 @@ def parse_hf(top: Fields, b: Fields) -> HFModel:
 
 
 def hf_config_json(config: DPTConfig) -> dict:
+    if config.is_temporal:
+        raise ValueError(f"{config.name}: transformers has no layout for Video Depth Anything's temporal modules; "
+                         "save a dpt-jax .safetensors file instead")
     e = config.encoder
     n = e.depth
     if e.mlp_hidden % e.embed_dim:
@@ -291,7 +339,25 @@ def _releases() -> tuple[Release, ...]:
     return tuple(out)
 
 
-RELEASES = _releases()
+def _video_releases() -> tuple[Release, ...]:
+    """Video Depth Anything (its README): Small Apache-2.0, Base and Large CC-BY-NC-4.0; the metric models,
+    listed there by the same base models, under the same terms."""
+    out = []
+    for s, (word, _) in _SIZES.items():
+        licence = "Apache-2.0" if s == "vits" else _CC_BY_NC
+        size = _VIDEO_SIZES[s]
+        out.append(Release(f"vda_{s}", f"video_depth_anything_{s}.pth", size, licence,
+                           repo=f"depth-anything/Video-Depth-Anything-{word}"))
+        out.append(Release(f"vda_metric_{s}", f"metric_video_depth_anything_{s}.pth", size, licence,
+                           repo=f"depth-anything/Metric-Video-Depth-Anything-{word}"))
+    return tuple(out)
+
+
+#: tensor byte totals (float32 parameters and position tables) of the released files
+_VIDEO_SIZES = {"vits": 116_140_548 + 4 * 32 * 2 * (192 + 384 + 64 + 64),
+                "vitb": 457_765_636 + 4 * 32 * 2 * (384 + 768 + 128 + 128),
+                "vitl": 1_537_561_348 + 4 * 32 * 2 * (1024 + 1024 + 256 + 256)}
+RELEASES = _releases() + _video_releases()
 #: The official release files, by name: the only way a file tells its variant (its keys cannot).
 RELEASE_FILES = {r.file: r.name for r in RELEASES}
 

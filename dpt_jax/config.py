@@ -118,7 +118,9 @@ class DPTConfig:
     through a residual unit (the deepest block has none: its map is its input).
     Head: `head` names the layout ("midas": 3x3 conv, x2 upsampling, 3x3 conv, ReLU, 1x1 conv;
     "depth_anything": the same convs, the upsampling to the input's size); `depth_activation` is
-    "relu" (relative inverse depth) or "sigmoid" (times `max_depth`: metric depth in metres).
+    "relu" (relative inverse depth), "sigmoid" (times `max_depth`: metric depth in metres) or
+    "relu_metres" (a ReLU head trained on metres: Video Depth Anything's metric models).
+    `temporal_frames` > 0: a video model whose neck attends across up to that many frames.
     Around the network: `resize_rule` ("minimal": native size, sides to the nearest multiple;
     "lower_bound": at least the native size), `input_mean`/`input_std`, `output_resize`.
     """
@@ -134,8 +136,11 @@ class DPTConfig:
     fusion_residual: tuple[bool, bool, bool, bool] = (True, True, True, False)
     head: str = choice("midas", "depth_anything", default="midas")
     head_features: int = bounded(1, MAX_WIDTH, default=32)
-    depth_activation: str = choice("relu", "sigmoid", default="relu")
+    depth_activation: str = choice("relu", "sigmoid", "relu_metres", default="relu")
     max_depth: float = bounded(0.0, 1e6, default=0.0)  # metres, for depth_activation="sigmoid"
+    #: Video Depth Anything: > 0 puts a temporal module (frames attending to each other, a position
+    #: table of this many frames) on reassembled maps 3 and 4 and after fusion blocks 4 and 3
+    temporal_frames: int = bounded(0, 256, default=0)
     # Pre- and postprocessing (preprocess.py): the size rule, the input normalisation, the output resize.
     resize_rule: str = choice("minimal", "lower_bound", default="minimal")  # MiDaS Resize's resize_method
     resize_multiple: int = bounded(1, 1024, default=32)  # its ensure_multiple_of (MiDaS: 32 for every encoder)
@@ -149,8 +154,10 @@ class DPTConfig:
         checked_fields(self)
         require(self.fusion_residual[3] is False,
                 "fusion_residual[3] must be false: the deepest fusion block has no input before it")
-        require(self.depth_activation == "relu" or self.max_depth > 0,
-                "a metric model (depth_activation 'sigmoid') needs max_depth > 0")
+        require(self.depth_activation != "sigmoid" or self.max_depth > 0,
+                "a metric model with depth_activation 'sigmoid' needs max_depth > 0")
+        require(self.depth_activation == "sigmoid" or self.max_depth == 0,
+                f"max_depth applies to depth_activation 'sigmoid'; this model's is {self.depth_activation!r}")
         require(all(s % self.resize_multiple == 0 for s in self.native_size) or self.resize_rule == "minimal",
                 "with resize_rule 'lower_bound' the native size must be a multiple of resize_multiple")
         family = getattr(type(self.encoder), "family", None)
@@ -172,7 +179,12 @@ class DPTConfig:
     @property
     def is_metric(self) -> bool:
         """Metric depth in metres (True) or relative inverse depth (False)."""
-        return self.depth_activation == "sigmoid"
+        return self.depth_activation != "relu"
+
+    @property
+    def is_temporal(self) -> bool:
+        """A video model: its frames attend to each other (`predict_video`); pictures alone are refused."""
+        return self.temporal_frames > 0
 
     def check_input_size(self, height: int, width: int) -> None:
         m = self.input_multiple

@@ -9,9 +9,10 @@ itself is never normed.
 Intermediates are sown in the "intermediates" collection under the reference fixtures' names:
 pos_embed, tokens0, block{i}_raw (i = block index), feat{k} / cls{k} (k = 1..4, normed).
 
-The module ends with the twelve Depth Anything releases as DPTConfig presets (V2 relative, V2
-metric Hypersim / Virtual KITTI, V1) and the two reference minis; what is known about their
-files (the same keys for all twelve: the variant is a choice) is in convert/dinov2.py.
+The module ends with the released models on this encoder as DPTConfig presets (Depth Anything
+V2 relative, V2 metric Hypersim / Virtual KITTI, V1; Video Depth Anything relative and metric)
+and the reference minis; what is known about their files (the same keys within each line: the
+variant is a choice) is in convert/dinov2.py.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ class Dinov2Encoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Presets: Depth Anything V2 (relative; metric Hypersim / Virtual KITTI) and V1, as DPTConfig
+# Presets: Depth Anything V2 (relative; metric Hypersim / Virtual KITTI), V1 and Video Depth Anything
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -206,6 +207,16 @@ def depth_anything(name: str, encoder: Dinov2Config, features: int, out_channels
     )
 
 
+def video_depth_anything(name: str, encoder: Dinov2Config, features: int, out_channels, *,
+                         metric: bool = False) -> DPTConfig:
+    """Video Depth Anything: Depth Anything V2's network plus four temporal modules over up to 32 frames.
+
+    Its metric models are the same network (ReLU head, no sigmoid, no max_depth) trained on metres.
+    """
+    return depth_anything(name, encoder, features, out_channels, version=2).replace(
+        temporal_frames=32, depth_activation="relu_metres" if metric else "relu")
+
+
 _V2 = {"vits": DA2_VITS, "vitb": DA2_VITB, "vitl": DA2_VITL}
 _V1 = {"vits": DA1_VITS, "vitb": DA1_VITB, "vitl": DA1_VITL}
 PRESETS = (
@@ -213,6 +224,8 @@ PRESETS = (
     + tuple(depth_anything(f"da2_metric_{data}_{s}", _V2[s], *_WIDTHS[s], version=2, max_depth=depth)
             for data, depth in (("hypersim", 20.0), ("vkitti", 80.0)) for s in _V2)
     + tuple(depth_anything(f"da1_{s}", _V1[s], *_WIDTHS[s], version=1) for s in _V1)
+    + tuple(video_depth_anything(f"vda{kind}_{s}", _V2[s], *_WIDTHS[s], metric=bool(kind))
+            for kind in ("", "_metric") for s in _V2)
 )
 
 #: The reference minis (tests/fixtures/depth_anything): the real wiring at toy sizes, pos table 7x7.
@@ -220,4 +233,7 @@ _MINI_ENCODER = Dinov2Config(embed_dim=32, depth=8, num_heads=2, mlp_hidden=128,
 MINIS = (
     depth_anything("mini_da2", _MINI_ENCODER, 16, (8, 12, 16, 24), version=2),
     depth_anything("mini_da2_metric", _MINI_ENCODER, 16, (8, 12, 16, 24), version=2, max_depth=20.0),
+    # tests/fixtures/video_depth_anything: temporal widths are multiples of the GroupNorm's 32 groups
+    video_depth_anything("mini_vda", _MINI_ENCODER, 32, (8, 12, 64, 32)),
+    video_depth_anything("mini_vda_metric", _MINI_ENCODER, 32, (8, 12, 64, 32), metric=True),
 )

@@ -21,6 +21,7 @@ from flax import traverse_util
 from .config import DPTConfig
 from .layers import COMPUTE_DTYPES, Conv, Dense, gelu
 from .resize import resize_bilinear
+from .temporal import TemporalModule
 
 
 class ConvTransposeNonOverlapping(nn.Module):
@@ -64,13 +65,14 @@ class Reassemble(nn.Module):
     (h, w) map, 1x1 conv, then resampling by `config.reassemble_factors` (x4, x2, x1, x1/2).
     Map encoders already give maps at four scales: nothing but the last conv is left.
     Each map ends with a 3x3 conv without bias to the shared fusion width (`scratch.layerX_rn`).
+    Temporal models (`config.temporal_frames`) pass maps 3 and 4 through a `TemporalModule` first.
     """
 
     config: DPTConfig
     dtype_mm: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, features, grid):
+    def __call__(self, features, grid, frames: int = 1, context=(None, None)):
         c = self.config
         outputs = []
         for i, (x, factor) in enumerate(zip(features, c.reassemble_factors), start=1):
@@ -85,6 +87,9 @@ class Reassemble(nn.Module):
                 self.sow("intermediates", f"project{i}", x)
                 x = Resample(d, factor, self.dtype_mm, name=f"resample_{i}")(x)  # (B, factor*h, factor*w, d)
             self.sow("intermediates", f"reassemble{i}", x)
+            if c.temporal_frames and i >= 3:  # Video Depth Anything: frames attend to each other on maps 3 and 4
+                x = TemporalModule(c.temporal_frames, self.dtype_mm, name=f"temporal_{i}")(x, frames, context[i - 3])
+                self.sow("intermediates", f"temporal{i}", x)
             x = Conv(c.fusion_features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype_mm,
                      name=f"to_fusion_{i}")(x)
             self.sow("intermediates", f"rn{i}", x)
@@ -138,22 +143,27 @@ class Fusion(nn.Module):
     """Fuses the four maps from coarse to fine; each block resizes to the next finer map's exact size.
 
     `residual[i]`: block i+1 adds its own map through a residual unit to the previous block's
-    output; a block without (the deepest) takes its own map as its input.
+    output; a block without (the deepest) takes its own map as its input. Temporal models pass
+    the outputs of blocks 4 and 3 through a `TemporalModule`.
     """
 
-    residual: tuple[bool, ...]
+    config: DPTConfig
     dtype_mm: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, maps):
+    def __call__(self, maps, frames: int = 1, context=(None, None)):
+        c = self.config
         x = None
         for i in (4, 3, 2, 1):
             skip = maps[i - 1]
-            if not self.residual[i - 1]:
+            if not c.fusion_residual[i - 1]:
                 x, skip = skip, None
             size = maps[i - 2].shape[1:3] if i > 1 else (2 * skip.shape[1], 2 * skip.shape[2])
             x = FusionBlock(self.dtype_mm, name=f"block_{i}")(x, skip, size)
             self.sow("intermediates", f"fusion{i}", x)
+            if c.temporal_frames and i >= 3:
+                x = TemporalModule(c.temporal_frames, self.dtype_mm, name=f"temporal_{i}")(x, frames, context[4 - i])
+                self.sow("intermediates", f"temporal{i}", x)
         return x  # (B, 2 h_1, 2 w_1, F)
 
 
@@ -161,7 +171,7 @@ class DepthHead(nn.Module):
     """3x3 conv (F -> F/2) -> bilinear resize -> 3x3 conv (-> 32) -> ReLU -> 1x1 conv (-> 1) -> activation.
 
     The resize (align_corners=True) goes to `size`: x2 in MiDaS, the input's size in Depth Anything.
-    Activation: ReLU (relative inverse depth) or max_depth * sigmoid (metric depth, metres).
+    Activation: ReLU (relative inverse depth; metres for "relu_metres") or max_depth * sigmoid (metres).
     """
 
     config: DPTConfig
@@ -178,7 +188,7 @@ class DepthHead(nn.Module):
         self.sow("intermediates", "head_preact", x)
         if c.depth_activation == "sigmoid":
             return c.max_depth * jax.nn.sigmoid(x[..., 0])  # (B, H, W): metric depth
-        return nn.relu(x)[..., 0]  # (B, H, W): relative inverse depth
+        return nn.relu(x)[..., 0]  # (B, H, W): relative inverse depth, or metres ("relu_metres")
 
 
 class DPT(nn.Module):
@@ -188,8 +198,10 @@ class DPT(nn.Module):
     dtype_mm: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, images):
+    def __call__(self, images, frames: int = 1, context=None):
+        """`images` (B*T, H, W, 3), T = `frames` per clip, b-major; `context`: see `TemporalModule` (streaming)."""
         c, mm = self.config, self.dtype_mm
+        context = context or (None,) * 4  # the four temporal modules' cached states, in the original's order
         family = c.family
         features = family.encoder(c.encoder, mm, name="encoder")(images)  # 4 x (B, 1 + h*w, C) or (B, h_i, w_i, C_i)
         for i, f in enumerate(features, start=1):
@@ -198,8 +210,8 @@ class DPT(nn.Module):
         if family.outputs_tokens:
             p = c.encoder.patch_size
             grid = (images.shape[1] // p, images.shape[2] // p)
-        maps = Reassemble(c, mm, name="reassemble")(features, grid)  # 4 x (B, h_i, w_i, F), e.g. h_i = 4h, 2h, h, h/2
-        fused = Fusion(c.fusion_residual, mm, name="fusion")(maps)  # (B, 2 h_1, 2 w_1, F)
+        maps = Reassemble(c, mm, name="reassemble")(features, grid, frames, context[:2])  # 4 x (B, h_i, w_i, F)
+        fused = Fusion(c, mm, name="fusion")(maps, frames, context[2:])  # (B, 2 h_1, 2 w_1, F)
         if c.head == "midas":
             size = (2 * fused.shape[1], 2 * fused.shape[2])
         else:  # Depth Anything: straight to the input's size

@@ -1,0 +1,125 @@
+"""Video Depth Anything against the original code, stage by stage (tests/fixtures/video_depth_anything).
+
+mini_vda is a tiny Video Depth Anything built by the original code with random weights, every
+parameter non-zero (so the zero-initialised temporal modules matter); every intermediate was
+saved for two clips (`sq`: 1 x 4 frames at the native 98 x 98; `wide`: 2 x 3 frames at 42 x 84,
+position table resized). Loaded as a user would (dpt_jax.load) from the .pth and the
+.safetensors file. Tolerance: the reference README's 5e-5 * max|ref| per array.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flax import traverse_util
+
+import dpt_jax
+from dpt_jax.errors import ConversionError
+from helpers import FIXTURES, rel_err
+
+VDA = FIXTURES / "video_depth_anything"
+TOL = 5e-5
+CASES = ("sq", "wide")
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return np.load(VDA / "mini_vda.npz")
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return {source: dpt_jax.load(VDA / f"mini_vda.{source}", variant="mini_vda") for source in ("pth", "safetensors")}
+
+
+def _stages(model, clip):
+    """Every sown array of one run on a (B, T, 3, H, W) clip, by "/"-joined module path."""
+    import jax
+
+    from dpt_jax.dpt import DPT
+
+    b, t = clip.shape[:2]
+    images = np.ascontiguousarray(clip.reshape(b * t, *clip.shape[2:]).transpose(0, 2, 3, 1))  # (B*T, H, W, 3)
+    apply = jax.jit(lambda p, x: DPT(model.config).apply({"params": p}, x, t,
+                                                          mutable=["intermediates", "temporal_states"]))
+    depth, state = apply(model.params, images)
+    flat = {}
+    for collection in state.values():
+        for path, value in traverse_util.flatten_dict(collection).items():
+            flat["/".join(path)] = np.asarray(value[0])
+    return np.asarray(depth).reshape(b, t, *depth.shape[1:]), flat
+
+
+@pytest.fixture(scope="module")
+def runs(loaded, reference):
+    return {(source, case): _stages(loaded[source], reference[f"{case}__input"])
+            for source in loaded for case in CASES}
+
+
+def _nchw(x):
+    return x.transpose(0, 3, 1, 2)
+
+
+def _per_frame(x, b, t, hw):
+    """A temporal module's per-pixel sequences (B*h*w, T, C) -> per frame (B*T, h*w, C), the fixtures' layout."""
+    return x.reshape(b, hw, t, -1).transpose(0, 2, 1, 3).reshape(b * t, hw, -1)
+
+
+def _clip(x, b, t):
+    """(B*T, h, w, C) -> (B, C, T, h, w): the original temporal modules' layout."""
+    return x.reshape(b, t, *x.shape[1:]).transpose(0, 4, 1, 2, 3)
+
+
+@pytest.mark.parametrize("source", ["pth", "safetensors"])
+@pytest.mark.parametrize("case", CASES)
+def test_every_stage_matches_the_original(runs, reference, source, case):
+    depth, got = runs[source, case]
+    ref = {k.split("__", 1)[1]: reference[k] for k in reference.files if k.startswith(f"{case}__")}
+    b, t = ref["input"].shape[:2]
+    subset = ref["subset_index"]
+    hw = ref["mm1_proj_in"].shape[1]
+    mine = {
+        **{f"feat{k}": got[f"encoder/feat{k}"] for k in range(1, 5)},
+        **{f"cls{k}": got[f"encoder/cls{k}"] for k in range(1, 5)},
+        "tokens0": got["encoder/tokens0"], "pos_embed": got["encoder/pos_embed"],
+        **{f"project{i}": _nchw(got[f"reassemble/project{i}"]) for i in (1, 2, 4)},
+        **{f"reassemble{i}": _nchw(got[f"reassemble/reassemble{i}"]) for i in range(1, 5)},
+        **{f"rn{i}": _nchw(got[f"reassemble/rn{i}"]) for i in range(1, 5)},
+        **{f"fusion{i}": _nchw(got[f"fusion/fusion{i}"]) for i in range(1, 5)},
+        "mm0_out": _clip(got["reassemble/temporal3"], b, t), "mm1_out": _clip(got["reassemble/temporal4"], b, t),
+        "mm2_out": _clip(got["fusion/temporal4"], b, t), "mm3_out": _clip(got["fusion/temporal3"], b, t),
+        "mm1_groupnorm": _nchw(got["reassemble/temporal_4/groupnorm"]),
+        "mm1_proj_in": got["reassemble/temporal_4/projected_in"],
+        "mm1_proj_out": got["reassemble/temporal_4/projected_out"],
+        **{f"mm1_attn{j}_norm": _per_frame(got[f"reassemble/temporal_4/normed_{j}"], b, t, hw) for j in (0, 1)},
+        **{f"mm1_attn{j}_out": _per_frame(got[f"reassemble/temporal_4/attn{j}_out"], b, t, hw) for j in (0, 1)},
+        "mm1_block_out": _per_frame(got["reassemble/temporal_4/block_out"], b, t, hw),
+        "head_conv1": _nchw(got["head/head_conv1"]), "head_preact": _nchw(got["head/head_preact"]),
+        "depth": depth,
+    }
+    checked = []
+    for name, want in ref.items():
+        if name in ("input", "subset_index") or name not in mine:
+            continue
+        have = mine[name]
+        if have.shape[0] != want.shape[0] and name != "depth":  # stored for the frames of `subset_index` only
+            have = have[subset]
+        assert rel_err(have, want) < TOL, name
+        checked.append(name)
+    assert len(checked) >= 33, sorted(set(ref) - set(checked))
+
+
+def test_metric_and_relative_files_hold_the_same_keys_so_the_variant_is_chosen(tmp_path):
+    import shutil
+
+    anonymous = tmp_path / "weights.pth"
+    shutil.copy(VDA / "mini_vda.pth", anonymous)
+    with pytest.raises(ConversionError, match="cannot tell relative from metric") as e:
+        dpt_jax.load(anonymous)
+    assert "mini_vda_metric" in str(e.value) and "mini_da2" not in str(e.value)
+    metric = dpt_jax.load(anonymous, variant="mini_vda_metric")
+    assert metric.config.is_metric and metric.config.is_temporal and metric.config.depth_activation == "relu_metres"
+    with pytest.raises(ConversionError, match="does not hold a mini_da2"):
+        dpt_jax.load(anonymous, variant="mini_da2")
+    with pytest.raises(ConversionError, match="max_depth applies"):
+        dpt_jax.load(anonymous, variant="mini_vda_metric", max_depth=10)
