@@ -22,6 +22,7 @@ import re
 
 from ..config import DPTConfig
 from ..dinov2 import MINIS, PRESETS, Dinov2Config, Dinov2Encoder
+from ..dpt import TEMPORAL_MODULES
 from ..errors import ConversionError
 from ..family import EncoderFamily, HFLayout, Release, vit_encoder_flops
 from .hf import (
@@ -198,15 +199,11 @@ def head_key_table(config: DPTConfig, source: str = "depth_head") -> list[Entry]
     return t
 
 
-#: Video Depth Anything's motion_modules.m -> the temporal module it is, in the original's order
-TEMPORAL_TARGETS = ("reassemble/temporal_3", "reassemble/temporal_4", "fusion/temporal_4", "fusion/temporal_3")
-
-
 def temporal_key_table(source: str = "head") -> list[Entry]:
     """The four temporal modules' keys (`dpt_jax.temporal.TemporalModule`), position tables included."""
     t = []
-    for m, d in enumerate(TEMPORAL_TARGETS):
-        s = f"{source}.motion_modules.{m}.temporal_transformer"
+    for m, (stage, name) in enumerate(TEMPORAL_MODULES):  # motion_modules.m
+        s, d = f"{source}.motion_modules.{m}.temporal_transformer", f"{stage}/{name}"
         t += _norm(f"{s}.norm", f"{d}/norm") + _linear(f"{s}.proj_in", f"{d}/proj_in")
         block = f"{s}.transformer_blocks.0"
         for j in (0, 1):

@@ -228,16 +228,38 @@ def param_shapes(config: DPTConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in flat.items()}
 
 
-def forward(config: DPTConfig, params, images, dtype: str = "float32"):
+def forward(config: DPTConfig, params, images, dtype: str = "float32", frames: int = 1):
     """Depth of normalized images (B, H, W, 3) -> (B, H, W): the whole model as a pure function.
 
     `dtype` ("float32" or "bfloat16") is the dtype of the matrix products (`DPT.dtype_mm`);
     everything else runs in float32, `params` are float32. Float32 products run at full float32
     precision (no TF32/bf16 passes on accelerators: they cost ~1e-3 relative error).
+    Temporal models take clips: B = clips * `frames`, each clip's frames consecutive.
     """
     module = DPT(config, COMPUTE_DTYPES[dtype])
     with jax.default_matmul_precision("highest"):
-        return module.apply({"params": params}, images.astype(jnp.float32))
+        return module.apply({"params": params}, images.astype(jnp.float32), frames)
+
+
+#: A temporal model's four temporal modules, in the original's order (its motion_modules.0..3)
+TEMPORAL_MODULES = (("reassemble", "temporal_3"), ("reassemble", "temporal_4"), ("fusion", "temporal_4"),
+                    ("fusion", "temporal_3"))
+
+
+def forward_stream(config: DPTConfig, params, image, context=None, dtype: str = "float32"):
+    """One frame of a stream (1, H, W, 3) -> (depth (1, H, W), its states): a temporal model as a pure function.
+
+    `context`: the states of earlier frames, per temporal module (TEMPORAL_MODULES) a pair of
+    (h_i*w_i, K, C_i) arrays, K frames along axis 1; None for the first frame. The states
+    returned have the same structure with K = 1: what later frames take as context.
+    """
+    module = DPT(config, COMPUTE_DTYPES[dtype])
+    with jax.default_matmul_precision("highest"):
+        depth, state = module.apply({"params": params}, image.astype(jnp.float32), 1, context,
+                                    mutable=["temporal_states"])
+    states = state["temporal_states"]
+    return depth, tuple(tuple(states[stage][name][f"normed_{j}"][0] for j in (0, 1))
+                        for stage, name in TEMPORAL_MODULES)
 
 
 def cast_params(params):

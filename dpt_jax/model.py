@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from . import pipeline
 from .checkpoint import count_params, load_checkpoint, write_converted
 from .config import DPTConfig
-from .dpt import cast_params, forward
+from .dpt import cast_params, forward, forward_stream
 from .errors import ImageError
 from .layers import COMPUTE_DTYPES
 
@@ -49,6 +49,11 @@ class DepthModel:
         config, dtype = self.config, self.dtype
         self._apply = jax.jit(lambda params, images: forward(config, params, images, dtype),
                               out_shardings=self._batch_sharding)
+        # temporal models: whole clips (frames attend to each other: not split across devices), and streams
+        self._apply_clip = jax.jit(lambda params, images, frames: forward(config, params, images, dtype, frames),
+                                   static_argnums=2)
+        self._apply_stream = jax.jit(lambda params, image, context: forward_stream(config, params, image, context,
+                                                                                   dtype))
 
     @property
     def num_devices(self) -> int:
@@ -72,6 +77,50 @@ class DepthModel:
             images = jnp.concatenate([images, jnp.zeros((pad, *images.shape[1:]), images.dtype)])
         depth = self._apply(self.params, jax.device_put(images, self._batch_sharding))
         return depth[:n] if pad else depth
+
+    def apply_clip(self, images, frames: int) -> jax.Array:
+        """A temporal model on normalized (n * frames, H, W, 3), a clip's frames in a row -> (n * frames, H, W)."""
+        if images.shape[0] % frames:
+            raise ValueError(f"apply_clip takes whole clips of {frames} frames; got {images.shape[0]} images")
+        self.config.check_input_size(*images.shape[1:3])
+        return self._apply_clip(self.params, images, frames)
+
+    def apply_stream(self, image, context=None):
+        """A temporal model on one normalized frame (1, H, W, 3) of a stream: (depth (1, H, W), its states); see
+        `dpt.forward_stream` for `context` (the states of earlier frames)."""
+        self.config.check_input_size(*image.shape[1:3])
+        return self._apply_stream(self.params, image, context)
+
+    def predict_video(self, frames, *, input_size: int | None = None, streaming: bool = False,
+                      batch_size: int = 4) -> np.ndarray:
+        """Depth (n, h, w) float32 of a video: `frames` an (n, h, w, 3) uint8 RGB array, any iterable of
+        such frames, or a video file's path.
+
+        Temporal models (Video Depth Anything) as the original infer_video_depth: windows of 32 frames
+        aligned to each other (`video_depth.window_depth`), or with `streaming` one frame at a time as the
+        original streaming class (`video_depth.DepthStream`); `input_size`: the lower bound of the network
+        input (default the native 518; the original's `--input_size`). Picture models: each frame alone,
+        as `predict` (`batch_size` frames a call). Values: relative inverse depth, or metres (`config.is_metric`).
+        """
+        from . import video_depth
+        from .video import frames_of
+
+        source = frames_of(frames) if isinstance(frames, (str, os.PathLike)) else frames
+        if isinstance(source, np.ndarray) and (source.ndim != 4 or source.shape[-1] != 3):
+            raise ValueError(f"predict_video takes frames (n, h, w, 3); got an array of shape {source.shape}")
+        if not self.config.is_temporal:
+            if input_size is not None or streaming:
+                raise ValueError(f"input_size and streaming apply to temporal models; {self.config.name} "
+                                 "runs each frame alone")
+            depth = self.predict(list(source), batch_size=batch_size)
+        elif streaming:
+            stream = video_depth.DepthStream(self, input_size=input_size)
+            depth = [stream(f) for f in source]
+        else:
+            depth = [d for _, chunk in video_depth.window_depth(self, source, input_size=input_size) for d in chunk]
+        if not depth:
+            raise ValueError("predict_video was given no frame")
+        return np.stack(depth).astype(np.float32)
 
     def predict(self, images, *, batch_size: int = 4, keep_aspect_ratio: bool | None = None, size=None,
                 bucket: bool = False, output: str = "array"):
@@ -98,6 +147,9 @@ class DepthModel:
         """
         from . import output as _output
 
+        if self.config.is_temporal:
+            raise ValueError(f"{self.config.name} is a video model (its frames attend to each other): give it "
+                             "a video or frames with predict_video")
         kinds = (output,) if isinstance(output, str) else tuple(output)
         if not kinds or any(k not in ("array", "pil", "color") for k in kinds):
             raise ValueError(f"output must be 'array', 'pil' or 'color', or a tuple of them; got {output!r}")

@@ -146,6 +146,15 @@ class _Reader:
         self._container.close()
 
 
+def frames_of(src):
+    """The frames of a video file, (h, w, 3) uint8 RGB as players show them, decoded as they are asked for."""
+    reader = _Reader(src)
+    try:
+        yield from reader
+    finally:
+        reader.close()
+
+
 def _upright(rgb, rotation):
     """A frame turned as players show it: `rotation` is the display matrix's counter-clockwise angle."""
     k = int(round(rotation / 90)) % 4 if rotation else 0

@@ -32,6 +32,9 @@ def loaded():
     return {source: dpt_jax.load(VDA / f"mini_vda.{source}", variant="mini_vda") for source in ("pth", "safetensors")}
 
 
+_PROGRAMS = {}
+
+
 def _stages(model, clip):
     """Every sown array of one run on a (B, T, 3, H, W) clip, by "/"-joined module path."""
     import jax
@@ -40,9 +43,11 @@ def _stages(model, clip):
 
     b, t = clip.shape[:2]
     images = np.ascontiguousarray(clip.reshape(b * t, *clip.shape[2:]).transpose(0, 2, 3, 1))  # (B*T, H, W, 3)
-    apply = jax.jit(lambda p, x: DPT(model.config).apply({"params": p}, x, t,
-                                                          mutable=["intermediates", "temporal_states"]))
-    depth, state = apply(model.params, images)
+    key = (model.config, t)
+    if key not in _PROGRAMS:  # one program per clip shape, whichever file the parameters came from
+        _PROGRAMS[key] = jax.jit(lambda p, x: DPT(model.config).apply({"params": p}, x, t,
+                                                                      mutable=["intermediates", "temporal_states"]))
+    depth, state = _PROGRAMS[key](model.params, images)
     flat = {}
     for collection in state.values():
         for path, value in traverse_util.flatten_dict(collection).items():
@@ -123,3 +128,87 @@ def test_metric_and_relative_files_hold_the_same_keys_so_the_variant_is_chosen(t
         dpt_jax.load(anonymous, variant="mini_da2")
     with pytest.raises(ConversionError, match="max_depth applies"):
         dpt_jax.load(anonymous, variant="mini_vda_metric", max_depth=10)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole videos: windows, keyframes, alignment, blending (infer_video_depth) and streaming
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return np.load(VDA / "vda_e2e.npz")
+
+
+def test_the_windows_see_the_frames_the_original_gives_them(clips):
+    from dpt_jax import video_depth
+
+    frames = list(range(80))  # stand-ins: which frame sits at each position of each window
+    windows, window = [], frames[:32]
+    start = 0
+    while True:
+        windows.append(window)
+        start += video_depth.STEP
+        if start >= len(frames):
+            break
+        new = [frames[min(i, 79)] for i in range(start + video_depth.OVERLAP, start + video_depth.WINDOW)]
+        window = [window[k] for k in video_depth.KEYFRAMES] + new
+    np.testing.assert_array_equal(np.array(windows), clips["clip__window_src"])
+
+
+@pytest.fixture(scope="module")
+def vda(clips):
+    return dpt_jax.load(VDA / "mini_vda.safetensors", variant="mini_vda")
+
+
+def test_a_three_window_clip_matches_infer_video_depth(vda, clips):
+    depth = vda.predict_video(clips["clip__frames"], input_size=42)
+    assert depth.shape == (80, 32, 48) and depth.dtype == np.float32
+    assert rel_err(depth, clips["mini_vda__depth"]) < TOL
+
+
+@pytest.mark.parametrize("name", ["mini_vda", "mini_vda_metric"])
+def test_alignment_and_blending_match_the_original_on_its_own_window_outputs(vda, clips, monkeypatch, name):
+    """The windows' network outputs as the original computed them, aligned and blended by dpt-jax."""
+    from dpt_jax import preprocess, video_depth
+
+    model = vda if name == "mini_vda" else dpt_jax.DepthModel(vda.config.replace(
+        name=name, depth_activation="relu_metres"), vda.params)
+    outputs = iter(clips["clip__window_out"])  # (4, 32, 42, 56): one per window, in order
+
+    def window(model, frames, net_size, frame_size):
+        assert net_size == (42, 56) and frames.shape == (32, 32, 48, 3)
+        return np.asarray(preprocess.to_picture(model.config, next(outputs), frame_size))
+
+    monkeypatch.setattr(video_depth, "_window", window)
+    chunks = list(video_depth.window_depth(model, list(clips["clip__frames"]), input_size=42))
+    assert sum(len(f) for f, _ in chunks) == 80 and next(outputs, None) is None  # 4 windows, every frame once
+    frames = np.concatenate([np.stack(f) for f, _ in chunks])
+    np.testing.assert_array_equal(frames, clips["clip__frames"])  # each depth goes with its own frame
+    depth = np.concatenate([d for _, d in chunks])
+    assert rel_err(depth, clips[f"{name}__depth"]) < TOL
+    # the two references differ only by the relative model's alignment, by far more than the tolerance
+    assert rel_err(clips["mini_vda_metric__depth"], clips["mini_vda__depth"]) > 100 * TOL
+
+
+def test_scale_and_shift_is_the_original_least_squares(clips):
+    from dpt_jax import preprocess, video_depth
+
+    windows = [np.asarray(preprocess.resize_depth(w, (32, 48), "bilinear_align_corners"))
+               for w in clips["clip__window_out"]]
+    s, t = video_depth.scale_and_shift(np.concatenate(list(windows[1][:2])),
+                                       np.concatenate([windows[0][0], windows[0][12]]))
+    assert np.allclose((s, t), clips["mini_vda__scale_shift"][0], rtol=1e-6, atol=1e-7)
+
+
+def test_wide_frames_take_the_reduced_input_size(vda):
+    from dpt_jax import video_depth
+
+    assert video_depth.input_size((16, 40), 98) == 70  # 2.5:1: round(int(98 * 1.777 / 2.5) / 14) * 14
+    assert video_depth.network_size(vda.config, (16, 40), 98) == (70, 168)  # 175 / 14 = 12.5 rounds to even
+    assert video_depth.network_size(vda.config, (32, 48), 42) == (42, 56)  # 1.5:1 keeps the size
+
+
+def test_streaming_matches_the_original_streaming_class(vda, clips):
+    want = clips["stream__depth"]  # 48 frames: the cache is full (42 entries) from frame 11 on
+    depth = vda.predict_video(clips["clip__frames"][: len(want)], input_size=42, streaming=True)
+    assert rel_err(depth, want) < TOL
