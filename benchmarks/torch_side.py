@@ -27,8 +27,9 @@ INSTALL_HINT = "pip install 'dpt-jax[bench]'"
 
 
 def hf_counterpart(config: DPTConfig):
-    """The family's transformers layout (family.HFLayout), or None."""
-    return config.family.hf
+    """The family's transformers layout (family.HFLayout), or None (also where it does not cover the model)."""
+    layout = config.family.hf
+    return layout if layout is not None and layout.covers(config) else None
 
 
 def _transformers_fields(config: DPTConfig) -> dict:

@@ -278,9 +278,6 @@ def parse_hf(top: Fields, b: Fields) -> HFModel:
 
 
 def hf_config_json(config: DPTConfig) -> dict:
-    if config.is_temporal:
-        raise ValueError(f"{config.name}: transformers has no layout for Video Depth Anything's temporal modules; "
-                         "save a dpt-jax .safetensors file instead")
     e = config.encoder
     n = e.depth
     if e.mlp_hidden % e.embed_dim:
@@ -388,7 +385,7 @@ FAMILY = EncoderFamily(
     # DepthAnythingForDepthEstimation refuses attn_implementation="sdpa" (transformers 5.23), though its Dinov2 has it
     hf=HFLayout(model_type="depth_anything", backbone_type="dinov2", architecture="DepthAnythingForDepthEstimation",
                 rules=hf_rules(), parse=parse_hf, config_json=hf_config_json, extra_tensors=hf_extra_tensors,
-                default_attention="eager",
+                default_attention="eager", covers=lambda config: not config.is_temporal,  # none for Video DA
                 unused_prefixes=("neck.fusion_stage.layers.0.residual_layer1.", "backbone.embeddings.mask_token")),
     hf_repos=HF_REPOS,
 )

@@ -505,6 +505,9 @@ def layout_of(config):
     layout = config.family.hf
     if layout is None:
         raise ValueError(f"{config.name}: no Hugging Face layout is known for the {config.family.title} family")
+    if not layout.covers(config):
+        raise ValueError(f"{config.name}: transformers has no layout for this model; save a dpt-jax .safetensors "
+                         "file instead")
     return layout
 
 

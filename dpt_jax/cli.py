@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .output import COLORMAPS, FORMATS
 
     p = sub.add_parser(
-        "predict", help="write depth maps for pictures", formatter_class=argparse.RawDescriptionHelpFormatter,
+        "predict", help="write depth for pictures and videos", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Depth for pictures and videos (files, folders and globs): relative inverse depth, or "
                     "metres for metric models.",
         epilog=textwrap.fill(f"Models (-m): a checkpoint file or Hugging Face folder, a Hub repo id, or a "
@@ -224,7 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also print the devices, skipped pictures and removed temporary files")
     add_model_options(p)
-    v = p.add_argument_group("videos", "inputs with a video suffix (.mp4, .mov, .mkv, .webm, .avi, ...)")
+    v = p.add_argument_group("videos", "inputs with a video suffix (.mp4, .mov, .mkv, .webm, .avi, ...); a picture "
+                             "model runs each frame alone, a video model windows of 32 frames aligned "
+                             "to each other")
+    v.add_argument("--input-size", type=_positive, metavar="N",
+                   help="network input of videos: at least N x N keeping the aspect ratio, as Depth Anything's "
+                        "and Video Depth Anything's --input_size (default: the model's native size; --size and "
+                        "--height apply to videos too)")
+    v.add_argument("--streaming", action="store_true",
+                   help="video models: one frame at a time with the states of earlier frames, as Video Depth "
+                        "Anything's streaming mode (for live sources; no alignment between windows)")
     v.add_argument("--normalize", choices=["global", "running"], default="global",
                    help="colour mapping, never per frame: global (one min/max over the whole video; default) "
                         "or running (a moving average of the frames' ranges; follows cuts and zooms)")

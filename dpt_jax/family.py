@@ -57,6 +57,8 @@ class HFLayout:
     parse: Callable[..., Any]
     config_json: Callable[[Any], dict]
     extra_tensors: Callable[[Any, dict], dict] = lambda config, state: {}
+    #: which of the family's models transformers has this layout for (DPTConfig -> bool)
+    covers: Callable[[Any], bool] = lambda config: True
     #: what the benchmarks' PyTorch side asks of transformers: the attention it offers ("sdpa"
     #: or "eager"), and the parameter names its forward never calls
     default_attention: str = "eager"

@@ -110,16 +110,17 @@ def unused_options(args, video_flags: list[bool]) -> list[str]:
     notes = []
     video_only = [name for name, given in (("--normalize", args.normalize != "global"),
                                            ("--smoothing", args.smoothing is not None),
-                                           ("--side-by-side", args.side_by_side), ("--frames", args.frames)) if given]
+                                           ("--side-by-side", args.side_by_side), ("--frames", args.frames),
+                                           ("--input-size", args.input_size is not None),
+                                           ("--streaming", args.streaming)) if given]
     if video_only and not any(video_flags):
         notes.append(f"{', '.join(video_only)} {'applies' if len(video_only) == 1 else 'apply'} to videos; this "
                      "run has none")
     picture_only = [name for name, given in (("-f/--format", args.format != ["color"]),
-                                             ("--size/--height", args.size is not None),
                                              ("--bucket", args.bucket)) if given]
     if picture_only and any(video_flags):
         notes.append(f"{', '.join(picture_only)} {'applies' if len(picture_only) == 1 else 'apply'} to pictures; "
-                     "videos write a depth video (and --frames) at the model's native size")
+                     "videos write a depth video (and --frames)")
     return notes
 
 
@@ -287,6 +288,13 @@ def run(args) -> int:
     written, done = [], 0
     if todo or video_todo:
         model = _load_model(args, status)
+        if todo and model.config.is_temporal:  # each picture is reported; the videos go on
+            for src in todo:
+                status.error(f"{src.name}: {model.config.name} is a video model (its frames attend to each other); "
+                             "give it videos, and pictures to a picture model")
+            failed, todo = failed + len(todo), []
+        if args.streaming and not model.config.is_temporal:
+            raise ValueError(f"--streaming applies to video models; {model.config.name} runs each frame alone")
         if todo:
             written, done = _predict(args, model, todo, plan, status)
         if video_todo:
@@ -411,6 +419,7 @@ def _predict_videos(args, model, todo, status: Status) -> tuple[list[Path], int]
                                     side_by_side=args.side_by_side,
                                     frames_format=args.frames if "frames" in targets else None,
                                     frames_path=targets.get("frames"), keep_aspect_ratio=args.keep_aspect_ratio,
+                                    size=args.input_size or args.size, streaming=args.streaming,
                                     progress=status.bar.update if status.bar is not None else None)
         except FileExistsError as e:  # another run wrote it meanwhile: kept
             status.error(f"{item.path}: {e.filename or e} appeared meanwhile; not replaced (--overwrite replaces it)")

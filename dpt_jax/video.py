@@ -320,7 +320,7 @@ def predict_video(model, src, dst, *, batch_size: int = 8, normalize: str = "glo
                   side_by_side: bool = False, frames_format: str | None = None, frames_path=None,
                   keep_aspect_ratio: bool | None = None, progress: Callable[[int], None] | None = None,
                   cmap: str = "inferno", on_status: Callable[[str], None] | None = None,
-                  replace: bool = True) -> VideoResult:
+                  replace: bool = True, size=None, streaming: bool = False) -> VideoResult:
     """Write the depth video of `src` to `dst` (.mp4, .mov, .mkv, .webm or .avi); see the module docstring.
 
     `batch_size`: frames a model call (the whole clip if shorter). `normalize`: "global" or
@@ -331,9 +331,19 @@ def predict_video(model, src, dst, *, batch_size: int = 8, normalize: str = "glo
     depth, one a frame); `frames_path` defaults to `dst` with the suffix .npy, or without a suffix
     for the PNG folder. `dst` may be None to write only the frames. `progress(n)` is called as each
     batch of n frames has run through the model.
+    `size`: the network input target instead of the native size (an int N, or (H, W) for picture
+    models), as `predict`'s; for a temporal model the lower bound of its input (the original's
+    `input_size`). Temporal models (`config.is_temporal`, Video Depth Anything) run the video in
+    windows aligned to each other (`video_depth.window_depth`: at most two windows of frames in
+    memory), or with `streaming` one frame at a time (`video_depth.DepthStream`); the raw depth
+    spilled for "global" is then at the frames' size (the alignment works there).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+    if model.config.is_temporal and size is not None and not isinstance(size, int):
+        raise ValueError(f"{model.config.name} takes one input size (the lower bound of its input); got {size}")
+    if streaming and not model.config.is_temporal:
+        raise ValueError(f"streaming applies to temporal models; {model.config.name} runs each frame alone")
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}; got {normalize!r}")
     if normalize == "global" and smoothing is not None:
@@ -365,7 +375,7 @@ def predict_video(model, src, dst, *, batch_size: int = 8, normalize: str = "glo
         _codec_for(dst)
     start = time.perf_counter()
     run = _Run(model, src, dst, batch_size, normalize, smoothing, side_by_side, frames_format, frames_path,
-               keep_aspect_ratio, progress, cmap, on_status, replace)
+               keep_aspect_ratio, progress, cmap, on_status, replace, size, streaming)
     try:
         try:
             run.first_pass()
@@ -394,7 +404,7 @@ class _Run:
     """One predict_video call: pass 1 runs the model; pass 2 ("global" only) maps, colours and encodes."""
 
     def __init__(self, model, src, dst, batch_size, normalize, smoothing, side_by_side, frames_format, frames_path,
-                 keep_aspect_ratio, progress, cmap="inferno", on_status=None, replace=True):
+                 keep_aspect_ratio, progress, cmap="inferno", on_status=None, replace=True, size=None, streaming=False):
         from .output import colormap
 
         self.table = colormap(cmap)
@@ -411,8 +421,10 @@ class _Run:
 
             self.batch = max(1, min(self.batch, PIXEL_BUDGET // self.reader.declared_pixels))
         self.on_status, self.replace = on_status, replace
+        self.target, self.streaming = size, streaming
         self.video = self.frames = self.spill = None  # frames: the writer of the frames format
         self.size = self.net_size = None
+        self.spilled_size = None  # (h, w) of a spilled depth frame: the network's, or the frames' (temporal)
         self.decoded = 0
         self.error: VideoError | None = None
         self.lo, self.hi = np.inf, -np.inf  # global range so far
@@ -421,23 +433,43 @@ class _Run:
 
     # -- pass 1 --------------------------------------------------------------------------------
 
-    def first_pass(self):
+    def _predicted(self):
+        """(frames, raw depth to spill, depth (b, h, w), its per-frame min (b,), max (b,)) batches, in order."""
         import jax.numpy as jnp
 
         from .preprocess import to_network
 
-        resized_with_range, running_range, render = _device_steps()
-        pending = None  # the previous batch: finished while the device runs the next one
-        try:
-            for frames in _batches(self.reader, self.batch):
+        c = self.model.config
+        if c.is_temporal:
+            from . import video_depth
+
+            if self.streaming:
+                stream = video_depth.DepthStream(self.model, input_size=self.target)
+                chunks = (([f], stream(f)[None]) for f in self.reader)
+            else:
+                chunks = video_depth.window_depth(self.model, self.reader, input_size=self.target)
+            for frames, depth in chunks:  # (b, h, w) float32 at the frames' size, final
                 if self.net_size is None:
                     self._open()
-                n = len(frames)
-                pixels = np.stack(frames + [np.zeros_like(frames[0])] * (self.batch - n))  # (batch, h, w, 3)
-                c = self.model.config
-                net = self.model.apply(to_network(c, jnp.asarray(pixels), self.net_size))  # (batch, H, W)
-                depth, lo, hi = resized_with_range(net, self.size, c.output_resize)  # (batch, h, w), (batch,), (batch,)
-                depth, lo, hi, net = depth[:n], lo[:n], hi[:n], net[:n]
+                yield frames, depth, depth, depth.min(axis=(1, 2)), depth.max(axis=(1, 2))
+            return
+        resized_with_range = _device_steps()[0]
+        for frames in _batches(self.reader, self.batch):
+            if self.net_size is None:
+                self._open()
+            n = len(frames)
+            pixels = np.stack(frames + [np.zeros_like(frames[0])] * (self.batch - n))  # (batch, h, w, 3)
+            net = self.model.apply(to_network(c, jnp.asarray(pixels), self.net_size))  # (batch, H, W)
+            depth, lo, hi = resized_with_range(net, self.size, c.output_resize)  # (batch, h, w), (batch,), (batch,)
+            yield frames, net[:n], depth[:n], lo[:n], hi[:n]
+
+    def first_pass(self):
+        import jax.numpy as jnp
+
+        _, running_range, render = _device_steps()
+        pending = None  # the previous batch: finished while the device runs the next one
+        try:
+            for frames, net, depth, lo, hi in self._predicted():
                 if self.normalize == "running":
                     if self.state is None:
                         self.state = jnp.full((2,), jnp.nan, jnp.float32)
@@ -459,10 +491,17 @@ class _Run:
         from .preprocess import network_size
 
         self.size = self.reader.size
+        c = self.model.config
         try:
-            self.net_size = network_size(self.model.config, self.size, keep_aspect_ratio=self.keep)
+            if c.is_temporal:
+                from . import video_depth
+
+                self.net_size = video_depth.network_size(c, self.size, self.target)
+            else:
+                self.net_size = network_size(c, self.size, target=self.target, keep_aspect_ratio=self.keep)
         except ValueError as e:
             raise ValueError(f"{self.reader.name}: {e}") from None
+        self.spilled_size = self.size if c.is_temporal else self.net_size
         if self.frames_format is not None:
             from .output import FORMATS
 
@@ -470,7 +509,7 @@ class _Run:
         if self.normalize == "global":
             self.spill = tempfile.TemporaryFile(prefix="dpt-jax-depth-")
             if self.on_status is not None:
-                h, w = self.net_size
+                h, w = self.spilled_size
                 frames = self.reader.declared_frames
                 size = f"about {frames * h * w * 4 / 1e6:,.0f} MB" if frames else f"{h * w * 4 / 1e6:.1f} MB a frame"
                 self.on_status(f"{self.reader.name}: the raw depth waits for the second pass in a temporary file in "
@@ -516,7 +555,7 @@ class _Run:
             self.video = _VideoWriter(self.dst, self._video_size(), self.fps, self.replace)
         if self.video is None and (self.frames is None or self.frames.takes != "mapped16"):
             return
-        h_net, w_net = self.net_size
+        h_net, w_net = self.spilled_size
         self.spill.seek(0)
         inputs = None
         if self.video is not None and self.side_by_side:
@@ -531,7 +570,10 @@ class _Run:
                 net = np.frombuffer(self.spill.read(n * h_net * w_net * 4), np.float32).reshape(n, h_net, w_net)
                 if n < self.batch:  # the same program as full batches
                     net = np.concatenate([net, np.zeros((self.batch - n, h_net, w_net), np.float32)])
-                depth = resized_with_range(jnp.asarray(net), self.size, self.model.config.output_resize)[0]
+                if self.model.config.is_temporal:  # spilled at the frames' size already
+                    depth = jnp.asarray(net)
+                else:
+                    depth = resized_with_range(jnp.asarray(net), self.size, self.model.config.output_resize)[0]
                 bounds = jnp.full((self.batch,), self.lo, jnp.float32), jnp.full((self.batch,), self.hi, jnp.float32)
                 colour, sixteen = render(depth, *bounds, self.table)
                 frames = next(inputs, None) if inputs is not None else [None] * n

@@ -59,6 +59,10 @@ def test_the_hugging_face_layout_renames_both_ways_and_reads_its_own_config(name
     family = registry.FAMILIES[name]
     renamer = hf.Renamer.of(family.hf)
     for config in configs_of(family):
+        if not family.hf.covers(config):
+            with pytest.raises(ValueError, match="transformers has no layout"):
+                hf.write(tmp_path / "refused", config, {})
+            continue
         for entry in family.key_table(config):
             names = renamer.to_hf(entry.source)
             assert names, entry.source

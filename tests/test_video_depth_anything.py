@@ -212,3 +212,41 @@ def test_streaming_matches_the_original_streaming_class(vda, clips):
     want = clips["stream__depth"]  # 48 frames: the cache is full (42 entries) from frame 11 on
     depth = vda.predict_video(clips["clip__frames"][: len(want)], input_size=42, streaming=True)
     assert rel_err(depth, want) < TOL
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line and the API around it
+
+
+def test_predict_writes_the_temporal_depth_of_a_video_and_refuses_pictures(vda, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+    from test_video import decode, make_video
+
+    from dpt_jax import cli
+
+    clip = make_video(tmp_path / "clip.mp4", frames=30, h=32, w=48)  # two windows, the second one padded
+    picture = tmp_path / "pic.png"
+    Image.fromarray(np.full((32, 48, 3), 90, np.uint8)).save(picture)
+    monkeypatch.setattr(dpt_jax.model, "load", lambda *a, **kw: vda)
+    out = tmp_path / "out"
+    code = cli.main(["predict", str(clip), str(picture), "-m", "vda", "-o", str(out), "--input-size", "42",
+                     "--frames", "npy", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "pic.png: mini_vda is a video model" in err and "(1 failed)" in err
+    stack = np.load(out / "clip-depth.npy")
+    frames = decode(clip)[0]
+    assert stack.shape == (30, 32, 48) and decode(out / "clip-depth.mp4")[0].shape == (30, 32, 48, 3)
+    np.testing.assert_allclose(stack, vda.predict_video(frames, input_size=42), rtol=0, atol=1e-6)
+    assert "model at 56x42" in err
+
+
+def test_the_api_says_which_path_a_model_takes(vda):
+    with pytest.raises(ValueError, match="video model"):
+        vda.predict(np.zeros((32, 48, 3), np.uint8))
+    with pytest.raises(ValueError, match="frames"):
+        vda.predict_video(np.zeros((32, 48, 3), np.uint8))
+    picture_model = dpt_jax.load(FIXTURES / "depth_anything" / "mini_da2.safetensors", variant="mini_da2")
+    with pytest.raises(ValueError, match="temporal models"):
+        picture_model.predict_video(np.zeros((2, 28, 28, 3), np.uint8), streaming=True)
+    depth = picture_model.predict_video(np.zeros((2, 28, 28, 3), np.uint8))  # each frame alone, as predict
+    assert depth.shape == (2, 28, 28) and depth.dtype == np.float32
