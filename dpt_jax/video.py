@@ -340,10 +340,6 @@ def predict_video(model, src, dst, *, batch_size: int = 8, normalize: str = "glo
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1; got {batch_size}")
-    if model.config.is_temporal and size is not None and not isinstance(size, int):
-        raise ValueError(f"{model.config.name} takes one input size (the lower bound of its input); got {size}")
-    if streaming and not model.config.is_temporal:
-        raise ValueError(f"streaming applies to temporal models; {model.config.name} runs each frame alone")
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}; got {normalize!r}")
     if normalize == "global" and smoothing is not None:
@@ -413,6 +409,11 @@ class _Run:
         self.frames_format, self.frames_path, self.progress = frames_format, frames_path, progress
         self.keep = model.config.keep_aspect_ratio if keep_aspect_ratio is None else keep_aspect_ratio
         self.reader = _Reader(src)
+        c = model.config
+        if c.is_temporal and size is not None and not isinstance(size, int):
+            raise ValueError(f"{c.name} takes one input size (the lower bound of its input); got {size}")
+        if streaming and not c.is_temporal:
+            raise ValueError(f"streaming applies to temporal models; {c.name} runs each frame alone")
         self.identity = _identity(src)  # pass 2 decodes the file again: it must still be this file
         self.fps = self.reader.fps
         self.batch = min(batch_size, self.reader.declared_frames or batch_size)

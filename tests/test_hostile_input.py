@@ -223,9 +223,10 @@ def test_options_that_apply_to_no_input_say_so():
     from dpt_jax.predict_files import unused_options
 
     args = SimpleNamespace(normalize="running", smoothing=None, side_by_side=True, frames=None, format=["npy", "ply"],
-                           size=(64, 64), bucket=False)
-    assert unused_options(args, [False, False]) == ["--normalize, --side-by-side apply to videos; this run has none"]
-    assert unused_options(args, [True])[0].startswith("-f/--format, --size/--height apply to pictures")
+                           size=(64, 64), bucket=False, input_size=None, streaming=True)
+    assert unused_options(args, [False, False]) == [
+        "--normalize, --side-by-side, --streaming apply to videos; this run has none"]
+    assert unused_options(args, [True])[0].startswith("-f/--format applies to pictures")  # --size: videos too
     assert len(unused_options(args, [True, False])) == 1  # a mixed run: the picture options apply to its pictures
 
 
