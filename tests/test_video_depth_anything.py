@@ -190,6 +190,31 @@ def test_alignment_and_blending_match_the_original_on_its_own_window_outputs(vda
     assert rel_err(clips["mini_vda_metric__depth"], clips["mini_vda__depth"]) > 100 * TOL
 
 
+def test_a_long_video_holds_at_most_two_windows_of_frames(vda, monkeypatch):
+    """1,000 frames go through with at most 2 x 32 of them alive at once (the original holds them all)."""
+    import weakref
+
+    from dpt_jax import video_depth
+
+    alive, most = set(), [0]
+
+    def frames():
+        for i in range(1000):
+            frame = np.full((4, 6, 3), i % 256, np.uint8)
+            alive.add(i)
+            weakref.finalize(frame, alive.discard, i)
+            most[0] = max(most[0], len(alive))
+            yield frame
+
+    monkeypatch.setattr(video_depth, "_window", lambda model, window, net, size: np.ones((32, *size), np.float32))
+    count = 0
+    for chunk, depth in video_depth.window_depth(vda, frames(), input_size=42):
+        assert len(chunk) == len(depth)
+        count += len(chunk)
+        del chunk, depth
+    assert count == 1000 and most[0] <= 2 * video_depth.WINDOW, most[0]
+
+
 def test_scale_and_shift_is_the_original_least_squares(clips):
     from dpt_jax import preprocess, video_depth
 
