@@ -522,7 +522,9 @@ def original_state(config, params) -> dict[str, np.ndarray]:
         if (m := re.fullmatch(r"(.*refinenet\d)\.resConfUnit2\.(.*)", key)) and \
                 f"{m.group(1)}.resConfUnit1.{m.group(2)}" not in out:
             out[f"{m.group(1)}.resConfUnit1.{m.group(2)}"] = np.zeros_like(out[key])
-    return {**out, **layout_of(config).extra_tensors(config, out)}
+    layout = config.family.hf
+    covered = layout is not None and layout.covers(config)
+    return {**out, **(layout.extra_tensors(config, out) if covered else {})}
 
 
 def hf_state(config, params) -> dict[str, np.ndarray]:
