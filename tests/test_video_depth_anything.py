@@ -275,3 +275,28 @@ def test_the_api_says_which_path_a_model_takes(vda):
         picture_model.predict_video(np.zeros((2, 28, 28, 3), np.uint8), streaming=True)
     depth = picture_model.predict_video(np.zeros((2, 28, 28, 3), np.uint8))  # each frame alone, as predict
     assert depth.shape == (2, 28, 28) and depth.dtype == np.float32
+
+
+def test_the_presets_hold_what_the_release_files_hold():
+    """Key and parameter counts of the released vits/vitb/vitl files (read by the fixture generator from the
+    original's constructors) against the presets' key tables; the names that say which file is which."""
+    import json
+
+    from dpt_jax import registry
+    from dpt_jax.convert.dinov2 import RELEASE_FILES, key_table, skipped
+    from dpt_jax.dpt import param_shapes
+
+    releases = json.loads((VDA / "mini_vda.json").read_text())["release_key_check"]
+    for size, release in releases.items():
+        config = registry.get_config(f"vda_{size}")
+        shapes = param_shapes(config)
+        unused = 2 * (9 * config.fusion_features ** 2 + config.fusion_features)  # the deepest block's first unit
+        learned = sum(int(np.prod(s)) for k, s in shapes.items() if not k.endswith("pos_encoding"))
+        assert learned + config.encoder.embed_dim + unused == release["parameters"], size  # + mask_token
+        assert len(key_table(config)) + 1 + 4 == release["keys"] and len(skipped(config)) == 2
+        tables = [shapes[f"{stage}/{name}/attn_0/pos_encoding"][-1] for stage, name in
+                  (("reassemble", "temporal_3"), ("reassemble", "temporal_4"), ("fusion", "temporal_4"),
+                   ("fusion", "temporal_3"))]
+        assert tables == release["motion_module_channels"]
+        assert RELEASE_FILES[f"video_depth_anything_{size}.pth"] == f"vda_{size}"
+        assert RELEASE_FILES[f"metric_video_depth_anything_{size}.pth"] == f"vda_metric_{size}"
