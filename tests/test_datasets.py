@@ -10,7 +10,7 @@ from PIL import Image
 
 from dpt_jax import datasets
 from dpt_jax.errors import DatasetError
-from dpt_jax.output import write_pfm
+from helpers import write_motorcycle
 
 RNG = np.random.default_rng(5)
 
@@ -158,28 +158,6 @@ def test_folder_npy_png16_and_mask(tmp_path):
         datasets.open_dataset("folder", tmp_path)
     with pytest.raises(DatasetError, match="missing images, depth"):
         datasets.open_dataset("folder", tmp_path / "mask")
-
-
-MOTORCYCLE_CALIB = """cam0=[994.978 0 311.193; 0 994.978 254.877; 0 0 1]
-cam1=[994.978 0 342.279; 0 994.978 254.877; 0 0 1]
-doffs=31.086
-baseline=193.001
-width=741
-height=500
-"""
-
-
-def write_motorcycle(folder):
-    """scikit-image's Middlebury 2014 pair written as a Middlebury scene (calibration from its docstring)."""
-    from skimage.data import stereo_motorcycle
-
-    left, _, disparity = stereo_motorcycle()
-    folder.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(left).save(folder / "im0.png")
-    with open(folder / "disp0.pfm", "wb") as f:
-        write_pfm(f, disparity)
-    (folder / "calib.txt").write_text(MOTORCYCLE_CALIB)
-    return left, disparity
 
 
 def test_middlebury_real_pair_reads_as_depth(tmp_path):
