@@ -320,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="float32 (exact; default) or bfloat16 matmuls")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="one process per host, joined as predict --distributed does: each scores every n-th picture "
+                        "(every n-th video with disparity-video) and process 0 writes the report of all; on by "
+                        "itself when JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES or JAX_PROCESS_ID is set")
     add_model_options(p)
     p.set_defaults(func=cmd_eval)
 

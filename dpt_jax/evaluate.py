@@ -127,6 +127,17 @@ class Scorer:
             self.terms.append({k: v[t:t + 1] for k, v in terms.items()})
             self.rows.append({"name": names[t], **row, **fit})
 
+    def part(self) -> dict:
+        """What this scorer holds (rows and per-picture terms) as JSON data, to combine shares of many processes."""
+        terms = {k: np.concatenate([t[k] for t in self.terms]).tolist() for k in self.terms[0]} if self.terms else {}
+        return {"rows": self.rows, "terms": terms}
+
+    def absorb(self, part: dict) -> None:
+        """Add another scorer's `part` (another process's share)."""
+        if part["terms"]:
+            self.terms.append({k: np.asarray(v) for k, v in part["terms"].items()})
+            self.rows += part["rows"]
+
     def result(self) -> dict[str, float]:
         """The dataset's metrics over every picture scored (pictures without valid ground truth left out)."""
         if self._video:
@@ -160,6 +171,39 @@ def read_prediction(path: Path) -> np.ndarray:
     from .datasets import read_npy, read_pfm
 
     return read_pfm(path) if path.suffix == ".pfm" else read_npy(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Many hosts
+
+
+def shares(samples: list[Sample], processes: int, by_sequence: bool) -> list[list[int]]:
+    """Each process's sample indices: unit k (a picture, or with `by_sequence` a whole video) goes to process
+    k % processes; every process computes the same shares from the same sorted dataset."""
+    units: dict = {}
+    for i, s in enumerate(samples):
+        units.setdefault(s.sequence if by_sequence and s.sequence is not None else ("", i), []).append(i)
+    ordered = list(units.values())
+    return [[i for unit in ordered[p::processes] for i in unit] for p in range(processes)]
+
+
+#: How long process 0 waits for the others' shares (they evaluate meanwhile).
+GATHER_TIMEOUT_MS = 24 * 3600 * 1000
+
+
+def gather(process: int, processes: int, payload: dict) -> list[dict] | None:
+    """Every process's payload on process 0 (None on the others), through the key-value store of the
+    distributed run's coordination service: no device collective, so any backend (CPU included) works."""
+    from jax._src import distributed  # the coordination client; jax has no public key-value API
+
+    client = distributed.global_state.client
+    if client is None:
+        raise RuntimeError("the distributed run is not started (jax.distributed.initialize)")
+    client.key_value_set(f"dpt_jax_eval/{process}", json.dumps(payload))
+    if process:
+        return None
+    return [json.loads(client.blocking_key_value_get(f"dpt_jax_eval/{p}", GATHER_TIMEOUT_MS))
+            for p in range(processes)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,21 +247,38 @@ def _default_output(args) -> str:
 
 
 def run(args) -> int:
+    from .predict_files import start_distributed
+
+    if (args.model is None) == (args.predictions is None):
+        raise ValueError("give a MODEL, or --predictions DIR of saved depth maps (not both)")
+    process, processes = start_distributed(args.distributed)
+    if processes == 1:
+        return _run(args, 0, 1)
+    try:
+        return _run(args, process, processes)
+    except BaseException as e:  # tell process 0, which waits for this share, instead of leaving it waiting
+        if process:
+            gather(process, processes, {"error": f"{type(e).__name__}: {str(e)[:500]}"})
+        raise
+
+
+def _run(args, process: int, processes: int) -> int:
     from tqdm import tqdm
 
     from .atomic import check_output
 
-    if (args.model is None) == (args.predictions is None):
-        raise ValueError("give a MODEL, or --predictions DIR of saved depth maps (not both)")
     if args.kind is not None and args.predictions is None:
         raise ValueError("--kind applies to --predictions; a model says what its output is")
-    samples = open_dataset(args.dataset, args.data)
+    every = open_dataset(args.dataset, args.data)
     if args.limit:
-        samples = samples[:args.limit]
+        every = every[:args.limit]
+    mine = shares(every, processes, args.alignment == "disparity-video")[process]
+    samples = [every[i] for i in mine]
     files = prediction_files(samples, Path(args.predictions)) if args.predictions else None
     output = args.output or _default_output(args)
-    check_output(output, inputs=[args.data] + ([args.predictions] if args.predictions else []),
-                 overwrite=args.overwrite)
+    if process == 0:  # the one that writes the report
+        check_output(output, inputs=[args.data] + ([args.predictions] if args.predictions else []),
+                     overwrite=args.overwrite)
     overrides = dict(alignment=args.alignment, crop=args.crop, min_depth=args.min_eval_depth,
                      max_depth=args.max_eval_depth)
     model = None
@@ -234,9 +295,10 @@ def run(args) -> int:
 
     scorer = Scorer(settings)
     lengths: dict = {}
-    for s in samples:
+    for s in every:
         lengths[s.sequence] = lengths.get(s.sequence, 0) + 1
     failed: list[dict] = []
+    prefix = f"[process {process}/{processes}] " if processes > 1 else ""
     bar = tqdm(total=len(samples), unit="img", file=sys.stderr,
                disable=args.no_progress or not sys.stderr.isatty())
 
@@ -246,7 +308,7 @@ def run(args) -> int:
             scorer.add(sample.name, prediction, depth, valid, sample.sequence, lengths[sample.sequence])
         except (DatasetError, ValueError) as e:
             failed.append({"name": sample.name, "error": str(e)})
-            bar.write(f"dpt-jax eval: {sample.name}: {e}", file=sys.stderr)
+            bar.write(f"dpt-jax eval: {prefix}{sample.name}: {e}", file=sys.stderr)
         bar.update(1)
 
     try:
@@ -267,13 +329,28 @@ def run(args) -> int:
                          keep_depth=False)
     finally:
         bar.close()
+    if processes > 1:
+        parts = gather(process, processes, {**scorer.part(), "failed": failed})
+        if parts is None:
+            print(f"{prefix}scored {len(scorer.rows)} pictures ({len(failed)} failed); process 0 writes the report")
+            return 1 if failed else 0
+        errors = [f"process {p}: {part['error']}" for p, part in enumerate(parts) if "error" in part]
+        if errors:
+            raise RuntimeError("the distributed evaluation failed on " + "; ".join(errors))
+        scorer = Scorer(settings)
+        failed = []
+        for part in parts:
+            scorer.absorb(part)
+            failed += part["failed"]
+        order = {s.name: i for i, s in enumerate(every)}
+        scorer.rows.sort(key=lambda r: order[r["name"]])
     values = scorer.result()
     report = {
         "settings": {**asdict(settings), "data": os.path.abspath(args.data),
                      "model": None if model is None else model.config.name,
                      "checkpoint": None if model is None else model.source,
                      "predictions": None if files is None else os.path.abspath(args.predictions),
-                     "dtype": None if model is None else args.dtype,
+                     "dtype": None if model is None else args.dtype, "processes": processes,
                      "protocol": asdict(DATASETS[args.dataset].protocol)},
         "metrics": values, "images": scorer.rows, "failed": failed,
     }

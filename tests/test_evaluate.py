@@ -132,3 +132,50 @@ def test_disparity_video_alignment_fits_each_sequence_once():
     assert [r["scale"] for r in scorer.rows][::2] == pytest.approx([0.5, 1 / 7])
     with pytest.raises(ValueError, match="has no scale"):
         evaluate.settings_for("folder", "disparity", alignment="none")
+
+
+def test_shares_cover_every_picture_and_keep_videos_whole():
+    samples = [datasets.Sample(f"s{i}", None, None, sequence=f"v{i // 3}") for i in range(7)]
+    by_picture = evaluate.shares(samples, 2, by_sequence=False)
+    assert by_picture == [[0, 2, 4, 6], [1, 3, 5]]
+    assert evaluate.shares(samples, 2, by_sequence=True) == [[0, 1, 2, 6], [3, 4, 5]]
+
+
+def test_two_processes_score_their_shares_and_process_0_reports_all(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    _folder_dataset(tmp_path / "data", n=5, size=(6, 8))
+    rng = np.random.default_rng(3)
+    (tmp_path / "pred").mkdir()
+    for i in range(5):
+        gt = np.load(tmp_path / "data" / "depth" / f"p{i}.npy")
+        np.save(tmp_path / "pred" / f"p{i}.npy", (gt * rng.uniform(0.7, 1.4, gt.shape)).astype(np.float32))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+           "JAX_PLATFORMS": "cpu"}
+    options = ["--dataset", "folder", "--data", str(tmp_path / "data"), "--predictions", str(tmp_path / "pred"),
+               "--kind", "depth", "--no-progress"]
+    command = [sys.executable, "-m", "dpt_jax", "eval", *options, "-o", str(tmp_path / "all.json"), "--distributed"]
+    procs = [subprocess.Popen(command, cwd=FIXTURES.parent.parent, env={**env, "JAX_PROCESS_ID": str(p)}, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for p in range(2)]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert "process 0 writes the report" in outs[1][0]
+    report = json.loads((tmp_path / "all.json").read_text())
+    assert [r["name"] for r in report["images"]] == [f"p{i}" for i in range(5)]
+    assert report["settings"]["processes"] == 2
+    single = tmp_path / "one.json"
+    assert cli.main(["eval", *options, "-o", str(single)]) == 0  # one process, the same scores
+    np.testing.assert_allclose([report["metrics"][m] for m in metrics.METRICS],
+                               [json.loads(single.read_text())["metrics"][m] for m in metrics.METRICS], rtol=1e-12)
