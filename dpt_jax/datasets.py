@@ -73,7 +73,7 @@ def read_png16(path, scale: float) -> np.ndarray:
 
     try:
         with Image.open(path, formats=["PNG"]) as img:
-            if img.mode not in ("I;16", "I;16B", "I", "L"):
+            if img.mode not in ("I;16", "I;16B", "I"):  # an 8-bit picture here would be read as nonsense depth
                 raise DatasetError(path, f"expected a 16-bit grayscale PNG; got mode {img.mode}")
             return np.asarray(img, np.float32) / np.float32(scale)
     except (OSError, SyntaxError, ValueError) as e:
@@ -99,7 +99,7 @@ def read_mask_png(path) -> np.ndarray:
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=["PNG"]) as img:
             return np.asarray(img.convert("L")) > 0
     except (OSError, SyntaxError, ValueError) as e:
         raise DatasetError(path, f"cannot read the mask: {e}") from None

@@ -58,6 +58,16 @@ def test_nyuv2_labeled_mat_is_hdf5_and_the_split_is_matlab_v5(tmp_path, compress
     assert not valid[0, 0] and valid.sum() == h * w - 1
 
 
+def test_nyuv2_without_h5py_names_the_extra(tmp_path, monkeypatch):
+    (tmp_path / datasets.NYU_MAT).write_bytes(b"\0" * 512 + datasets.HDF5_SIGNATURE + b"\0" * 600)
+    import scipy.io
+
+    scipy.io.savemat(tmp_path / datasets.NYU_SPLITS, {"testNdxs": np.array([[1.0]])})
+    monkeypatch.setitem(__import__("sys").modules, "h5py", None)  # as if not installed
+    with pytest.raises(DatasetError, match=r"needs h5py: pip install 'dpt-jax\[eval\]'"):
+        datasets.open_dataset("nyuv2", tmp_path)
+
+
 def test_nyuv2_errors_name_what_is_missing_or_wrong(tmp_path):
     with pytest.raises(DatasetError, match="missing nyu_depth_v2_labeled.mat, splits.mat"):
         datasets.open_dataset("nyuv2", tmp_path)
@@ -84,6 +94,9 @@ def test_kitti_eigen_list_and_png16_depth(tmp_path):
     assert sample.name == pic[:-4]
     depth, valid = _truth(sample)
     np.testing.assert_allclose(depth, raw / 256.0)
+    Image.fromarray((raw // 256).astype(np.uint8)).save(tmp_path / gt)  # an 8-bit PNG is not KITTI depth
+    with pytest.raises(DatasetError, match="expected a 16-bit grayscale PNG; got mode L"):
+        sample.load_truth()
     np.testing.assert_array_equal(valid, raw > 0)
     assert not valid[0].any()
     (tmp_path / gt).unlink()
