@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import DatasetError
 from .inputs import IMAGE_SUFFIXES
-from .pictures import Source, open_source
+from .pictures import MAX_PIXELS, Source, open_source
 
 
 @dataclass(frozen=True)
@@ -124,12 +124,10 @@ def read_sintel_dpt(path) -> np.ndarray:
         if len(head) < 12 or struct.unpack("<f", head[:4])[0] != SINTEL_TAG:
             raise DatasetError(path, "not a Sintel .dpt file (no 202021.25 tag)")
         w, h = struct.unpack("<ii", head[4:])
-        if not (0 < w < 100_000 and 0 < h < 100_000):
-            raise DatasetError(path, f"implausible size {w}x{h}")
-        data = f.read(w * h * 4 + 1)
-    if len(data) != w * h * 4:
-        raise DatasetError(path, f"{len(data)} bytes of depth; {w}x{h} needs {w * h * 4}")
-    return np.frombuffer(data, "<f4").reshape(h, w)
+        held = Path(path).stat().st_size - 12  # checked before anything of the declared size is read
+        if w <= 0 or h <= 0 or held != w * h * 4:
+            raise DatasetError(path, f"{held} bytes of depth; {w}x{h} needs {max(w * h * 4, 0)}")
+        return np.frombuffer(f.read(held), "<f4").reshape(h, w)
 
 
 def read_pfm(path) -> np.ndarray:
@@ -194,12 +192,13 @@ def read_mat_v5(path) -> dict[str, np.ndarray]:
 
     def matrix(payload):
         parts = list(_mat_elements(payload, endian, path))
-        if len(parts) < 4:
+        if len(parts) < 4 or len(parts[1][1]) % 4:
             return
         dims = np.frombuffer(parts[1][1], endian + "i4")
         name = parts[2][1].decode("ascii", "replace")
         kind, values = parts[3]
-        if kind not in _MAT_TYPES or np.prod(dims) * np.dtype(_MAT_TYPES[kind]).itemsize != len(values):
+        if (kind not in _MAT_TYPES or (dims < 0).any()
+                or int(np.prod(dims, dtype=np.int64)) * np.dtype(_MAT_TYPES[kind]).itemsize != len(values)):
             return  # not a plain numeric array: not one NYUv2 needs
         out[name] = np.frombuffer(values, endian + _MAT_TYPES[kind]).reshape(tuple(dims), order="F")
 
@@ -281,7 +280,7 @@ def open_nyuv2(root: Path) -> list[Sample]:
         with h5py.File(mat, "r") as f:
             images, depths = f["images"], f["depths"]
             n, channels, w, h = images.shape
-            if channels != 3 or depths.shape != (n, w, h) or images.dtype != np.uint8:
+            if channels != 3 or depths.shape != (n, w, h) or images.dtype != np.uint8 or h * w > MAX_PIXELS:
                 raise DatasetError(mat, f"expected images (N, 3, W, H) uint8 and depths (N, W, H); got images "
                                         f"{images.shape} {images.dtype}, depths {depths.shape}")
     except (OSError, KeyError) as e:

@@ -71,6 +71,12 @@ def test_nyuv2_without_h5py_names_the_extra(tmp_path, monkeypatch):
 def test_nyuv2_errors_name_what_is_missing_or_wrong(tmp_path):
     with pytest.raises(DatasetError, match="missing nyu_depth_v2_labeled.mat, splits.mat"):
         datasets.open_dataset("nyuv2", tmp_path)
+    import scipy.io as scipy_io  # a dependency of jax
+    scipy_io.savemat(tmp_path / datasets.NYU_SPLITS, {"trainNdxs": np.array([[1.0]])})
+    raw = (tmp_path / datasets.NYU_SPLITS).read_bytes()
+    (tmp_path / datasets.NYU_SPLITS).write_bytes(raw[:-5])
+    with pytest.raises(DatasetError, match="truncated MATLAB data element"):
+        datasets.read_mat_v5(tmp_path / datasets.NYU_SPLITS)
     (tmp_path / datasets.NYU_MAT).write_bytes(b"MATLAB 5.0 MAT-file".ljust(2000, b"\0"))
     (tmp_path / datasets.NYU_SPLITS).write_bytes(b"x")
     with pytest.raises(DatasetError, match="not a MATLAB v7.3"):
@@ -144,8 +150,8 @@ def test_sintel_dpt_depth(tmp_path):
     [sample] = datasets.open_dataset("sintel", tmp_path)
     assert sample.sequence == "alley_1"
     np.testing.assert_array_equal(_truth(sample)[0], d)
-    dpt.write_bytes(struct.pack("<fii", datasets.SINTEL_TAG, 80000, 60000) + d.tobytes())
-    with pytest.raises(DatasetError, match="bytes of depth; 80000x60000 needs"):
+    dpt.write_bytes(struct.pack("<fii", datasets.SINTEL_TAG, 80000, 60000) + d.tobytes())  # declares 19 GB
+    with pytest.raises(DatasetError, match="192 bytes of depth; 80000x60000 needs 19200000000"):
         sample.load_truth()
 
 
