@@ -127,8 +127,14 @@ class Scorer:
             self.terms.append({k: v[t:t + 1] for k, v in terms.items()})
             self.rows.append({"name": names[t], **row, **fit})
 
+    def flush(self) -> None:
+        """Score the videos still waiting for frames (one whose other frames failed) with the frames they have."""
+        for sequence in sorted(self._video):
+            self._score(self._video.pop(sequence))
+
     def part(self) -> dict:
         """What this scorer holds (rows and per-picture terms) as JSON data, to combine shares of many processes."""
+        self.flush()
         terms = {k: np.concatenate([t[k] for t in self.terms]).tolist() for k in self.terms[0]} if self.terms else {}
         return {"rows": self.rows, "terms": terms}
 
@@ -140,8 +146,7 @@ class Scorer:
 
     def result(self) -> dict[str, float]:
         """The dataset's metrics over every picture scored (pictures without valid ground truth left out)."""
-        if self._video:
-            raise ValueError(f"videos not complete: {', '.join(sorted(self._video))}")
+        self.flush()
         if not self.terms:
             raise ValueError("no picture was scored")
         return metrics.combine({k: np.concatenate([t[k] for t in self.terms]) for k in self.terms[0]})

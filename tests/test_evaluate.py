@@ -130,6 +130,8 @@ def test_disparity_video_alignment_fits_each_sequence_once():
         scorer.add(f"f{i}", disparity[i], gt[i], np.ones((5, 6), bool), sequence=f"v{i // 2}", sequence_length=2)
     assert scorer.result()["abs_rel"] < 1e-6  # float32 predictions, as eval.py reads them
     assert [r["scale"] for r in scorer.rows][::2] == pytest.approx([0.5, 1 / 7])
+    scorer.add("f4", disparity[0], gt[0], np.ones((5, 6), bool), sequence="v2", sequence_length=2)  # one frame lost
+    assert len(scorer.rows) == 4 and scorer.result()["abs_rel"] < 1e-6 and len(scorer.rows) == 5
     with pytest.raises(ValueError, match="has no scale"):
         evaluate.settings_for("folder", "disparity", alignment="none")
 
