@@ -173,9 +173,13 @@ def prediction_files(samples: list[Sample], folder: Path) -> list[Path]:
 
 
 def read_prediction(path: Path) -> np.ndarray:
+    """A saved (h, w) prediction; NaN or infinite values are refused (they would poison the fit)."""
     from .datasets import read_npy, read_pfm
 
-    return read_pfm(path) if path.suffix == ".pfm" else read_npy(path)
+    prediction = read_pfm(path) if path.suffix == ".pfm" else read_npy(path)
+    if not np.isfinite(prediction).all():
+        raise DatasetError(path, "the prediction has NaN or infinite values")
+    return prediction
 
 
 # ---------------------------------------------------------------------------------------------
