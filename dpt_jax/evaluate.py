@@ -311,25 +311,29 @@ def _run(args, process: int, processes: int) -> int:
     bar = tqdm(total=len(samples), unit="img", file=sys.stderr,
                disable=args.no_progress or not sys.stderr.isatty())
 
-    def score(sample: Sample, prediction: np.ndarray) -> None:
+    def fail(name: str, error: str) -> None:
+        failed.append({"name": name, "error": error})
+        bar.write(f"dpt-jax eval: {prefix}{name}: {error}", file=sys.stderr)
+
+    def score(sample: Sample, prediction) -> None:
         try:
             depth, valid = sample.load_truth()
+            prediction = prediction() if callable(prediction) else prediction
             scorer.add(sample.name, prediction, depth, valid, sample.sequence, lengths[sample.sequence])
-        except (DatasetError, ValueError) as e:
-            failed.append({"name": sample.name, "error": str(e)})
-            bar.write(f"dpt-jax eval: {prefix}{sample.name}: {e}", file=sys.stderr)
+        except ValueError as e:  # DatasetError included
+            fail(sample.name, str(e))
         bar.update(1)
 
     try:
         if files is not None:
             for sample, path in zip(samples, files):
-                score(sample, read_prediction(path))
+                score(sample, lambda path=path: read_prediction(path))
         else:
             from . import pipeline
 
             def on_result(r: pipeline.Result) -> None:
                 if r.error is not None:
-                    failed.append({"name": samples[r.index].name, "error": r.error})
+                    fail(samples[r.index].name, r.error)
                     bar.update(1)
                 else:
                     score(samples[r.index], r.depth)

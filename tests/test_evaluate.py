@@ -181,3 +181,21 @@ def test_two_processes_score_their_shares_and_process_0_reports_all(tmp_path):
     assert cli.main(["eval", *options, "-o", str(single)]) == 0  # one process, the same scores
     np.testing.assert_allclose([report["metrics"][m] for m in metrics.METRICS],
                                [json.loads(single.read_text())["metrics"][m] for m in metrics.METRICS], rtol=1e-12)
+
+
+def test_a_bad_saved_prediction_is_a_failed_picture_and_the_rest_are_scored(tmp_path, capsys):
+    _folder_dataset(tmp_path / "data", n=3, size=(6, 8))
+    (tmp_path / "pred").mkdir()
+    for i in range(3):
+        np.save(tmp_path / "pred" / f"p{i}.npy", np.load(tmp_path / "data" / "depth" / f"p{i}.npy"))
+    np.save(tmp_path / "pred" / "p1.npy", np.full((6, 8), np.nan, np.float32))
+    np.save(tmp_path / "pred" / "p2.npy", np.ones((5, 8), np.float32))
+    out = tmp_path / "r.json"
+    assert cli.main(["eval", "--dataset", "folder", "--data", str(tmp_path / "data"), "--predictions",
+                     str(tmp_path / "pred"), "--kind", "depth", "-o", str(out), "--no-progress"]) == 1
+    report = json.loads(out.read_text())
+    assert [r["name"] for r in report["images"]] == ["p0"] and report["metrics"]["abs_rel"] == 0
+    assert [f["name"] for f in report["failed"]] == ["p1", "p2"]
+    err = capsys.readouterr().err
+    assert "p1.npy: the prediction has NaN or infinite values" in err
+    assert "p2: the prediction is 8x5, the ground truth 8x6" in err
