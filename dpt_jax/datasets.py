@@ -303,18 +303,22 @@ def open_nyuv2(root: Path) -> list[Sample]:
 
 
 KITTI_SPLIT = "eigen_test_files_with_gt.txt"
+#: Where KITTI's depth PNGs may lie under the root: beside the raw data, or in the annotated depth download.
+KITTI_DEPTH_ROOTS = ("", "data_depth_annotated", "data_depth_annotated/train", "data_depth_annotated/val")
 
 
 def open_kitti(root: Path) -> list[Sample]:
-    """KITTI, Eigen split: eigen_test_files_with_gt.txt (lines: picture, depth PNG or None, focal; paths under
-    root), depth 16-bit PNG in metres x 256 (0: no depth)."""
+    """KITTI, Eigen split: eigen_test_files_with_gt.txt (lines: picture, depth PNG or None, focal; pictures under
+    root, depth PNGs under root or a KITTI_DEPTH_ROOTS folder), depth 16-bit PNG in metres x 256 (0: no depth)."""
     _require(root, KITTI_SPLIT)
     samples, missing = [], []
     for line in (root / KITTI_SPLIT).read_text(errors="replace").splitlines():
         parts = line.split()
         if len(parts) < 2 or parts[1] == "None":  # pictures without ground truth are not scored
             continue
-        picture, depth = root / parts[0], root / parts[1]
+        picture = root / parts[0]
+        depth = next((root / d / parts[1] for d in KITTI_DEPTH_ROOTS if (root / d / parts[1]).is_file()),
+                     root / parts[1])
         missing += [str(p.relative_to(root)) for p in (picture, depth) if not p.is_file()]
         if not missing:
             samples.append(Sample(str(Path(parts[0]).with_suffix("")), _lazy_picture(picture),
@@ -431,7 +435,7 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
     Dataset("nyuv2", f"{NYU_MAT} and {NYU_SPLITS}",
             Protocol("Eigen test split, 654 pictures (splits.mat testNdxs)", "eigen", 1e-3, 10.0,
                      "crop and caps: Marigold's NYU dataset and BTS/ZoeDepth (Eigen et al. 2014)"), open_nyuv2),
-    Dataset("kitti", f"{KITTI_SPLIT} and the pictures and depth PNGs it names",
+    Dataset("kitti", f"{KITTI_SPLIT}, the pictures it names, their depth PNGs (or under data_depth_annotated/)",
             Protocol("Eigen test split, lines with ground truth (BTS's eigen_test_files_with_gt.txt)", "garg",
                      1e-3, 80.0, "Garg crop (Garg et al. 2016) as BTS and Monodepth2; 80 m cap as Marigold"),
             open_kitti),

@@ -105,7 +105,11 @@ def test_kitti_eigen_list_and_png16_depth(tmp_path):
         sample.load_truth()
     np.testing.assert_array_equal(valid, raw > 0)
     assert not valid[0].any()
-    (tmp_path / gt).unlink()
+    annotated = tmp_path / "data_depth_annotated" / "val" / gt  # the annotated-depth download's layout
+    annotated.parent.mkdir(parents=True)
+    (tmp_path / gt).rename(annotated)
+    np.testing.assert_array_equal(datasets.open_dataset("kitti", tmp_path)[0].load_truth()[0], raw / 256.0)
+    annotated.unlink()
     with pytest.raises(DatasetError, match="1 files of eigen_test_files_with_gt.txt missing: .*0000000069"):
         datasets.open_dataset("kitti", tmp_path)
 

@@ -99,7 +99,8 @@ def _folder_dataset(root, n=3, size=(30, 40)):
 
 def test_a_model_on_a_folder_dataset_writes_the_report_once(tmp_path, monkeypatch, capsys):
     model = dpt_jax.load(MINI)
-    monkeypatch.setattr(dpt_jax.model, "load", lambda *a, **k: model)
+    calls = []
+    monkeypatch.setattr(dpt_jax.model, "load", lambda *a, **k: calls.append(k) or model)
     _folder_dataset(tmp_path / "data")
     out = tmp_path / "r.json"
     args = ["eval", MINI, "--dataset", "folder", "--data", str(tmp_path / "data"), "-o", str(out), "--no-progress",
@@ -108,6 +109,7 @@ def test_a_model_on_a_folder_dataset_writes_the_report_once(tmp_path, monkeypatc
     report = json.loads(out.read_text())
     assert [r["name"] for r in report["images"]] == ["p0", "p1", "p2"]
     assert report["settings"]["model"] == model.config.name and report["settings"]["dtype"] == "float32"
+    assert calls[0]["dtype"] == "float32"
     assert all(np.isfinite(report["metrics"][m]) for m in metrics.METRICS)
     # the same scores from the library: the model's depth through evaluate.Scorer
     scorer = evaluate.Scorer(evaluate.settings_for("folder", "disparity"))
