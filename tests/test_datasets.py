@@ -100,15 +100,16 @@ def test_kitti_eigen_list_and_png16_depth(tmp_path):
     assert sample.name == pic[:-4]
     depth, valid = _truth(sample)
     np.testing.assert_allclose(depth, raw / 256.0)
-    Image.fromarray((raw // 256).astype(np.uint8)).save(tmp_path / gt)  # an 8-bit PNG is not KITTI depth
-    with pytest.raises(DatasetError, match="expected a 16-bit grayscale PNG; got mode L"):
-        sample.load_truth()
     np.testing.assert_array_equal(valid, raw > 0)
     assert not valid[0].any()
     annotated = tmp_path / "data_depth_annotated" / "val" / gt  # the annotated-depth download's layout
     annotated.parent.mkdir(parents=True)
     (tmp_path / gt).rename(annotated)
-    np.testing.assert_array_equal(datasets.open_dataset("kitti", tmp_path)[0].load_truth()[0], raw / 256.0)
+    [sample] = datasets.open_dataset("kitti", tmp_path)
+    np.testing.assert_array_equal(sample.load_truth()[0], raw / 256.0)
+    Image.fromarray((raw // 256).astype(np.uint8)).save(annotated)  # an 8-bit PNG is not KITTI depth
+    with pytest.raises(DatasetError, match="expected a 16-bit grayscale PNG; got mode L"):
+        sample.load_truth()
     annotated.unlink()
     with pytest.raises(DatasetError, match="1 files of eigen_test_files_with_gt.txt missing: .*0000000069"):
         datasets.open_dataset("kitti", tmp_path)
