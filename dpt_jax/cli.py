@@ -291,6 +291,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
 
+    from .datasets import DATASETS
+    from .metrics import ALIGNMENTS, CROPS
+
+    p = sub.add_parser(
+        "eval", help="score a model (or saved depth maps) on a depth dataset with the papers' metrics",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="abs_rel, sq_rel, rmse, rmse_log, log10, delta1-3, i_rmse and silog of a model on a dataset, "
+                    "by the dataset's protocol (split, crop, depth caps) unless overridden; a table on the terminal "
+                    "and a JSON file with the settings and one row per picture. See README, Evaluate.",
+        epilog="Datasets (--dataset) and what --data holds:\n" + "\n".join(
+            f"  {d.name:<11} {d.layout}" for d in DATASETS.values()))
+    p.add_argument("model", nargs="?", help="checkpoint path, Hugging Face folder, name or repo id (or --predictions)")
+    p.add_argument("--dataset", required=True, choices=list(DATASETS), help="which dataset layout and protocol")
+    p.add_argument("--data", required=True, metavar="PATH", help="the dataset's folder")
+    p.add_argument("--predictions", metavar="DIR",
+                   help="score saved depth maps instead of a model: DIR/<name>.npy (or -depth.npy, .pfm, -depth.pfm) "
+                        "for each picture's name in the dataset")
+    p.add_argument("--kind", choices=["disparity", "depth"],
+                   help="--predictions: relative inverse depth (default, as dpt-jax predict writes for relative "
+                        "models) or depth in metres")
+    p.add_argument("--alignment", choices=["auto", *ALIGNMENTS], default="auto",
+                   help="auto (default): a least-squares scale and shift of the disparity per picture for relative "
+                        "predictions, none for metric ones; disparity-video: one fit per video (Video Depth "
+                        "Anything's protocol); median: scale only")
+    p.add_argument("--crop", choices=list(CROPS), help="evaluation crop (default: the dataset's)")
+    p.add_argument("--min-eval-depth", type=float, metavar="M",
+                   help="ground truth counts where it is above this (default: the dataset's)")
+    p.add_argument("--max-eval-depth", type=float, metavar="M",
+                   help="ground truth counts where it is below this, and predictions are capped at it "
+                        "(default: the dataset's)")
+    p.add_argument("--limit", type=_positive, metavar="N", help="only the first N pictures of the dataset")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="the JSON report (default: eval-<dataset>-<model>.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace the JSON report if it exists")
+    p.add_argument("--batch-size", type=_positive, default=4, help="pictures per model call (default 4)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="float32 (exact; default) or bfloat16 matmuls")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="one process per host, joined as predict --distributed does: each scores every n-th picture "
+                        "(every n-th video with disparity-video) and process 0 writes the report of all; on by "
+                        "itself when JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES or JAX_PROCESS_ID is set")
+    add_model_options(p)
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("bench", help="time dpt-jax on a model with random weights (no checkpoint needed)",
                        description="Compile time, median/min latency and images/s of a model with random weights. "
                                    "The side-by-side comparison with PyTorch is benchmarks/ in the repository.")
@@ -334,6 +379,12 @@ def _silence_stdout():
     os.close(devnull)
 
 
+def cmd_eval(args) -> int:
+    from . import evaluate
+
+    return evaluate.run(args)
+
+
 def cmd_predict(args) -> int:
     from . import predict_files
 
@@ -342,7 +393,7 @@ def cmd_predict(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("predict", "export", "bench", "info"):  # the CLI, not the library, keeps compiled programs
+    if args.command in ("predict", "eval", "export", "bench", "info"):  # the CLI, not the library, keeps programs
         from . import compile_cache
 
         compile_cache.enable()

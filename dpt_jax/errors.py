@@ -79,3 +79,7 @@ class AlignError(DptJaxError, ValueError):
     @property
     def name(self) -> str:
         return self.where
+
+
+class DatasetError(DptJaxError, ValueError):
+    """An evaluation dataset folder or file that does not match its layout or format; names what is missing."""

@@ -45,3 +45,28 @@ def run_with_intermediates(model, images):
         x = np.asarray(value[0])
         out[path[-1]] = x.transpose(0, 3, 1, 2) if x.ndim == 4 else x  # maps back to NCHW like the fixtures
     return out
+
+
+MOTORCYCLE_CALIB = """cam0=[994.978 0 311.193; 0 994.978 254.877; 0 0 1]
+cam1=[994.978 0 342.279; 0 994.978 254.877; 0 0 1]
+doffs=31.086
+baseline=193.001
+width=741
+height=500
+"""
+
+
+def write_motorcycle(folder):
+    """scikit-image's Middlebury 2014 pair written as a Middlebury scene (calibration from its docstring)."""
+    from PIL import Image
+    from skimage.data import stereo_motorcycle
+
+    from dpt_jax.output import write_pfm
+
+    left, _, disparity = stereo_motorcycle()
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(left).save(folder / "im0.png")
+    with open(folder / "disp0.pfm", "wb") as f:
+        write_pfm(f, disparity)
+    (folder / "calib.txt").write_text(MOTORCYCLE_CALIB)
+    return left, disparity
