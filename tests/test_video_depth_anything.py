@@ -263,6 +263,11 @@ def test_predict_writes_the_temporal_depth_of_a_video_and_refuses_pictures(vda, 
     assert stack.shape == (30, 32, 48) and decode(out / "clip-depth.mp4")[0].shape == (30, 32, 48, 3)
     np.testing.assert_allclose(stack, vda.predict_video(frames, input_size=42), rtol=0, atol=1e-6)
     assert "model at 56x42" in err
+    # the other video outputs: input | depth, a running colour range, 16-bit frames
+    code = cli.main(["predict", str(clip), "-m", "vda", "-o", str(out), "--input-size", "42", "--side-by-side",
+                     "--normalize", "running", "--frames", "png16", "--no-progress"])
+    assert code == 0 and decode(out / "clip-side.mp4")[0].shape == (30, 32, 96, 3)
+    assert len(list((out / "clip-depth-16").glob("*.png"))) == 30
 
 
 def test_the_api_says_which_path_a_model_takes(vda):
