@@ -164,6 +164,7 @@ def test_a_three_window_clip_matches_infer_video_depth(vda, clips):
     depth = vda.predict_video(clips["clip__frames"], input_size=42)
     assert depth.shape == (80, 32, 48) and depth.dtype == np.float32
     assert rel_err(depth, clips["mini_vda__depth"]) < TOL
+    assert vda._apply_clip._cache_size() == 1  # four windows, one compiled program
 
 
 @pytest.mark.parametrize("name", ["mini_vda", "mini_vda_metric"])
