@@ -66,7 +66,7 @@ def test_registry_holds_the_depth_anything_releases():
     from dpt_jax.convert.dinov2 import RELEASE_FILES
 
     entries = {n: e for n, e in hub.REGISTRY.items() if PRESETS[n].family.name == "dinov2"}
-    assert len(entries) == 12 == len(RELEASE_FILES)
+    assert len(entries) == 18 == len(RELEASE_FILES)  # Depth Anything V1, V2 and Video Depth Anything
     for file, name in RELEASE_FILES.items():
         entry = entries[name]
         assert entry.file == file and entry.url is None and entry.repo  # a Hub repository's file: huggingface_hub
