@@ -418,6 +418,8 @@ def _predict_videos(args, model, todo, status: Status) -> tuple[list[Path], int]
         except (ValueError, OSError) as e:  # VideoError included: this video is reported, the next one goes on
             message = str(e)
             status.error(message if message.startswith(str(item.path)) else f"{item.path}: {message}")
+            if getattr(e, "kept", None) is not None:  # the frames decoded before a failure, written as asked
+                written.append(e.kept)
             continue
         finally:
             if status.bar is not None:

@@ -24,7 +24,7 @@ Frames keep their count and the stream's average frame rate (timestamps are renu
 constant rate; audio and subtitles are dropped). Outputs are written through temporary files and
 renamed: a video that fails to decode (corrupt, or truncated: fewer frames than its index declares)
 raises VideoError naming it and leaves no video file; frames (`frames_format`) decoded before the
-failure are still written, as the user asked for frames.
+failure are still written, as the user asked for frames, and the VideoError says where (its `kept`).
 """
 
 from __future__ import annotations
@@ -369,6 +369,11 @@ def predict_video(model, src, dst, *, batch_size: int = 8, normalize: str = "glo
         raise
     run.finish()
     if run.error is not None:
+        if run.frames is not None:  # the frames decoded before the failure were written: the error says where
+            error = VideoError(run.error.where, f"{run.error.message}; the {run.decoded} frames decoded before it "
+                                                f"were written to {frames_path}")
+            error.kept = frames_path
+            raise error
         raise run.error
     frames = frames_path if run.frames is not None else None
     return VideoResult(run.decoded, run.fps, run.size, run.net_size, dst if run.video else None, frames,

@@ -83,6 +83,21 @@ def test_a_corrupt_video_is_reported_and_the_others_are_written(clip, picture, t
     assert decode(out / "a-depth.mp4")[0].shape[0] == FRAMES
 
 
+def test_a_truncated_video_says_where_its_frames_were_kept(clip, tmp_path, capsys):
+    data = make_video(tmp_path / "full.mp4", frames=8, options={"movflags": "faststart"}).read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.8)])  # the index declares 8 frames; fewer can be decoded
+    out = tmp_path / "out"
+    assert predict(cut, "-o", out, "--frames", "npy") == 1
+    err = capsys.readouterr().err
+    kept = out / "cut-depth.npy"
+    assert sorted(p.name for p in out.iterdir()) == ["cut-depth.npy"]  # no video, the frames asked for
+    decoded = np.load(kept).shape[0]
+    assert 0 < decoded < 8
+    assert f"the {decoded} frames decoded before it were written to {kept}" in err
+    assert f"1 file written: {kept} (1 failed)" in err and "nothing written" not in err
+
+
 def read_ply(path):
     ply = PlyData.read(str(path))
     v = ply["vertex"]
