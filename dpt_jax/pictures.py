@@ -73,6 +73,7 @@ class Source:
     name: str
     size: tuple[int, int]  # (h, w)
     load: Callable[[], np.ndarray]
+    note: str | None = None  # what the user should know about how it is read (an animation: its first frame)
 
 
 def open_source(item: ImageLike, index: int = 0) -> Source:
@@ -91,6 +92,7 @@ def open_source(item: ImageLike, index: int = 0) -> Source:
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 with Image.open(path, formats=PICTURE_FORMATS) as img:
                     h, w = _displayed_size(img)
+                    frames = getattr(img, "n_frames", 1)
         except UnidentifiedImageError:
             raise ImageError(name, f"not an image file of a picture format dpt-jax reads "
                                    f"({', '.join(PICTURE_FORMATS)})") from None
@@ -110,7 +112,11 @@ def open_source(item: ImageLike, index: int = 0) -> Source:
             except Exception as e:  # truncated or corrupt pixel data surfaces only when decoding
                 raise ImageError(name, f"cannot decode image: {e}") from None
 
-        return Source(name, (h, w), load)
+        note = None
+        if frames > 1:  # animated GIF, PNG or WebP: Pillow decodes the first frame
+            note = (f"an animation of {frames} frames: its first frame only (as a video, e.g. converted to .mp4, "
+                    "every frame gets its depth)")
+        return Source(name, (h, w), load, note)
     if hasattr(item, "mode") and hasattr(item, "size"):  # a PIL image
         name = f"image #{index}"
         h, w = _displayed_size(item)

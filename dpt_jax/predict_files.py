@@ -236,6 +236,8 @@ def run(args) -> int:
         try:
             sources.append(pictures.open_source(item.path, i))
             items.append(item)
+            if sources[-1].note is not None:
+                status.info(f"note: {item.path}: {sources[-1].note}")
         except ImageError as e:
             status.error(f"{e.name}: {e.message}")
             failed += 1

@@ -203,6 +203,19 @@ def test_missing_input_is_reported_before_any_download(tmp_path, no_model, capsy
     assert code == 1 and "missing.jpg: no such file" in capsys.readouterr().err
 
 
+def test_an_animated_picture_says_it_gives_its_first_frame(tmp_path, loads, model, capsys):
+    first = picture(tmp_path / "f0.png", 1)
+    second = picture(tmp_path / "f1.png", 2)
+    frames = [Image.fromarray(a).convert("P", palette=Image.Palette.ADAPTIVE) for a in (first, second)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    assert predict(tmp_path / "anim.gif", "-o", tmp_path / "out", "-f", "npy") == 0
+    err = capsys.readouterr().err
+    assert f"note: {tmp_path / 'anim.gif'}: an animation of 2 frames: its first frame only" in err
+    with Image.open(tmp_path / "anim.gif") as img:  # Pillow's first frame, as predict reads it
+        expected = model.predict(np.asarray(img.convert("RGB")))
+    np.testing.assert_array_equal(np.load(tmp_path / "out/anim-depth.npy"), expected)
+
+
 # -- formats, layout, status ------------------------------------------------------------------------
 
 def test_every_format_in_one_run(tmp_path, loads, capsys):
