@@ -74,34 +74,56 @@ def locked(lock_path: Path, watched: Path, url: str, progress: bool, lock_timeou
     """An exclusive lock on `lock_path` for the duration of a download (POSIX; elsewhere a no-op).
 
     While another process holds it, wait as long as that process makes progress (the file
-    `watched` grows); after `lock_timeout` seconds without progress, raise DownloadError.
+    `watched` grows); after `lock_timeout` seconds without progress, raise DownloadError. The
+    holder removes the lock file as it lets go (no empty files stay in the cache), so a lock is
+    only held once the file locked is still the one at `lock_path`.
     """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError:  # pragma: no cover - a cache that cannot hold a lock file
-        yield
-        return
-    try:
+    told = False
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:  # pragma: no cover - a cache that cannot hold a lock file
+            yield
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            held = True
         except BlockingIOError:
-            held = False
-        except OSError:  # pragma: no cover - file systems without flock: go on unlocked
-            held = True
-        if not held:
-            if progress:
+            if progress and not told:
                 print(f"dpt-jax: waiting for another process downloading into {lock_path.parent} "
                       f"(lock file {lock_path})", file=sys.stderr)
-            _wait_for_lock(fd, lock_path, watched, url, lock_timeout)
+                told = True
+            try:
+                _wait_for_lock(fd, lock_path, watched, url, lock_timeout)
+            except BaseException:
+                os.close(fd)
+                raise
+        except OSError:  # pragma: no cover - file systems without flock: go on unlocked
+            try:
+                yield
+            finally:
+                os.close(fd)
+            return
+        if _same_file(fd, lock_path):
+            break
+        os.close(fd)  # the holder removed the file while we waited for it: lock the new one
+    try:
         yield
     finally:
+        with contextlib.suppress(OSError):  # while still held: a process waiting on this file sees it gone
+            lock_path.unlink()
         os.close(fd)  # releases the lock
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:
+        return False
 
 
 def _wait_for_lock(fd: int, lock_path: Path, watched: Path, url: str, lock_timeout: float) -> None:

@@ -187,11 +187,35 @@ def _keep_missing(targets: dict, name: str, overwrite: bool, status: Status) -> 
 
 
 def run(args) -> int:
+    process, processes = start_distributed(args.distributed)
+    # The folders this run creates for its outputs are removed again if it ends with nothing in them (a run
+    # on many hosts leaves them: another process may still be writing there).
+    created = _missing_folders(Path(args.output)) if processes == 1 else []
+    try:
+        return _run(args, process, processes)
+    finally:
+        for folder in created:  # deepest first; a folder with anything in it stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    folder = folder.absolute()
+    while not folder.exists() and not folder.is_symlink() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _run(args, process: int, processes: int) -> int:
     from . import geometry, pictures
     from .atomic import clean_stale_partials
     from .video import is_video
 
-    process, processes = start_distributed(args.distributed)
     status = Status(args.quiet, args.verbose, prefix=f"[process {process}/{processes}] " if processes > 1 else "")
     args.size = args.size or args.height
     found, notes = expand_inputs(args.inputs, recursive=args.recursive, outdir=args.output)

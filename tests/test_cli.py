@@ -216,6 +216,18 @@ def test_an_animated_picture_says_it_gives_its_first_frame(tmp_path, loads, mode
     np.testing.assert_array_equal(np.load(tmp_path / "out/anim-depth.npy"), expected)
 
 
+def test_a_failed_run_leaves_no_output_folder_it_created(tmp_path, capsys):
+    picture(tmp_path / "p.png")
+    out = tmp_path / "a" / "b" / "out"
+    assert cli.main(["predict", str(tmp_path / "missing.png"), "-m", MINI, "-o", str(out)]) == 1
+    assert not (tmp_path / "a").exists()  # nothing written: the folders the run made are gone
+    assert cli.main(["predict", str(tmp_path / "p.png"), "-m", str(tmp_path / "no.safetensors"), "-o", str(out)]) == 1
+    assert "no.safetensors" in capsys.readouterr().err and not (tmp_path / "a").exists()  # the model failed
+    (tmp_path / "a").mkdir()
+    assert cli.main(["predict", str(tmp_path / "missing.png"), "-m", MINI, "-o", str(out)]) == 1
+    assert list((tmp_path / "a").iterdir()) == []  # a folder that was there before stays
+
+
 # -- formats, layout, status ------------------------------------------------------------------------
 
 def test_every_format_in_one_run(tmp_path, loads, capsys):
