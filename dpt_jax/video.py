@@ -420,6 +420,7 @@ class _Run:
     def first_pass(self):
         import jax.numpy as jnp
 
+        from .overlap import first_call
         from .preprocess import to_network
 
         resized_with_range, running_range, render = _device_steps()
@@ -431,7 +432,11 @@ class _Run:
                 n = len(frames)
                 pixels = np.stack(frames + [np.zeros_like(frames[0])] * (self.batch - n))  # (batch, h, w, 3)
                 c = self.model.config
-                net = self.model.apply(to_network(c, jnp.asarray(pixels), self.net_size))  # (batch, H, W)
+                images = to_network(c, jnp.asarray(pixels), self.net_size)  # (batch, H, W, 3)
+                if self.decoded or pending is not None:
+                    net = self.model.apply(images)  # (batch, H, W)
+                else:  # the first batch compiles the model's program: said and timed as for pictures
+                    net = first_call(lambda: self.model.apply(images), self.net_size, self.batch, self.on_status)
                 depth, lo, hi = resized_with_range(net, self.size, c.output_resize)  # (batch, h, w), (batch,), (batch,)
                 depth, lo, hi, net = depth[:n], lo[:n], hi[:n], net[:n]
                 if self.normalize == "running":

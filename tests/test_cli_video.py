@@ -56,6 +56,7 @@ def test_video_and_picture_in_one_run(clip, picture, tmp_path, capsys):
     assert stack.shape == (FRAMES, H, W) and np.isfinite(stack).all() and np.ptp(stack, axis=(1, 2)).min() > 0
     assert (out / "pic-depth.png").is_file()
     assert f"{FRAMES} frames" in err and "frames/s" in err and "2 inputs done" in err
+    assert "compiling for 96x128 (batch 4)" in err and "compiled and ran 96x128 (batch 4) in" in err  # the video's
 
     # A second run replaces nothing it did not create; --overwrite does; --side-by-side is another name.
     before = (out / "clip-depth.mp4").stat().st_mtime_ns
