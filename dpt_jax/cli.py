@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{hub.known_names_text()}; default {hub.DEFAULT_MODEL}, downloaded on first use.",
                              92) + f"\n\n{NAMING}")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="picture files, folders (their pictures) or globs ('**' matches sub-folders; quote it)")
+                   help="picture files, folders (their pictures), globs ('**' matches sub-folders; quote it) or "
+                        "picture URLs (http://, https://)")
     p.add_argument("-m", "--model", default=None,
                    help="checkpoint path, Hugging Face folder, official name or Hugging Face repo id "
                         "(default: the smallest, dpt_swin2_tiny_256)")

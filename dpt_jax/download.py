@@ -225,7 +225,8 @@ class _StallWatch:
 
 
 def _fetch_once(url: str, partial: Path, meta_path: Path, *, desc: str, approx: int | None,
-                show_bar: bool, timeout: float, stall_timeout: float, stall_bytes: int) -> None:
+                show_bar: bool, timeout: float, stall_timeout: float, stall_bytes: int,
+                limit: int | None = None) -> None:
     """One request: continue `partial` (or start it) until it is complete; raises _Interrupted/_Restart."""
     have = partial.stat().st_size if partial.exists() else 0
     meta = _read_meta(meta_path)
@@ -271,6 +272,8 @@ def _fetch_once(url: str, partial: Path, meta_path: Path, *, desc: str, approx: 
         else:
             raise DownloadError(url, f"unexpected HTTP status {response.status} {response.reason}")
 
+        if total is not None and limit is not None and total > limit:
+            raise DownloadError(url, f"announces {human_size(total)}; at most {human_size(limit)} are taken")
         if total is not None:
             free = shutil.disk_usage(partial.parent).free
             if free < total - have:
@@ -284,7 +287,7 @@ def _fetch_once(url: str, partial: Path, meta_path: Path, *, desc: str, approx: 
             unit_divisor=1024, desc=desc, file=sys.stderr, disable=not show_bar, leave=False,
         ) as bar:
             watch = _StallWatch(stall_timeout, stall_bytes, total, have)
-            cap = total if total is not None else max_bytes_unknown(approx)
+            cap = total if total is not None else max_bytes_unknown(approx) if limit is None else limit
             try:
                 while True:
                     chunk = response.read1(_CHUNK)  # what has arrived (read() would wait for a full chunk)
@@ -317,14 +320,17 @@ def _fetch_once(url: str, partial: Path, meta_path: Path, *, desc: str, approx: 
 
 
 def fetch(url: str, partial: Path, *, desc: str, approx: int | None, progress: bool,
-           timeout: float, retries: int, stall_timeout: float, stall_bytes: int) -> None:
+           timeout: float, retries: int, stall_timeout: float = STALL_TIMEOUT, stall_bytes: int = STALL_BYTES,
+           limit: int | None = None) -> None:
+    """Download `url` into `partial` (continuing the bytes there); `limit`: the most bytes taken, announced
+    or not (default: the announced size, else twice `approx`)."""
     meta_path = partial.with_name(partial.name + ".json")
     show_bar = progress and sys.stderr.isatty()
     failures = restarts = 0
     while True:
         try:
             _fetch_once(url, partial, meta_path, desc=desc, approx=approx, show_bar=show_bar, timeout=timeout,
-                        stall_timeout=stall_timeout, stall_bytes=stall_bytes)
+                        stall_timeout=stall_timeout, stall_bytes=stall_bytes, limit=limit)
             unlink(meta_path)
             return
         except _Restart as e:

@@ -247,7 +247,7 @@ def _run(args, process: int, processes: int) -> int:
     sources, items, videos = [], [], []
     for i, item in enumerate(mine):
         if item.problem is not None:
-            status.error(f"{item.path}: {item.problem}")
+            status.error(f"{item.name}: {item.problem}")
             failed += 1
             continue
         if is_video(item.path):  # its frames are read when it is processed; here only that it is there
@@ -258,10 +258,10 @@ def _run(args, process: int, processes: int) -> int:
                 failed += 1
             continue
         try:
-            sources.append(pictures.open_source(item.path, i))
+            sources.append(pictures.open_source(item.url or item.path, i))
             items.append(item)
             if sources[-1].note is not None:
-                status.info(f"note: {item.path}: {sources[-1].note}")
+                status.info(f"note: {item.name}: {sources[-1].note}")
         except ImageError as e:
             status.error(f"{e.name}: {e.message}")
             failed += 1
@@ -271,7 +271,7 @@ def _run(args, process: int, processes: int) -> int:
     # 2. The output folder: writable, stale temporary files of killed runs removed.
     outdir = Path(args.output)
     _check_writable(outdir)
-    resolved_inputs = {i.path.resolve() for i in found}
+    resolved_inputs = {i.path.resolve() for i in found if i.url is None}
     plan, todo = {}, []  # source name -> {format: target}; sources with something to write
     skipped = 0
     endings = {name: f.ending for name, f in FORMATS.items()}
@@ -352,7 +352,7 @@ def _predict(args, model, todo, plan, status: Status) -> tuple[list[Path], int]:
     Returns (the files written, how many pictures got all theirs)."""
     from tqdm import tqdm
 
-    from . import geometry, output, pictures, pipeline
+    from . import geometry, output, pipeline
 
     c = model.config
     total = len(todo)
@@ -361,11 +361,12 @@ def _predict(args, model, todo, plan, status: Status) -> tuple[list[Path], int]:
         status.bar = tqdm(total=total, unit="img", file=sys.stderr)
     written: list[Path] = []
     count = done = 0
+    by_name = {src.name: src for src in todo}
 
     def write_all(r: pipeline.Result) -> list[Path]:
         targets = plan[r.name]
         needs_picture = any(FORMATS[fmt].needs_picture for fmt in targets)
-        picture = pictures.open_source(r.name).load() if needs_picture else None
+        picture = by_name[r.name].load() if needs_picture else None  # decoded again (a URL is not fetched again)
         paths = []
         for fmt, path in targets.items():
             try:

@@ -228,6 +228,24 @@ def test_a_failed_run_leaves_no_output_folder_it_created(tmp_path, capsys):
     assert list((tmp_path / "a").iterdir()) == []  # a folder that was there before stays
 
 
+def test_url_inputs_are_fetched_not_taken_for_paths(tmp_path, loads, model, server, monkeypatch, capsys):
+    a = picture(tmp_path / "local.png", 4)
+    url = server.serve("/photos/cat.png?size=2", (tmp_path / "local.png").read_bytes())
+    missing = server.url("/photos/gone.jpg")
+    monkeypatch.chdir(tmp_path)
+    clip = server.url("/clip.mp4")
+    assert predict(url, missing, clip, "-o", "out", "-f", "npy,color") == 1
+    err = capsys.readouterr().err
+    assert f"{missing}: cannot download it: " in err and "HTTP 404" in err and "2 failed" in err
+    assert f"{clip}: videos are read from files: download it first" in err
+    assert sorted(os.listdir(tmp_path / "out")) == ["cat-depth.npy", "cat-depth.png"]  # named after the URL's file
+    assert not (tmp_path / "http:").exists()  # not mangled into a path
+    expected = model.predict(a)
+    np.testing.assert_array_equal(np.load(tmp_path / "out/cat-depth.npy"), expected)
+    assert [p for p, _ in server.requests].count("/photos/cat.png?size=2") == 1  # fetched once (color decodes it again)
+    np.testing.assert_array_equal(model.predict(url), expected)  # the API takes URLs too
+
+
 # -- formats, layout, status ------------------------------------------------------------------------
 
 def test_every_format_in_one_run(tmp_path, loads, capsys):
