@@ -113,6 +113,10 @@ def make_spec(config: DPTConfig, *, size=None, batch: Batch = None, dtype: str =
     elif size is None:
         raise ValueError("give the network input size (H, W) to export")
     config.check_input_size(*size)  # before tracing: a clear error, not a shape error deep in the model
+    from .memory import over_budget
+
+    if (reason := over_budget(config, batch or 1, size)) is not None:  # tracing alone would build its tables
+        raise ValueError(f"the exported program: {reason}; choose a smaller size or batch")
     return ExportSpec(tuple(size), None if batch is None else int(batch), dtype, picture_size,
                       tuple(config.input_mean), tuple(config.input_std))
 

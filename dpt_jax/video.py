@@ -464,6 +464,7 @@ class _Run:
             self.net_size = network_size(self.model.config, self.size, keep_aspect_ratio=self.keep)
         except ValueError as e:
             raise ValueError(f"{self.reader.name}: {e}") from None
+        self._fit_memory()
         if self.frames_format is not None:
             from .output import FORMATS
 
@@ -478,6 +479,15 @@ class _Run:
                                f"{tempfile.gettempdir()} ({size}; TMPDIR chooses the folder)")
         elif self.dst is not None:
             self.video = _VideoWriter(self.dst, self._video_size(), self.fps, self.replace)
+
+    def _fit_memory(self):
+        """Frames a model call within the memory budget (memory.py); a frame size no call can take is refused."""
+        from .memory import largest_batch, over_budget
+
+        reason = over_budget(self.model.config, 1, self.net_size)
+        if reason is not None:
+            raise VideoError(self.reader.name, f"{reason}; the model's native_size sets the size videos run at")
+        self.batch = min(self.batch, largest_batch(self.model.config, self.net_size))
 
     def _video_size(self):
         h, w = self.size
