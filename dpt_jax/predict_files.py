@@ -216,6 +216,10 @@ def _run(args, process: int, processes: int) -> int:
     from .atomic import clean_stale_partials
     from .video import is_video
 
+    if args.camera is not None:
+        return _run_camera(args, Status(args.quiet, args.verbose))
+    if not args.inputs:
+        raise ValueError("give the inputs (picture or video files, folders, globs, URLs) or --camera")
     status = Status(args.quiet, args.verbose, prefix=f"[process {process}/{processes}] " if processes > 1 else "")
     args.size = args.size or args.height
     found, notes = expand_inputs(args.inputs, recursive=args.recursive, outdir=args.output)
@@ -328,6 +332,29 @@ def _run(args, process: int, processes: int) -> int:
     extras = ([f"{skipped} skipped"] if skipped else []) + ([f"{failed} failed"] if failed else [])
     status.info(summary + (f" ({', '.join(extras)})" if extras else ""))
     return 1 if failed else 0
+
+
+def _run_camera(args, status: Status) -> int:
+    """predict --camera N: the camera is opened before the model loads; frames until Ctrl-C (or the camera ends)."""
+    from . import camera
+
+    if args.inputs:
+        raise ValueError("--camera takes no inputs: its frames are the input")
+    if args.distributed:
+        raise ValueError("--camera runs on one host; leave out --distributed")
+    device = camera.Device(args.camera)
+    try:
+        model = _load_model(args, status)
+        show = camera.window()
+        status.info(f"camera {args.camera}: depth " + ("in a window (Esc or q ends)" if show is not None else
+                                                         f"frames written to {args.output} (Ctrl-C ends)"))
+        done = camera.run(model, device, None if show is not None else args.output, show=show, cmap=args.cmap,
+                          on_status=status.info)
+    finally:
+        device.close()
+    status.info(f"{done} camera frame{'s' if done != 1 else ''} done" +
+                ("" if show is not None else f", written to {args.output}"))
+    return 0
 
 
 def _load_model(args, status: Status):
