@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 
-from ..beit import MINI, PRESETS, BeitConfig, BeitEncoder
+from ..beit import MINI, PRESETS, BeitConfig, BeitEncoder, encoder_peak_bytes
 from ..config import DPTConfig
 from ..errors import ConversionError
 from ..family import EncoderFamily, HFLayout, vit_encoder_flops
@@ -143,6 +143,7 @@ FAMILY = EncoderFamily(
     key_table=key_table,
     skipped=skipped,
     encoder_flops=vit_encoder_flops,
+    encoder_peak_bytes=encoder_peak_bytes,
     aliases=midas.short_names(PRESETS),
     releases=tuple(midas.release(name, size) for name, size in _RELEASE_BYTES.items()),
     hf=HFLayout(model_type="dpt", backbone_type="beit", architecture="DPTForDepthEstimation", rules=hf_rules(),

@@ -24,7 +24,7 @@ from ..config import DPTConfig
 from ..dinov2 import MINIS, PRESETS, Dinov2Config, Dinov2Encoder
 from ..dpt import TEMPORAL_MODULES
 from ..errors import ConversionError
-from ..family import EncoderFamily, HFLayout, Release, vit_encoder_flops
+from ..family import EncoderFamily, HFLayout, Release, vit_encoder_flops, vit_encoder_peak_bytes
 from .hf import (
     PRETRAINED_FIELDS,
     Fields,
@@ -377,6 +377,7 @@ FAMILY = EncoderFamily(
     key_table=key_table,
     skipped=skipped,
     encoder_flops=vit_encoder_flops,
+    encoder_peak_bytes=vit_encoder_peak_bytes,
     chooses_variant=True,
     # transformers' names of the metric models (indoor = Hypersim, outdoor = Virtual KITTI)
     aliases={f"da2_metric_{where.lower()}_{s}": f"da2_metric_{d}_{s}" for d, (_, where) in _METRIC.items()

@@ -11,7 +11,7 @@ import re
 from ..config import DPTConfig
 from ..errors import ConversionError
 from ..family import EncoderFamily, HFLayout, Option
-from ..swinv2 import MINI, PRESETS, SwinV2Config, SwinV2Encoder, encoder_flops
+from ..swinv2 import MINI, PRESETS, SwinV2Config, SwinV2Encoder, encoder_flops, encoder_peak_bytes
 from . import keys, midas
 from .hf import PRETRAINED_FIELDS, Fields, HFModel, Rename, qkv_rules, same_names, stage_fields
 from .keys import Entry, Skip
@@ -187,6 +187,7 @@ FAMILY = EncoderFamily(
     key_table=key_table,
     skipped=skipped,
     encoder_flops=encoder_flops,
+    encoder_peak_bytes=encoder_peak_bytes,
     options=(Option("pretrained_window_sizes", "SwinV2: the pretrained window size of each stage (not stored in "
                     "checkpoints; the released ones are recognised)", parse_window_sizes, "A,B,C,D"),),
     aliases=midas.short_names(PRESETS),

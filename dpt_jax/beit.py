@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, Pair, bounded, checked_fields, require
+from .family import vit_encoder_peak_bytes
 from .layers import QKV, Conv, Dense, LayerScaleBlock, attend, merge_heads, patch_grid
 from .resize import resize_bilinear
 
@@ -73,6 +74,14 @@ def relative_position_bias(table: jnp.ndarray, native_grid, grid) -> jnp.ndarray
     table = jnp.concatenate([offsets.reshape(-1, heads), table[-3:]], axis=0)  # ((2h-1)(2w-1) + 3, heads)
     # Gathering from the transposed table gives (heads, N, N) directly: no (N, N, heads) copy to transpose.
     return jnp.take(table.T, jnp.asarray(relative_position_index(h, w)), axis=1)  # (heads, N, N)
+
+
+def encoder_peak_bytes(c: BeitConfig, height: int, width: int, batch: int) -> int:
+    """A lower bound of the encoder's activation bytes at once (float32): a ViT's MLP layers
+    (family.vit_encoder_peak_bytes), or a block's relative position bias (heads, N, N), which is gathered
+    from its table whatever the batch."""
+    n = (height // c.patch_size) * (width // c.patch_size) + 1
+    return max(vit_encoder_peak_bytes(c, height, width, batch), 4 * c.num_heads * n * n)
 
 
 class Attention(nn.Module):

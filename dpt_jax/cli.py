@@ -179,8 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=textwrap.fill(f"Models (-m): a checkpoint file or Hugging Face folder, a Hub repo id, or a "
                              f"{hub.known_names_text()}; default {hub.DEFAULT_MODEL}, downloaded on first use.",
                              92) + f"\n\n{NAMING}")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="picture files, folders (their pictures) or globs ('**' matches sub-folders; quote it)")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="picture files, folders (their pictures), globs ('**' matches sub-folders; quote it) or "
+                        "picture URLs (http://, https://)")
+    p.add_argument("--camera", nargs="?", const=0, type=_number(int, lambda v: v >= 0, "a camera number"),
+                   metavar="N", help="instead of inputs, the frames of camera N (default 0; PyAV capture on Linux "
+                   "and macOS): shown in a window where OpenCV and a display exist, otherwise written to OUTDIR "
+                   "as camera-000000-depth.png, ...; Ctrl-C ends")
     p.add_argument("-m", "--model", default=None,
                    help="checkpoint path, Hugging Face folder, official name or Hugging Face repo id "
                         "(default: the smallest, dpt_swin2_tiny_256)")

@@ -74,34 +74,56 @@ def locked(lock_path: Path, watched: Path, url: str, progress: bool, lock_timeou
     """An exclusive lock on `lock_path` for the duration of a download (POSIX; elsewhere a no-op).
 
     While another process holds it, wait as long as that process makes progress (the file
-    `watched` grows); after `lock_timeout` seconds without progress, raise DownloadError.
+    `watched` grows); after `lock_timeout` seconds without progress, raise DownloadError. The
+    holder removes the lock file as it lets go (no empty files stay in the cache), so a lock is
+    only held once the file locked is still the one at `lock_path`.
     """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError:  # pragma: no cover - a cache that cannot hold a lock file
-        yield
-        return
-    try:
+    told = False
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:  # pragma: no cover - a cache that cannot hold a lock file
+            yield
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            held = True
         except BlockingIOError:
-            held = False
-        except OSError:  # pragma: no cover - file systems without flock: go on unlocked
-            held = True
-        if not held:
-            if progress:
+            if progress and not told:
                 print(f"dpt-jax: waiting for another process downloading into {lock_path.parent} "
                       f"(lock file {lock_path})", file=sys.stderr)
-            _wait_for_lock(fd, lock_path, watched, url, lock_timeout)
+                told = True
+            try:
+                _wait_for_lock(fd, lock_path, watched, url, lock_timeout)
+            except BaseException:
+                os.close(fd)
+                raise
+        except OSError:  # pragma: no cover - file systems without flock: go on unlocked
+            try:
+                yield
+            finally:
+                os.close(fd)
+            return
+        if _same_file(fd, lock_path):
+            break
+        os.close(fd)  # the holder removed the file while we waited for it: lock the new one
+    try:
         yield
     finally:
+        with contextlib.suppress(OSError):  # while still held: a process waiting on this file sees it gone
+            lock_path.unlink()
         os.close(fd)  # releases the lock
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:
+        return False
 
 
 def _wait_for_lock(fd: int, lock_path: Path, watched: Path, url: str, lock_timeout: float) -> None:
@@ -203,7 +225,8 @@ class _StallWatch:
 
 
 def _fetch_once(url: str, partial: Path, meta_path: Path, *, desc: str, approx: int | None,
-                show_bar: bool, timeout: float, stall_timeout: float, stall_bytes: int) -> None:
+                show_bar: bool, timeout: float, stall_timeout: float, stall_bytes: int,
+                limit: int | None = None) -> None:
     """One request: continue `partial` (or start it) until it is complete; raises _Interrupted/_Restart."""
     have = partial.stat().st_size if partial.exists() else 0
     meta = _read_meta(meta_path)
@@ -249,6 +272,8 @@ def _fetch_once(url: str, partial: Path, meta_path: Path, *, desc: str, approx: 
         else:
             raise DownloadError(url, f"unexpected HTTP status {response.status} {response.reason}")
 
+        if total is not None and limit is not None and total > limit:
+            raise DownloadError(url, f"announces {human_size(total)}; at most {human_size(limit)} are taken")
         if total is not None:
             free = shutil.disk_usage(partial.parent).free
             if free < total - have:
@@ -262,7 +287,7 @@ def _fetch_once(url: str, partial: Path, meta_path: Path, *, desc: str, approx: 
             unit_divisor=1024, desc=desc, file=sys.stderr, disable=not show_bar, leave=False,
         ) as bar:
             watch = _StallWatch(stall_timeout, stall_bytes, total, have)
-            cap = total if total is not None else max_bytes_unknown(approx)
+            cap = total if total is not None else max_bytes_unknown(approx) if limit is None else limit
             try:
                 while True:
                     chunk = response.read1(_CHUNK)  # what has arrived (read() would wait for a full chunk)
@@ -295,14 +320,17 @@ def _fetch_once(url: str, partial: Path, meta_path: Path, *, desc: str, approx: 
 
 
 def fetch(url: str, partial: Path, *, desc: str, approx: int | None, progress: bool,
-           timeout: float, retries: int, stall_timeout: float, stall_bytes: int) -> None:
+           timeout: float, retries: int, stall_timeout: float = STALL_TIMEOUT, stall_bytes: int = STALL_BYTES,
+           limit: int | None = None) -> None:
+    """Download `url` into `partial` (continuing the bytes there); `limit`: the most bytes taken, announced
+    or not (default: the announced size, else twice `approx`)."""
     meta_path = partial.with_name(partial.name + ".json")
     show_bar = progress and sys.stderr.isatty()
     failures = restarts = 0
     while True:
         try:
             _fetch_once(url, partial, meta_path, desc=desc, approx=approx, show_bar=show_bar, timeout=timeout,
-                        stall_timeout=stall_timeout, stall_bytes=stall_bytes)
+                        stall_timeout=stall_timeout, stall_bytes=stall_bytes, limit=limit)
             unlink(meta_path)
             return
         except _Restart as e:

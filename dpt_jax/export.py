@@ -113,6 +113,10 @@ def make_spec(config: DPTConfig, *, size=None, batch: Batch = None, dtype: str =
     elif size is None:
         raise ValueError("give the network input size (H, W) to export")
     config.check_input_size(*size)  # before tracing: a clear error, not a shape error deep in the model
+    from .memory import over_budget
+
+    if (reason := over_budget(config, batch or 1, size)) is not None:  # tracing alone would build its tables
+        raise ValueError(f"the exported program: {reason}; choose a smaller size or batch")
     return ExportSpec(tuple(size), None if batch is None else int(batch), dtype, picture_size,
                       tuple(config.input_mean), tuple(config.input_std))
 
@@ -183,10 +187,39 @@ def to_onnx(config: DPTConfig, params, spec: ExportSpec, *, name: str = "dpt"):
     logging.getLogger("onnx_ir.serde").setLevel(logging.ERROR)  # per-constant warnings, not errors
     batch = "B" if spec.batch is None else spec.batch
     arg = jax.ShapeDtypeStruct(spec.input_shape(batch), spec.input_dtype)
-    model = jax2onnx_convert(program(config, params, spec), [arg], model_name=name,
-                             input_names=[spec.input_name], output_names=["depth"], return_mode="proto")
+    # jax2onnx traces with its own primitives in place of some of jax.numpy's (take, ...): traced through a
+    # jitted function (the preprocessing's), that trace would stay in its cache, and dpt-jax's own later
+    # calls at the same shape would fail to compile. Without jit the functions are traced inline.
+    with jax.disable_jit():
+        model = jax2onnx_convert(program(config, params, spec), [arg], model_name=name,
+                                 input_names=[spec.input_name], output_names=["depth"], return_mode="proto")
     model.doc_string = f"dpt-jax {config.name}: {spec.describe()}"
+    _drop_unused_initializers(model.graph)
     return model
+
+
+def _drop_unused_initializers(graph) -> None:
+    """Remove the constants no node reads (jax2onnx leaves some shape constants behind; onnxruntime warns
+    about each when it loads the file)."""
+    used = {o.name for o in graph.output}
+
+    def reads(g):
+        for node in g.node:
+            used.update(node.input)
+            for attribute in node.attribute:  # control-flow bodies may read the outer graph's constants
+                for body in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                    reads(body)
+                    used.update(o.name for o in body.output)
+
+    reads(graph)
+    unused = {i.name for i in graph.initializer if i.name not in used}
+    if unused:
+        kept = [i for i in graph.initializer if i.name not in unused]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        inputs = [i for i in graph.input if i.name not in unused]
+        del graph.input[:]
+        graph.input.extend(inputs)
 
 
 def run_onnx(path, inputs) -> np.ndarray:
@@ -194,7 +227,7 @@ def run_onnx(path, inputs) -> np.ndarray:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # no warnings about unused initializers
+    options.log_severity_level = 3  # errors only
     session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: np.asarray(inputs)})[0]
 

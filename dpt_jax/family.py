@@ -82,6 +82,9 @@ class EncoderFamily:
     key_table: Callable[[Any], list]  # DPTConfig -> [convert.keys.Entry] for the whole model
     skipped: Callable[[Any], list]  # DPTConfig -> [convert.keys.Skip]: keys in released files the model does not use
     encoder_flops: Callable[..., Any]  # (encoder config, height, width, batch, add) -> the neck's input sizes
+    #: (encoder config, height, width, batch) -> a lower bound of the bytes the encoder's activations hold at
+    #: once (memory.activation_bytes); 0 where the family does not say
+    encoder_peak_bytes: Callable[..., int] = lambda c, height, width, batch: 0
     minis: tuple = ()  # the family's wiring at toy sizes (DPTConfig), for smoke runs and tests
     options: tuple[Option, ...] = ()  # choices its files cannot tell
     #: True where the keys cannot tell the variant (detect_config takes variant=); else they can and must
@@ -99,6 +102,15 @@ class EncoderFamily:
 
     def __repr__(self) -> str:
         return f"EncoderFamily({self.name!r})"
+
+
+def vit_encoder_peak_bytes(c, height: int, width: int, batch: int) -> int:
+    """A lower bound of a plain ViT encoder's activation bytes at once (float32): an MLP's input and hidden
+    layer (B, N, C + hidden), N counting the cls token. The attention logits are not counted: XLA fuses the
+    softmax with its two products and need not hold them (measured on CPU: DINOv2 at 2072x2072 holds less
+    than one head's logits)."""
+    n = (height // c.patch_size) * (width // c.patch_size) + 1
+    return 4 * batch * n * (c.embed_dim + c.mlp_hidden)
 
 
 def vit_encoder_flops(c, height: int, width: int, batch: int, add) -> tuple[int, int]:

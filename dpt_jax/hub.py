@@ -37,7 +37,7 @@ an absolute path), else ``~/.cache/dpt-jax``. It holds, per model:
 - ``<file>.verified``: a small stamp (size and modification time of the checked file), so
   later uses skip the checks; a file that changed since is checked again;
 - while downloading, ``<file>.partial`` and ``<file>.partial.json`` (see ``download.fetch``),
-  and ``<file>.lock``, which serialises the processes downloading one model.
+  and ``<file>.lock``, which serialises the processes downloading one model (removed as it is let go).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The inputs of `dpt-jax predict` and the names of its outputs.
 
-    expand_inputs(args, recursive)   files, folders and globs -> [Input] (each file once), notes
+    expand_inputs(args, recursive)   files, folders, globs and URLs -> [Input] (each file once), notes
     output_bases(inputs)             each input's output name, unique across the run
 """
 
@@ -34,6 +34,26 @@ class Input:
     path: Path
     rel: PurePath  # e.g. sub/holiday.jpg
     problem: str | None = None  # why it cannot be an input (a glob matching nothing), reported as a failure
+    url: str | None = None  # a picture on the web (http:// or https://): fetched, `path` is only its name
+
+    @property
+    def name(self) -> str:
+        """How messages name it: the URL, or the path."""
+        return self.url or str(self.path)
+
+
+def _url_input(url: str) -> Input:
+    """A picture given by URL, named after the last part of the URL's path (made a safe file name)."""
+    from urllib.parse import unquote, urlsplit
+
+    last = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in last)[:120].lstrip(".") or "picture"
+    problem = None
+    from .video import is_video
+
+    if is_video(name):
+        problem = "videos are read from files: download it first"
+    return Input(Path(name), PurePath(name), problem, url)
 
 
 def _is_hidden(name: str) -> bool:
@@ -103,9 +123,13 @@ def expand_inputs(args: list[str], recursive: bool = False, outdir=None) -> tupl
 
     found: list[Input] = []
     notes = []
+    from .pictures import is_url
+
     for a in args:
         p = Path(a)
-        if p.is_dir():
+        if is_url(a):  # never a path: "https://host/x.jpg" would become the folder "https:/host"
+            found.append(_url_input(a))
+        elif p.is_dir():
             files, skipped = _walk_files(p, recursive)
             taken = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
             found += [Input(f, f.relative_to(p)) for f in taken]
@@ -123,19 +147,19 @@ def expand_inputs(args: list[str], recursive: bool = False, outdir=None) -> tupl
             found += [Input(f, f.relative_to(root)) for f in files]
         else:
             found.append(Input(p, PurePath(p.name)))
-    found = [i if ".." not in i.rel.parts else Input(i.path, PurePath(i.path.name)) for i in found]
+    found = [i if ".." not in i.rel.parts else Input(i.path, PurePath(i.path.name), i.problem, i.url) for i in found]
     if outdir is not None:  # an output folder inside a folder being walked: what is in it is not an input
         out = Path(outdir).resolve()
         walked = [Path(a).resolve() for a in args if Path(a).is_dir()]
         if any(w in out.parents for w in walked):
-            outputs = [i for i in found if out in i.path.resolve().parents]
+            outputs = [i for i in found if i.url is None and out in i.path.resolve().parents]
             found = [i for i in found if i not in outputs]
             if outputs:
                 notes.append(f"{len(outputs)} file{'s' if len(outputs) != 1 else ''} inside the output folder "
                              f"{outdir} left out (outputs are never inputs)")
     unique, seen, repeats = [], set(), 0
     for item in found:
-        key = item.path.resolve()
+        key = item.url or item.path.resolve()
         if key in seen:
             repeats += 1
             continue

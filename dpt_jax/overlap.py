@@ -35,6 +35,21 @@ def emit(callback, result, keep_depth=True):
         result.depth = None
 
 
+def first_call(call, size_hw, batch: int, on_status):
+    """`call()`, the model's first call at (batch, H, W), which compiles its program: awaited, said and timed
+    on `on_status` (when given), as every run that compiles one says it."""
+    import time
+
+    if on_status is not None:
+        on_status(f"compiling for {size_hw[0]}x{size_hw[1]} (batch {batch})")
+    t0 = time.perf_counter()
+    out = call()
+    out.block_until_ready()
+    if on_status is not None:
+        on_status(f"compiled and ran {size_hw[0]}x{size_hw[1]} (batch {batch}) in {time.perf_counter() - t0:.1f} s")
+    return out
+
+
 def default_workers() -> int:
     """Decoding threads `run` uses by default: one per CPU this process may use, at most 4 (Pillow
     releases the GIL while decoding, resizing and rotating)."""
@@ -247,26 +262,16 @@ class Overlapped:
     def apply(self, x, size_hw):
         """The model on a batch (n, H, W, 3), padded up to a compiled batch size; dispatched, not awaited
         (except the first time a program is compiled, to time it)."""
-        import time
-
         import jax.numpy as jnp
 
         n = x.shape[0]
         b = padded_batch(n, self.batch_size, self.model.num_devices)
         if b > n:  # pad so that a short last batch reuses a compiled program
             x = jnp.concatenate([x, jnp.zeros((b - n, *x.shape[1:]), x.dtype)], axis=0)
-        new = (b, *size_hw) not in self.compiled
-        if new and self.on_status is not None:
-            self.on_status(f"compiling for {size_hw[0]}x{size_hw[1]} (batch {b})")
-        t0 = time.perf_counter()
-        depth = self.model.apply(x)  # (b, H, W)
-        if new:
-            depth.block_until_ready()
-            self.compiled.add((b, *size_hw))
-            if self.on_status is not None:
-                self.on_status(f"compiled and ran {size_hw[0]}x{size_hw[1]} (batch {b}) "
-                               f"in {time.perf_counter() - t0:.1f} s")
-        return depth
+        if (b, *size_hw) in self.compiled:
+            return self.model.apply(x)  # (b, H, W)
+        self.compiled.add((b, *size_hw))
+        return first_call(lambda: self.model.apply(x), size_hw, b, self.on_status)  # (b, H, W)
 
     def finish(self, batch: _Dispatched):
         """Hand out a dispatched batch's results: its failures, then each chunk's depth maps, pulled to

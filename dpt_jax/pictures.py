@@ -1,4 +1,4 @@
-"""Pictures in: any file Pillow reads (size and EXIF rotation known before decoding), arrays, PIL images.
+"""Pictures in: files and URLs Pillow reads (size and EXIF rotation known before decoding), arrays, PIL images.
 
     open_source(item) -> Source   the picture's name and displayed size now, its pixels on `load()`
     as_picture(array)             an (h, w, 3) array checked and converted as pictures are
@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from .errors import ImageError
 
 #: Pictures with more pixels than this are refused before decoding (~100 MP: a 12000 x 8000 picture).
 MAX_PIXELS = 100_000_000
+#: The most bytes a picture given by URL may have (it is held in memory until it is decoded).
+MAX_URL_BYTES = 256 * 2**20
 #: The picture formats Pillow may decode (JPEG includes phones' MPO files); never EPS, PDF and the like,
 #: whose plugins run other programs (Ghostscript) or are rarely hardened.
 PICTURE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
@@ -73,24 +76,57 @@ class Source:
     name: str
     size: tuple[int, int]  # (h, w)
     load: Callable[[], np.ndarray]
+    note: str | None = None  # what the user should know about how it is read (an animation: its first frame)
+
+
+def is_url(item) -> bool:
+    """Whether `item` names a picture on the web (http:// or https://) rather than a file."""
+    return isinstance(item, str) and item[:8].lower().startswith(("http://", "https://"))
+
+
+def fetched(url: str) -> bytes:
+    """The bytes at `url`, through dpt-jax's download transport (bounded in size and time); ImageError if not."""
+    import tempfile
+
+    from .download import fetch
+    from .errors import DownloadError
+
+    with tempfile.TemporaryDirectory(prefix="dpt-jax-url-") as folder:
+        partial = Path(folder) / "picture"
+        try:
+            fetch(url, partial, desc=url, approx=None, progress=False, timeout=60.0, retries=2, limit=MAX_URL_BYTES)
+        except DownloadError as e:
+            raise ImageError(url, f"cannot download it: {e.message}") from None
+        return partial.read_bytes()
 
 
 def open_source(item: ImageLike, index: int = 0) -> Source:
-    """Read just enough of `item` to know its size; raises ImageError for anything unusable."""
+    """Read just enough of `item` to know its size; raises ImageError for anything unusable.
+
+    A string starting with http:// or https:// is a URL: the picture is downloaded now and held in
+    memory (at most MAX_URL_BYTES) until it is decoded."""
     from PIL import Image, UnidentifiedImageError
 
-    if isinstance(item, (str, os.PathLike)):
-        path = Path(item)
-        name = str(path)
-        if not path.is_file():
-            raise ImageError(name, "no such file" if not path.exists() else "not a file")
-        if path.stat().st_size == 0:
-            raise ImageError(name, "the file is empty")
+    if is_url(item) or isinstance(item, (str, os.PathLike)):
+        if is_url(item):
+            name, data = item, fetched(item)
+            if not data:
+                raise ImageError(name, "the download is empty")
+            opened = lambda: Image.open(io.BytesIO(data), formats=PICTURE_FORMATS)
+        else:
+            path = Path(item)
+            name = str(path)
+            if not path.is_file():
+                raise ImageError(name, "no such file" if not path.exists() else "not a file")
+            if path.stat().st_size == 0:
+                raise ImageError(name, "the file is empty")
+            opened = lambda: Image.open(path, formats=PICTURE_FORMATS)
         try:
             with warnings.catch_warnings():  # dpt-jax's own limit (MAX_PIXELS) decides, not Pillow's warning
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(path, formats=PICTURE_FORMATS) as img:
+                with opened() as img:
                     h, w = _displayed_size(img)
+                    frames = getattr(img, "n_frames", 1)
         except UnidentifiedImageError:
             raise ImageError(name, f"not an image file of a picture format dpt-jax reads "
                                    f"({', '.join(PICTURE_FORMATS)})") from None
@@ -102,7 +138,7 @@ def open_source(item: ImageLike, index: int = 0) -> Source:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                    with Image.open(path, formats=PICTURE_FORMATS) as img:
+                    with opened() as img:
                         img.load()
                         return _as_rgb_array(img, name)
             except ImageError:
@@ -110,7 +146,11 @@ def open_source(item: ImageLike, index: int = 0) -> Source:
             except Exception as e:  # truncated or corrupt pixel data surfaces only when decoding
                 raise ImageError(name, f"cannot decode image: {e}") from None
 
-        return Source(name, (h, w), load)
+        note = None
+        if frames > 1:  # animated GIF, PNG or WebP: Pillow decodes the first frame
+            note = (f"an animation of {frames} frames: its first frame only (as a video, e.g. converted to .mp4, "
+                    "every frame gets its depth)")
+        return Source(name, (h, w), load, note)
     if hasattr(item, "mode") and hasattr(item, "size"):  # a PIL image
         name = f"image #{index}"
         h, w = _displayed_size(item)

@@ -70,6 +70,28 @@ def planner(config, *, size=None, keep_aspect_ratio: bool | None = None, bucket:
     return target_of
 
 
+def _memory_rule(model, size):
+    """The check of each picture's network size against the memory budget (memory.py): raises ValueError
+    saying what sets that size (the option given, or the model's native size and the file it came from)."""
+    from .memory import over_budget
+
+    config = model.config
+    if size is not None:
+        cause = "choose a smaller size (size=, --size/--height)"
+    else:
+        h, w = config.native_size
+        source = getattr(model, "source", None)
+        cause = (f"the model's native_size {h}x{w}{f' ({source})' if source else ''} sets it; choose a smaller size "
+                 "(size=, --size/--height)")
+
+    def check(network_size):
+        reason = over_budget(config, 1, network_size)
+        if reason is not None:
+            raise ValueError(f"{reason}; {cause}")
+
+    return check
+
+
 def batches_by_shape(sources: Sequence[Source], target_of: Callable[[tuple[int, int]], tuple[int, int]],
                      batch_size: int) -> list[tuple[tuple[int, int], list[int]]]:
     """[(processed size, indices)] with at most `batch_size` pictures each, grouped by processed size."""
@@ -107,6 +129,7 @@ def run(model, items: Iterable[ImageLike | Source], *, batch_size: int = 4, keep
     budget = PIXEL_BUDGET if pixel_budget is None else pixel_budget
     config = model.config
     target_of = planner(config, size=size, keep_aspect_ratio=keep_aspect_ratio, bucket=bucket)
+    too_large = _memory_rule(model, size)
 
     results: list[Result] = []
     sources: list[Source] = []
@@ -116,7 +139,7 @@ def run(model, items: Iterable[ImageLike | Source], *, batch_size: int = 4, keep
         results.append(Result(name, index=i))
         try:
             src = item if isinstance(item, Source) else open_source(item, i)
-            target_of(src.size)
+            too_large(target_of(src.size))
         except ValueError as e:  # ImageError included
             results[-1].error = getattr(e, "message", str(e))
             emit(on_result, results[-1], keep_depth)
@@ -125,6 +148,15 @@ def run(model, items: Iterable[ImageLike | Source], *, batch_size: int = 4, keep
         sources.append(src)
         slot.append(i)
 
+    if sources:  # a batch's activations within the memory budget (memory.py): fewer pictures a call if need be
+        from .memory import largest_batch
+
+        fits = min(largest_batch(config, target_of(s.size)) for s in sources)
+        if fits < batch_size:
+            batch_size = max(1, fits)
+            if on_status is not None:
+                on_status(f"batch size {batch_size}: larger batches would need more memory than the budget "
+                          f"(memory.py; DPT_JAX_MEMORY_BUDGET sets it)")
     engine = Overlapped(model, sources, slot, results, batches_by_shape(sources, target_of, batch_size),
                          batch_size=batch_size, budget=budget,
                          workers=default_workers() if workers is None else workers,

@@ -188,11 +188,39 @@ def _keep_missing(targets: dict, name: str, overwrite: bool, status: Status) -> 
 
 
 def run(args) -> int:
+    process, processes = start_distributed(args.distributed)
+    # The folders this run creates for its outputs are removed again if it ends with nothing in them (a run
+    # on many hosts leaves them: another process may still be writing there).
+    created = _missing_folders(Path(args.output)) if processes == 1 else []
+    try:
+        return _run(args, process, processes)
+    finally:
+        for folder in created:  # deepest first; a folder with anything in it stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    folder = folder.absolute()
+    while not folder.exists() and not folder.is_symlink() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _run(args, process: int, processes: int) -> int:
     from . import geometry, pictures
     from .atomic import clean_stale_partials
     from .video import is_video
 
-    process, processes = start_distributed(args.distributed)
+    if args.camera is not None:
+        return _run_camera(args, Status(args.quiet, args.verbose))
+    if not args.inputs:
+        raise ValueError("give the inputs (picture or video files, folders, globs, URLs) or --camera")
     status = Status(args.quiet, args.verbose, prefix=f"[process {process}/{processes}] " if processes > 1 else "")
     args.size = args.size or args.height
     found, notes = expand_inputs(args.inputs, recursive=args.recursive, outdir=args.output)
@@ -224,7 +252,7 @@ def run(args) -> int:
     sources, items, videos = [], [], []
     for i, item in enumerate(mine):
         if item.problem is not None:
-            status.error(f"{item.path}: {item.problem}")
+            status.error(f"{item.name}: {item.problem}")
             failed += 1
             continue
         if is_video(item.path):  # its frames are read when it is processed; here only that it is there
@@ -235,8 +263,10 @@ def run(args) -> int:
                 failed += 1
             continue
         try:
-            sources.append(pictures.open_source(item.path, i))
+            sources.append(pictures.open_source(item.url or item.path, i))
             items.append(item)
+            if sources[-1].note is not None:
+                status.info(f"note: {item.name}: {sources[-1].note}")
         except ImageError as e:
             status.error(f"{e.name}: {e.message}")
             failed += 1
@@ -246,7 +276,7 @@ def run(args) -> int:
     # 2. The output folder: writable, stale temporary files of killed runs removed.
     outdir = Path(args.output)
     _check_writable(outdir)
-    resolved_inputs = {i.path.resolve() for i in found}
+    resolved_inputs = {i.path.resolve() for i in found if i.url is None}
     plan, todo = {}, []  # source name -> {format: target}; sources with something to write
     skipped = 0
     endings = {name: f.ending for name, f in FORMATS.items()}
@@ -312,6 +342,29 @@ def run(args) -> int:
     return 1 if failed else 0
 
 
+def _run_camera(args, status: Status) -> int:
+    """predict --camera N: the camera is opened before the model loads; frames until Ctrl-C (or the camera ends)."""
+    from . import camera
+
+    if args.inputs:
+        raise ValueError("--camera takes no inputs: its frames are the input")
+    if args.distributed:
+        raise ValueError("--camera runs on one host; leave out --distributed")
+    device = camera.Device(args.camera)
+    try:
+        model = _load_model(args, status)
+        show = camera.window()
+        status.info(f"camera {args.camera}: depth " + ("in a window (Esc or q ends)" if show is not None else
+                                                         f"frames written to {args.output} (Ctrl-C ends)"))
+        done = camera.run(model, device, None if show is not None else args.output, show=show, cmap=args.cmap,
+                          on_status=status.info)
+    finally:
+        device.close()
+    status.info(f"{done} camera frame{'s' if done != 1 else ''} done" +
+                ("" if show is not None else f", written to {args.output}"))
+    return 0
+
+
 def _load_model(args, status: Status):
     import time
 
@@ -334,7 +387,7 @@ def _predict(args, model, todo, plan, status: Status) -> tuple[list[Path], int]:
     Returns (the files written, how many pictures got all theirs)."""
     from tqdm import tqdm
 
-    from . import geometry, output, pictures, pipeline
+    from . import geometry, output, pipeline
 
     c = model.config
     total = len(todo)
@@ -343,11 +396,12 @@ def _predict(args, model, todo, plan, status: Status) -> tuple[list[Path], int]:
         status.bar = tqdm(total=total, unit="img", file=sys.stderr)
     written: list[Path] = []
     count = done = 0
+    by_name = {src.name: src for src in todo}
 
     def write_all(r: pipeline.Result) -> list[Path]:
         targets = plan[r.name]
         needs_picture = any(FORMATS[fmt].needs_picture for fmt in targets)
-        picture = pictures.open_source(r.name).load() if needs_picture else None
+        picture = by_name[r.name].load() if needs_picture else None  # decoded again (a URL is not fetched again)
         paths = []
         for fmt, path in targets.items():
             try:
@@ -427,6 +481,8 @@ def _predict_videos(args, model, todo, status: Status) -> tuple[list[Path], int]
         except (ValueError, OSError) as e:  # VideoError included: this video is reported, the next one goes on
             message = str(e)
             status.error(message if message.startswith(str(item.path)) else f"{item.path}: {message}")
+            if getattr(e, "kept", None) is not None:  # the frames decoded before a failure, written as asked
+                written.append(e.kept)
             continue
         finally:
             if status.bar is not None:

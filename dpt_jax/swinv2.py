@@ -450,6 +450,17 @@ MINI = DPTConfig(
 )
 
 
+def encoder_peak_bytes(c: SwinV2Config, height: int, width: int, batch: int) -> int:
+    """A lower bound of the encoder's activation bytes at once (float32), the largest stage's MLP input and
+    hidden layer (B, h*w, C (1 + mlp_ratio)); the window attention logits are not counted (XLA may fuse them)."""
+    h, w = height // c.patch_size, width // c.patch_size
+    peak = 0
+    for C in c.stage_dims:
+        peak = max(peak, 4 * batch * h * w * C * (1 + c.mlp_ratio))
+        h, w = h // 2, w // 2
+    return peak
+
+
 def encoder_flops(c: SwinV2Config, height: int, width: int, batch: int, add) -> list[Pair]:
     """Adds the encoder's FLOPs (2 x MACs) to `add(component, flops)`; returns the four stage grids.
 

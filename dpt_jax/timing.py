@@ -118,6 +118,14 @@ def machine() -> str:
             f"{len(devices)} device{'s' if len(devices) != 1 else ''}: {', '.join(kinds)}")
 
 
+def check_memory(config, height: int, width: int, batch: int) -> None:
+    """Refuse a size and batch whose activations cannot fit in the memory budget (memory.py), before building."""
+    from .memory import over_budget
+
+    if (reason := over_budget(config, batch, (height, width))) is not None:
+        raise ValueError(f"{config.name}: {reason}; choose a smaller size (@HxW) or --batch")
+
+
 def time_model(config, height: int, width: int, *, batch: int = 1, dtype: str = "float32",
                repeats: int = 5, warmup: int = 1, seed: int = 0) -> dict:
     """Compile time (first call: trace, compile, run) and latencies of DepthModel.apply on random inputs."""
@@ -126,6 +134,7 @@ def time_model(config, height: int, width: int, *, batch: int = 1, dtype: str = 
     from .model import DepthModel
 
     config.check_input_size(height, width)
+    check_memory(config, height, width, batch)
     model = DepthModel(config, random_params(config, seed), dtype=dtype)
     x = jax.device_put(np.random.default_rng(seed + 1).standard_normal((batch, height, width, 3), dtype=np.float32))
     t = time.perf_counter()
@@ -147,6 +156,8 @@ def run(args) -> int:
     if args.batch < 1 or args.repeats < 1 or args.warmup < 0:
         raise ValueError("--batch and --repeats must be at least 1, --warmup at least 0")
     specs = [parse_model_spec(m) for m in args.models]  # every name checked before anything is timed
+    for config, (h, w) in specs:
+        check_memory(config, h, w, args.batch)
     print(f"machine: {machine()}")
     for config, (h, w) in specs:
         r = time_model(config, h, w, batch=args.batch, dtype=args.dtype, repeats=args.repeats, warmup=args.warmup)

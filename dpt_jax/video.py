@@ -24,7 +24,7 @@ Frames keep their count and the stream's average frame rate (timestamps are renu
 constant rate; audio and subtitles are dropped). Outputs are written through temporary files and
 renamed: a video that fails to decode (corrupt, or truncated: fewer frames than its index declares)
 raises VideoError naming it and leaves no video file; frames (`frames_format`) decoded before the
-failure are still written, as the user asked for frames.
+failure are still written, as the user asked for frames, and the VideoError says where (its `kept`).
 """
 
 from __future__ import annotations
@@ -384,6 +384,11 @@ def predict_video(model, src, dst, *, batch_size: int = 8, normalize: str = "glo
         raise
     run.finish()
     if run.error is not None:
+        if run.frames is not None:  # the frames decoded before the failure were written: the error says where
+            error = VideoError(run.error.where, f"{run.error.message}; the {run.decoded} frames decoded before it "
+                                                f"were written to {frames_path}")
+            error.kept = frames_path
+            raise error
         raise run.error
     frames = frames_path if run.frames is not None else None
     return VideoResult(run.decoded, run.fps, run.size, run.net_size, dst if run.video else None, frames,
@@ -438,6 +443,7 @@ class _Run:
         """(frames, raw depth to spill, depth (b, h, w), its per-frame min (b,), max (b,)) batches, in order."""
         import jax.numpy as jnp
 
+        from .overlap import first_call
         from .preprocess import to_network
 
         c = self.model.config
@@ -455,12 +461,18 @@ class _Run:
                 yield frames, depth, depth, depth.min(axis=(1, 2)), depth.max(axis=(1, 2))
             return
         resized_with_range = _device_steps()[0]
+        compiled = False
         for frames in _batches(self.reader, self.batch):
             if self.net_size is None:
                 self._open()
             n = len(frames)
             pixels = np.stack(frames + [np.zeros_like(frames[0])] * (self.batch - n))  # (batch, h, w, 3)
-            net = self.model.apply(to_network(c, jnp.asarray(pixels), self.net_size))  # (batch, H, W)
+            images = to_network(c, jnp.asarray(pixels), self.net_size)  # (batch, H, W, 3)
+            if compiled:
+                net = self.model.apply(images)  # (batch, H, W)
+            else:  # the first batch compiles the model's program: said and timed as for pictures
+                net = first_call(lambda: self.model.apply(images), self.net_size, self.batch, self.on_status)
+                compiled = True
             depth, lo, hi = resized_with_range(net, self.size, c.output_resize)  # (batch, h, w), (batch,), (batch,)
             yield frames, net[:n], depth[:n], lo[:n], hi[:n]
 
@@ -503,6 +515,7 @@ class _Run:
         except ValueError as e:
             raise ValueError(f"{self.reader.name}: {e}") from None
         self.spilled_size = self.size if c.is_temporal else self.net_size
+        self._fit_memory()
         if self.frames_format is not None:
             from .output import FORMATS
 
@@ -517,6 +530,21 @@ class _Run:
                                f"{tempfile.gettempdir()} ({size}; TMPDIR chooses the folder)")
         elif self.dst is not None:
             self.video = _VideoWriter(self.dst, self._video_size(), self.fps, self.replace)
+
+    def _fit_memory(self):
+        """Frames a model call within the memory budget (memory.py); a frame size no call can take is refused."""
+        from .memory import largest_batch, over_budget
+
+        c = self.model.config
+        if c.is_temporal:  # a window of temporal_frames frames is one call (one frame when streaming)
+            reason = over_budget(c, 1 if self.streaming else c.temporal_frames, self.net_size)
+            if reason is not None:
+                raise VideoError(self.reader.name, f"{reason}; --input-size sets the size videos run at")
+            return
+        reason = over_budget(c, 1, self.net_size)
+        if reason is not None:
+            raise VideoError(self.reader.name, f"{reason}; the model's native_size sets the size videos run at")
+        self.batch = min(self.batch, largest_batch(c, self.net_size))
 
     def _video_size(self):
         h, w = self.size

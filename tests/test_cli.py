@@ -203,6 +203,49 @@ def test_missing_input_is_reported_before_any_download(tmp_path, no_model, capsy
     assert code == 1 and "missing.jpg: no such file" in capsys.readouterr().err
 
 
+def test_an_animated_picture_says_it_gives_its_first_frame(tmp_path, loads, model, capsys):
+    first = picture(tmp_path / "f0.png", 1)
+    second = picture(tmp_path / "f1.png", 2)
+    frames = [Image.fromarray(a).convert("P", palette=Image.Palette.ADAPTIVE) for a in (first, second)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    assert predict(tmp_path / "anim.gif", "-o", tmp_path / "out", "-f", "npy") == 0
+    err = capsys.readouterr().err
+    assert f"note: {tmp_path / 'anim.gif'}: an animation of 2 frames: its first frame only" in err
+    with Image.open(tmp_path / "anim.gif") as img:  # Pillow's first frame, as predict reads it
+        expected = model.predict(np.asarray(img.convert("RGB")))
+    np.testing.assert_array_equal(np.load(tmp_path / "out/anim-depth.npy"), expected)
+
+
+def test_a_failed_run_leaves_no_output_folder_it_created(tmp_path, capsys):
+    picture(tmp_path / "p.png")
+    out = tmp_path / "a" / "b" / "out"
+    assert cli.main(["predict", str(tmp_path / "missing.png"), "-m", MINI, "-o", str(out)]) == 1
+    assert not (tmp_path / "a").exists()  # nothing written: the folders the run made are gone
+    assert cli.main(["predict", str(tmp_path / "p.png"), "-m", str(tmp_path / "no.safetensors"), "-o", str(out)]) == 1
+    assert "no.safetensors" in capsys.readouterr().err and not (tmp_path / "a").exists()  # the model failed
+    (tmp_path / "a").mkdir()
+    assert cli.main(["predict", str(tmp_path / "missing.png"), "-m", MINI, "-o", str(out)]) == 1
+    assert list((tmp_path / "a").iterdir()) == []  # a folder that was there before stays
+
+
+def test_url_inputs_are_fetched_not_taken_for_paths(tmp_path, loads, model, server, monkeypatch, capsys):
+    a = picture(tmp_path / "local.png", 4)
+    url = server.serve("/photos/cat.png?size=2", (tmp_path / "local.png").read_bytes())
+    missing = server.url("/photos/gone.jpg")
+    monkeypatch.chdir(tmp_path)
+    clip = server.url("/clip.mp4")
+    assert predict(url, missing, clip, "-o", "out", "-f", "npy,color") == 1
+    err = capsys.readouterr().err
+    assert f"{missing}: cannot download it: " in err and "HTTP 404" in err and "2 failed" in err
+    assert f"{clip}: videos are read from files: download it first" in err
+    assert sorted(os.listdir(tmp_path / "out")) == ["cat-depth.npy", "cat-depth.png"]  # named after the URL's file
+    assert not (tmp_path / "http:").exists()  # not mangled into a path
+    expected = model.predict(a)
+    np.testing.assert_array_equal(np.load(tmp_path / "out/cat-depth.npy"), expected)
+    assert [p for p, _ in server.requests].count("/photos/cat.png?size=2") == 1  # fetched once (color decodes it again)
+    np.testing.assert_array_equal(model.predict(url), expected)  # the API takes URLs too
+
+
 # -- formats, layout, status ------------------------------------------------------------------------
 
 def test_every_format_in_one_run(tmp_path, loads, capsys):

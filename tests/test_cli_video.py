@@ -56,6 +56,7 @@ def test_video_and_picture_in_one_run(clip, picture, tmp_path, capsys):
     assert stack.shape == (FRAMES, H, W) and np.isfinite(stack).all() and np.ptp(stack, axis=(1, 2)).min() > 0
     assert (out / "pic-depth.png").is_file()
     assert f"{FRAMES} frames" in err and "frames/s" in err and "2 inputs done" in err
+    assert "compiling for 96x128 (batch 4)" in err and "compiled and ran 96x128 (batch 4) in" in err  # the video's
 
     # A second run replaces nothing it did not create; --overwrite does; --side-by-side is another name.
     before = (out / "clip-depth.mp4").stat().st_mtime_ns
@@ -81,6 +82,21 @@ def test_a_corrupt_video_is_reported_and_the_others_are_written(clip, picture, t
     assert "b.mp4" in err and "1 failed" in err and "2 inputs done" in err
     assert sorted(p.name for p in out.iterdir()) == ["a-depth.mp4", "c-depth.png"]  # nothing half-written
     assert decode(out / "a-depth.mp4")[0].shape[0] == FRAMES
+
+
+def test_a_truncated_video_says_where_its_frames_were_kept(clip, tmp_path, capsys):
+    data = make_video(tmp_path / "full.mp4", frames=8, options={"movflags": "faststart"}).read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.8)])  # the index declares 8 frames; fewer can be decoded
+    out = tmp_path / "out"
+    assert predict(cut, "-o", out, "--frames", "npy") == 1
+    err = capsys.readouterr().err
+    kept = out / "cut-depth.npy"
+    assert sorted(p.name for p in out.iterdir()) == ["cut-depth.npy"]  # no video, the frames asked for
+    decoded = np.load(kept).shape[0]
+    assert 0 < decoded < 8
+    assert f"the {decoded} frames decoded before it were written to {kept}" in err
+    assert f"1 file written: {kept} (1 failed)" in err and "nothing written" not in err
 
 
 def read_ply(path):

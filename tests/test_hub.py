@@ -36,8 +36,8 @@ def fetch(name, **kw):
 
 
 def files_in(directory: Path) -> list[str]:
-    """The cache's files, less the (empty, permanent) per-model lock files."""
-    return sorted(p.name for p in directory.iterdir() if not p.name.endswith(".lock")) if directory.exists() else []
+    """The cache's files (a download's lock file is removed as the download lets go of it, failed or not)."""
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,6 +281,7 @@ def test_lock_wait_lasts_while_the_holder_makes_progress(server, mini, cache):
         thread.join(10)
     assert time.monotonic() - t0 >= 1.4
     assert path.read_bytes() == BEIT.read_bytes()
+    assert not (cache / "mini_beit.pt.lock").exists()  # removed by the waiter as it let go
 
 
 def test_url_override(server, mini, cache):
