@@ -43,6 +43,10 @@ from .midas import fusion_table, unused_fusion_units
 
 def describe_variant(config: DPTConfig) -> str:
     """"V2, metric depth in metres (max 20 m)" and the like."""
+    if config.prompt:
+        return "Prompt Depth Anything, metric depth in metres from a depth prompt"
+    if config.name.startswith(("dad_", "mini_dad")):
+        return "Distill-Any-Depth (V2 network), relative inverse depth"
     version = "V1" if config.output_resize == "bilinear" else "V2"
     if config.is_metric:
         return f"{version}, metric depth in metres (max {config.max_depth:g} m)"
@@ -51,6 +55,36 @@ def describe_variant(config: DPTConfig) -> str:
 
 def recognises(state) -> bool:
     return "pretrained.blocks.0.ls1.gamma" in state and "depth_head.projects.0.weight" in state
+
+
+#: Prompt Depth Anything's model.ckpt (Lightning): {"state_dict": {prefix + key: tensor}} with a
+#: 9-character prefix the original strips blindly (k[9:]); these keys say the rest is its model.
+_PROMPT_PREFIX_LENGTH = 9
+_PROMPT_MARKS = ("depth_head.scratch.refinenet1.resConfUnit_depth.0.weight", "pretrained.blocks.0.ls1.gamma")
+#: Distill-Any-Depth Large (their dam.DepthAnything): the DINOv2 under `backbone.`, its blocks in one
+#: chunk (`backbone.blocks.0.<i>.`); the DPT head is Depth Anything V2's, under the same names.
+_CHUNKED = re.compile(r"backbone\.blocks\.0\.(\d+)\.(.*)")
+
+
+def source_keys(state):
+    """A Prompt Depth Anything .ckpt without its 9-character prefix, a Distill-Any-Depth Large file under
+    Depth Anything V2's names (`backbone.blocks.0.<i>.` -> `pretrained.blocks.<i>.`); anything else as it is."""
+    if recognises(state) or not state:
+        return state
+    if all(len(k) > _PROMPT_PREFIX_LENGTH for k in state):
+        stripped = {k[_PROMPT_PREFIX_LENGTH:]: v for k, v in state.items()}
+        if len(stripped) == len(state) and all(m in stripped for m in _PROMPT_MARKS):
+            return stripped
+    if "backbone.blocks.0.0.ls1.gamma" in state and "depth_head.projects.0.weight" in state:
+        renamed = {}
+        for k, v in state.items():
+            if m := _CHUNKED.fullmatch(k):
+                k = f"pretrained.blocks.{m.group(1)}.{m.group(2)}"
+            elif k.startswith("backbone."):
+                k = "pretrained." + k[len("backbone."):]
+            renamed[k] = v
+        return renamed
+    return state
 
 
 
@@ -72,6 +106,7 @@ def _architecture_of_keys(state, path) -> dict:
         "reassembly_features": tuple(shape(f"depth_head.projects.{i}.weight", 4)[0] for i in range(4)),
         "fusion_features": shape("depth_head.scratch.layer1_rn.weight", 4)[0],
         "head_features": shape("depth_head.scratch.output_conv2.0.weight", 4)[0],
+        "prompt": f"{FUSION_BLOCK.format(i=1)}.resConfUnit_depth.0.weight" in state,
     }
 
 
@@ -79,7 +114,7 @@ def _architecture_of_config(c: DPTConfig) -> dict:
     e = c.encoder
     return {"embed_dim": e.embed_dim, "depth": e.depth, "mlp_hidden": e.mlp_hidden, "patch_size": e.patch_size,
             "native_grid": e.native_grid, "reassembly_features": c.reassembly_features,
-            "fusion_features": c.fusion_features, "head_features": c.head_features}
+            "fusion_features": c.fusion_features, "head_features": c.head_features, "prompt": c.prompt}
 
 
 VARIANTS = {c.name: c for c in PRESETS + MINIS}
@@ -105,6 +140,8 @@ def detect_config(state, path, *, variant: str | None = None, max_depth: float |
             variant = (exact or said)[0].name
     if variant is None:
         variant = RELEASE_FILES.get(os.path.basename(str(path)))
+    if variant is None and fitting and all(c.replace(name="") == fitting[0].replace(name="") for c in fitting):
+        variant = fitting[0].name  # one network (Prompt Depth Anything Small and Small-Transparent compute alike)
     if variant is None:
         what = ", ".join(f"{k} {v}" for k, v in arch.items())
         if not fitting:
@@ -171,6 +208,10 @@ def head_key_table(config: DPTConfig, source: str = "depth_head") -> list[Entry]
     for i in range(1, 5):
         t += _conv(f"{source}.scratch.layer{i}_rn", f"reassemble/to_fusion_{i}", bias=False)
     t += fusion_table(config, f"{source}.scratch.refinenet{{i}}")
+    if config.prompt:  # Prompt Depth Anything: resConfUnit_depth.{0,2,4} -> the prompt branch's conv1..3
+        for i in range(1, 5):
+            for n, c in ((0, 1), (2, 2), (4, 3)):
+                t += _conv(f"{source}.scratch.refinenet{i}.resConfUnit_depth.{n}", f"fusion/block_{i}/prompt/conv{c}")
     t += _conv(f"{source}.scratch.output_conv1", "head/conv1")
     t += _conv(f"{source}.scratch.output_conv2.0", "head/conv2")
     t += _conv(f"{source}.scratch.output_conv2.2", "head/conv3")
@@ -184,8 +225,10 @@ def key_table(config: DPTConfig) -> list[Entry]:
 
 def skipped(config: DPTConfig) -> list[Skip]:
     """Keys present in every released file that the forward never uses, with the reason."""
+    prompt = [Skip(r"_(mean|std)", "Prompt Depth Anything's input normalisation buffers: ImageNet's mean and std, "
+                   "which the config holds (input_mean, input_std)")] if config.prompt else []
     return [Skip(r"pretrained\.mask_token", "DINOv2's masked-image-modelling token; the depth forward never masks")
-            ] + unused_fusion_units(config, FUSION_BLOCK)
+            ] + unused_fusion_units(config, FUSION_BLOCK) + prompt
 
 # ---------------------------------------------------------------------------------------------
 # Hugging Face: transformers' DepthAnythingForDepthEstimation (a Dinov2Backbone)
@@ -291,9 +334,26 @@ def _releases() -> tuple[Release, ...]:
     return tuple(out)
 
 
-RELEASES = _releases()
-#: The official release files, by name: the only way a file tells its variant (its keys cannot).
-RELEASE_FILES = {r.file: r.name for r in RELEASES}
+# Prompt Depth Anything (DepthAnything/PromptDA README): model.ckpt in one Hub repo per model; the code
+# and the Hub repositories are Apache-2.0. Sizes: the parameters of the full-size key check of the
+# reference fixture (tests/fixtures/prompt_depth_anything) plus the two buffers, float32.
+_PROMPT = {"pda_vits": ("prompt-depth-anything-vits", 100_332_316),
+           "pda_vitl": ("prompt-depth-anything-vitl", 1_360_186_140),
+           "pda_vits_transparent": ("prompt-depth-anything-vits-transparent", 100_332_316)}
+# Distill-Any-Depth (Westlake-AGI-Lab/Distill-Any-Depth README): model.safetensors in sub-folders of
+# one Hub repo. The code is MIT; the weights carry no licence of their own in the code repository,
+# and the Hub repository xingyang1/Distill-Any-Depth is tagged apache-2.0. Sizes as V2's.
+_DISTILLED = {"dad_vits": ("small", "vits"), "dad_vitb": ("base", "vitb"), "dad_vitl": ("large", "vitl"),
+              "dad_da2_teacher_vitl": ("Distill-Any-Depth-Dav2-Teacher-Large-2w-iter", "vitl")}
+_DAD_LICENCE = "Apache-2.0 (the Hub repository's licence tag; the code is MIT, the weights state none of their own)"
+RELEASES = _releases() + tuple(
+    Release(name, "model.ckpt", size, "Apache-2.0", repo=f"depth-anything/{repo}")
+    for name, (repo, size) in _PROMPT.items()) + tuple(
+    Release(name, "model.safetensors", _SIZES[s][1], _DAD_LICENCE, repo="xingyang1/Distill-Any-Depth", subfolder=folder)
+    for name, (folder, s) in _DISTILLED.items())
+#: The official release files, by name: the only way a file tells its variant (its keys cannot). The
+#: Prompt Depth Anything and Distill-Any-Depth files all have one name each (model.ckpt, model.safetensors).
+RELEASE_FILES = {r.file: r.name for r in RELEASES if r.file not in ("model.ckpt", "model.safetensors")}
 
 #: The transformers-layout conversions on the Hub (transformers' own names: indoor, outdoor).
 HF_REPOS = {
@@ -301,6 +361,8 @@ HF_REPOS = {
     **{f"da2_{s}": f"depth-anything/Depth-Anything-V2-{w}-hf" for s, (w, _) in _SIZES.items()},
     **{f"da2_metric_{d}_{s}": f"depth-anything/Depth-Anything-V2-Metric-{where}-{w}-hf"
        for d, (_, where) in _METRIC.items() for s, (w, _) in _SIZES.items()},
+    **{name: f"depth-anything/{repo}-hf" for name, (repo, _) in _PROMPT.items()},
+    "dad_vits": "xingyang1/Distill-Any-Depth-Small-hf", "dad_vitl": "xingyang1/Distill-Any-Depth-Large-hf",
 }
 
 FAMILY = EncoderFamily(
@@ -318,6 +380,7 @@ FAMILY = EncoderFamily(
     skipped=skipped,
     encoder_flops=vit_encoder_flops,
     chooses_variant=True,
+    source_keys=source_keys,
     # transformers' names of the metric models (indoor = Hypersim, outdoor = Virtual KITTI)
     aliases={f"da2_metric_{where.lower()}_{s}": f"da2_metric_{d}_{s}" for d, (_, where) in _METRIC.items()
              for s in _SIZES},

@@ -90,7 +90,7 @@ def read_release(path, expected: DPTConfig, *, variant: str | None = None, **opt
     path = os.fspath(path)
     if variant is not None and registry.canonical_name(variant) != expected.name:
         raise ConversionError(path, f"is the release {expected.name}, not the variant {variant} given")
-    state = read_state_dict(path)
+    state = registry.source_keys(read_state_dict(path))
     family = registry.recognise(state)
     if family is not None and family is not expected.family:
         raise CheckpointError(path, f"holds a {family.title} ({family.name}) model, not the "
@@ -159,7 +159,7 @@ def read_checkpoint(path, *, variant: str | None = None, max_depth: float | None
     elif is_converted(path):
         checkpoint = read_converted(path, variant=variant, **options)
     else:
-        state = read_state_dict(path)
+        state = registry.source_keys(read_state_dict(path))
         checkpoint = convert_state_dict(state, registry.detect_config(state, path, variant=variant, **options), path)
     return _with_max_depth(checkpoint, max_depth)
 

@@ -10,8 +10,10 @@ Intermediates are sown in the "intermediates" collection under the reference fix
 pos_embed, tokens0, block{i}_raw (i = block index), feat{k} / cls{k} (k = 1..4, normed).
 
 The module ends with the twelve Depth Anything releases as DPTConfig presets (V2 relative, V2
-metric Hypersim / Virtual KITTI, V1) and the two reference minis; what is known about their
-files (the same keys for all twelve: the variant is a choice) is in convert/dinov2.py.
+metric Hypersim / Virtual KITTI, V1), Prompt Depth Anything (the same network with a depth
+prompt in the fusion blocks, `DPTConfig.prompt`), Distill-Any-Depth (V2's network, other
+weights and input size) and the reference minis; what is known about their files (the same
+keys for all of V1 and V2: the variant is a choice) is in convert/dinov2.py.
 """
 
 from __future__ import annotations
@@ -206,6 +208,31 @@ def depth_anything(name: str, encoder: Dinov2Config, features: int, out_channels
     )
 
 
+def prompt_depth_anything(name: str, encoder: Dinov2Config, features: int, out_channels) -> DPTConfig:
+    """A Prompt Depth Anything model: Depth Anything V2's network with a depth prompt in every fusion block.
+
+    The head's sigmoid is mapped onto the prompt's [min, max] (metres). Preprocessing as the
+    original's load_image: a picture whose larger side exceeds 1008 shrinks to it by OpenCV's area
+    average, each side floored to a multiple of 14; smaller pictures keep their size. The original
+    returns depth at the network's size; dpt-jax resizes it back to the picture bilinearly
+    (align_corners=False), the identity when the picture needed no resize.
+    """
+    return depth_anything(name, encoder, features, out_channels, version=2, native=1008).replace(
+        prompt=True, depth_activation="sigmoid", max_depth=0.0, resize_rule="at_most", input_resize="area",
+        output_resize="bilinear")
+
+
+def distill_any_depth(name: str, encoder: Dinov2Config, features: int, out_channels) -> DPTConfig:
+    """A Distill-Any-Depth model: Depth Anything V2's relative network, run as its infer.py / app.py run it.
+
+    Input 700 x 700 whatever the picture's aspect ratio (Resize(700, 700, keep_aspect_ratio=False,
+    lower_bound, multiple of 14, cubic)); the result goes back to the picture bilinearly
+    (align_corners=False, as their cv2.INTER_LINEAR).
+    """
+    return depth_anything(name, encoder, features, out_channels, version=2, native=700).replace(
+        keep_aspect_ratio=False, output_resize="bilinear")
+
+
 _V2 = {"vits": DA2_VITS, "vitb": DA2_VITB, "vitl": DA2_VITL}
 _V1 = {"vits": DA1_VITS, "vitb": DA1_VITB, "vitl": DA1_VITL}
 PRESETS = (
@@ -213,6 +240,11 @@ PRESETS = (
     + tuple(depth_anything(f"da2_metric_{data}_{s}", _V2[s], *_WIDTHS[s], version=2, max_depth=depth)
             for data, depth in (("hypersim", 20.0), ("vkitti", 80.0)) for s in _V2)
     + tuple(depth_anything(f"da1_{s}", _V1[s], *_WIDTHS[s], version=1) for s in _V1)
+    + tuple(prompt_depth_anything(name, _V2[s], *_WIDTHS[s])
+            for name, s in (("pda_vits", "vits"), ("pda_vitl", "vitl"), ("pda_vits_transparent", "vits")))
+    + tuple(distill_any_depth(name, _V2[s], *_WIDTHS[s])
+            for name, s in (("dad_vits", "vits"), ("dad_vitb", "vitb"), ("dad_vitl", "vitl"),
+                            ("dad_da2_teacher_vitl", "vitl")))
 )
 
 #: The reference minis (tests/fixtures/depth_anything): the real wiring at toy sizes, pos table 7x7.
@@ -220,4 +252,5 @@ _MINI_ENCODER = Dinov2Config(embed_dim=32, depth=8, num_heads=2, mlp_hidden=128,
 MINIS = (
     depth_anything("mini_da2", _MINI_ENCODER, 16, (8, 12, 16, 24), version=2),
     depth_anything("mini_da2_metric", _MINI_ENCODER, 16, (8, 12, 16, 24), version=2, max_depth=20.0),
+    prompt_depth_anything("mini_pda", _MINI_ENCODER, 16, (8, 12, 16, 24)),  # tests/fixtures/prompt_depth_anything
 )

@@ -79,3 +79,11 @@ class AlignError(DptJaxError, ValueError):
     @property
     def name(self) -> str:
         return self.where
+
+
+class PromptError(DptJaxError, ValueError):
+    """A depth prompt (Prompt Depth Anything) that cannot be used."""
+
+    @property
+    def name(self) -> str:
+        return self.where

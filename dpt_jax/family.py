@@ -90,6 +90,9 @@ class EncoderFamily:
     hf_repos: Mapping[str, str] = field(default_factory=dict)  # preset name -> Hub repo in transformers' layout
     #: fields version-1 converted files did not store, with the values the family implied then
     v1_fields: Mapping[str, Any] = field(default_factory=dict)
+    #: a file's state dict under the names its key table uses, where a released file wraps them
+    #: otherwise (a training wrapper's key prefix, another module layout); the same mapping when not
+    source_keys: Callable[[Mapping], Mapping] = lambda state: state
 
     def __post_init__(self):
         # Every config of the family answers `type(config).family`: no lookup table, no import of the registry.
