@@ -235,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--frames", choices=[n for n, f in FORMATS.items() if f.frames is not None],
                    help="also write the frames: npy (an (n, h, w) float32 stack of raw inverse depth) or png16 "
                         "(a folder of 16-bit PNGs, mapped as the video)")
+    p.add_argument("--prompt-depth", metavar="FILE",
+                   help="Prompt Depth Anything models: the picture's coarse metric depth (a phone's LiDAR map), a "
+                        "16-bit PNG in millimetres or .npy/.npz in metres, of the picture's aspect ratio; one picture "
+                        "per run; the depth (and -f ply) is then in metres")
     g = p.add_argument_group("point clouds", "-f ply: a coloured binary PLY of each picture, camera coordinates")
     g.add_argument("--fov", type=_degrees, metavar="DEG",
                    help="horizontal field of view of the camera in degrees (default 60)")

@@ -213,7 +213,7 @@ def test_cli_predict_with_a_prompt_writes_metres(e2e, tmp_path, capsys):
                      "-f", "npy,ply", "-q"]) == 0
     depth = np.load(out / "rgb-depth.npy")
     assert rel_err(depth[None, None], e2e["noresize__depth"]) <= TOL
-    header = (out / "rgb-depth.ply").read_bytes().split(b"end_header")[0].decode()
+    header = (out / "rgb-points.ply").read_bytes().split(b"end_header")[0].decode()
     assert "metres" in header
     assert cli.main(["predict", str(picture), "-m", model, "-o", str(tmp_path / "none"), "-q"]) == 1
     assert "--prompt-depth" in capsys.readouterr().err
