@@ -400,7 +400,8 @@ def _predict(args, model, todo, plan, status: Status, prompt=None) -> tuple[list
             status.bar.update(1)
 
     try:
-        pipeline.run(model if prompt is None else PromptedModel(model, prompt), todo, batch_size=args.batch_size, keep_aspect_ratio=args.keep_aspect_ratio,
+        runner = model if prompt is None else PromptedModel(model, prompt)  # the one picture's prompt with it
+        pipeline.run(runner, todo, batch_size=args.batch_size, keep_aspect_ratio=args.keep_aspect_ratio,
                      size=args.size, bucket=args.bucket, on_result=on_result, keep_depth=False,
                      on_status=status.info)
     finally:

@@ -30,7 +30,8 @@ ARRAYS = (("pos_embed", "tokens0") + tuple(f"{n}{i}" for n in ("feat", "cls") fo
           + ("project1", "project2", "project4") + tuple(f"{n}{i}" for n in ("reassemble", "rn") for i in range(1, 5))
           + tuple(f"fusion{i}_{s}" for i in range(1, 5)
                   for s in ("rcu2_out", "prompt_in", "prompt_conv1", "prompt_conv2", "prompt_branch"))
-          + tuple(f"fusion{i}" for i in range(1, 5)) + ("prompt_norm", "head_conv1", "head_preact", "head_out", "depth"))
+          + tuple(f"fusion{i}" for i in range(1, 5))
+          + ("prompt_norm", "head_conv1", "head_preact", "head_out", "depth"))
 
 
 @pytest.fixture(scope="module")
