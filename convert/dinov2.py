@@ -14,6 +14,7 @@ said by a Hugging Face config.json, or read off an official release file name.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -302,6 +303,35 @@ def hf_config_json(config: DPTConfig) -> dict:
             "reassemble_hidden_size": e.embed_dim}
 
 
+# transformers' PromptDepthAnythingForDepthEstimation: Depth Anything's layout plus each fusion layer's
+# prompt_depth_layer (refinenet k -> neck.fusion_stage.layers.{4-k}); config.json as Depth Anything's,
+# model_type prompt_depth_anything, depth_estimation_type "metric" and max_depth 1 (its converter's).
+
+
+def prompt_hf_rules() -> tuple:
+    return hf_rules() + tuple(
+        Rename(f"depth_head.scratch.refinenet{k}.resConfUnit_depth.{n}.{{p}}",
+               f"neck.fusion_stage.layers.{4 - k}.prompt_depth_layer.convolution{c}.{{p}}")
+        for k in range(1, 5) for n, c in ((0, 1), (2, 2), (4, 3)))
+
+
+def parse_prompt_hf(top: Fields, b: Fields) -> HFModel:
+    """A Prompt Depth Anything config.json: metric, its depth range from the prompt (max_depth must be 1)."""
+    model = parse_hf(top, b)
+    if not model.metric:
+        raise top.error("depth_estimation_type", "Prompt Depth Anything is metric; 'relative' is no model of its")
+    if model.max_depth != 1.0:
+        raise top.error("max_depth", f"Prompt Depth Anything takes its depth range from the prompt; max_depth must "
+                                     f"be 1 (transformers' converter); got {model.max_depth:g}")
+    options = {k: v for k, v in model.options.items() if k != "max_depth"}
+    return dataclasses.replace(model, options=options, max_depth=0.0)
+
+
+def prompt_hf_config_json(config: DPTConfig) -> dict:
+    return {**hf_config_json(config), "architectures": ["PromptDepthAnythingForDepthEstimation"],
+            "model_type": "prompt_depth_anything", "depth_estimation_type": "metric", "max_depth": 1}
+
+
 def hf_extra_tensors(config: DPTConfig, state: dict) -> dict:
     """DINOv2's masked-modelling token: in transformers' files, never used for depth (written as zeros)."""
     import numpy as np
@@ -388,7 +418,13 @@ FAMILY = EncoderFamily(
     # DepthAnythingForDepthEstimation refuses attn_implementation="sdpa" (transformers 5.23), though its Dinov2 has it
     hf=HFLayout(model_type="depth_anything", backbone_type="dinov2", architecture="DepthAnythingForDepthEstimation",
                 rules=hf_rules(), parse=parse_hf, config_json=hf_config_json, extra_tensors=hf_extra_tensors,
-                default_attention="eager",
+                default_attention="eager", fits=lambda config: not config.prompt,
                 unused_prefixes=("neck.fusion_stage.layers.0.residual_layer1.", "backbone.embeddings.mask_token")),
+    hf_more=(HFLayout(model_type="prompt_depth_anything", backbone_type="dinov2",
+                      architecture="PromptDepthAnythingForDepthEstimation", rules=prompt_hf_rules(),
+                      parse=parse_prompt_hf, config_json=prompt_hf_config_json, extra_tensors=hf_extra_tensors,
+                      default_attention="eager", fits=lambda config: config.prompt,
+                      unused_prefixes=("neck.fusion_stage.layers.0.residual_layer1.",
+                                       "backbone.embeddings.mask_token")),),
     hf_repos=HF_REPOS,
 )

@@ -61,6 +61,8 @@ class HFLayout:
     #: or "eager"), and the parameter names its forward never calls
     default_attention: str = "eager"
     unused_prefixes: tuple[str, ...] = ()
+    #: which of the family's models this layout writes (a family with several layouts: `EncoderFamily.hf_more`)
+    fits: Callable[[Any], bool] = lambda config: True
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class EncoderFamily:
     aliases: Mapping[str, str] = field(default_factory=dict)  # other names of presets -> preset names
     releases: tuple[Release, ...] = ()
     hf: HFLayout | None = None
+    #: further transformers layouts of the family's models (another model_type), read and written like `hf`
+    hf_more: tuple[HFLayout, ...] = ()
     hf_repos: Mapping[str, str] = field(default_factory=dict)  # preset name -> Hub repo in transformers' layout
     #: fields version-1 converted files did not store, with the values the family implied then
     v1_fields: Mapping[str, Any] = field(default_factory=dict)
@@ -100,6 +104,11 @@ class EncoderFamily:
 
     def __repr__(self) -> str:
         return f"EncoderFamily({self.name!r})"
+
+    @property
+    def hf_layouts(self) -> tuple[HFLayout, ...]:
+        """Every transformers layout of the family: `hf` first, then `hf_more`."""
+        return ((self.hf,) if self.hf is not None else ()) + tuple(self.hf_more)
 
 
 def vit_encoder_flops(c, height: int, width: int, batch: int, add) -> tuple[int, int]:

@@ -218,3 +218,31 @@ def test_cli_predict_with_a_prompt_writes_metres(e2e, tmp_path, capsys):
     assert "metres" in header
     assert cli.main(["predict", str(picture), "-m", model, "-o", str(tmp_path / "none"), "-q"]) == 1
     assert "--prompt-depth" in capsys.readouterr().err
+
+
+def test_transformers_layout_round_trip(models, ref, tmp_path):
+    """save_pretrained writes transformers' PromptDepthAnythingForDepthEstimation names and config.json (as its
+    converter maps the original keys); reading the folder back gives the original's parameters bit for bit."""
+    import json
+
+    from dpt_jax.convert.files import read_state_dict
+
+    model = models["ckpt"]
+    model.save_pretrained(tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["model_type"] == "prompt_depth_anything" and config["depth_estimation_type"] == "metric"
+    assert config["architectures"] == ["PromptDepthAnythingForDepthEstimation"]
+    names = set(read_state_dict(tmp_path / "hf" / "model.safetensors"))
+    assert {f"neck.fusion_stage.layers.{4 - k}.prompt_depth_layer.convolution{c}.{p}"
+            for k in range(1, 5) for c in (1, 2, 3) for p in ("weight", "bias")} <= names
+    assert not any("resConfUnit" in n or n.startswith(("pretrained.", "depth_head.", "_")) for n in names)
+    back = dpt_jax.load(tmp_path / "hf")
+    assert back.config == model.config
+    import jax
+
+    same = jax.tree_util.tree_map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), back.params, model.params)
+    assert all(jax.tree_util.tree_leaves(same))
+    config["max_depth"] = 20
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(Exception, match="max_depth must be 1"):
+        dpt_jax.load(tmp_path / "hf")
