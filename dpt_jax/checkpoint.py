@@ -72,6 +72,9 @@ def load_checkpoint(source=None, *, variant: str | None = None, max_depth: float
     text = hub.DEFAULT_MODEL if source is None else source
     release = hub.lookup(text) if not os.path.exists(text) else None
     if release is None:
+        model = registry.canonical_name(text[:-len(hub.HF_SUFFIX)]) if hub.hf_repo(text) is not None else None
+        if variant is None and model is not None and registry.PRESETS[model].family.chooses_variant:
+            variant = model  # "<name>_hf": that model (a repo's config.json cannot tell, e.g., Distill-Any-Depth)
         return read_checkpoint(hub.resolve(text, progress=progress), variant=variant, max_depth=max_depth, **options)
     expected = registry.get_config(release.holds or release.name)
     read: list[Checkpoint] = []
