@@ -246,3 +246,19 @@ def test_transformers_layout_round_trip(models, ref, tmp_path):
     (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
     with pytest.raises(Exception, match="max_depth must be 1"):
         dpt_jax.load(tmp_path / "hf")
+
+
+def test_prompt_models_refuse_what_does_not_apply(models, monkeypatch, tmp_path):
+    """max_depth (the range is the prompt's), exports (images only); "<name>_hf" loads that model (the variant)."""
+    from dpt_jax import export, hub
+    from dpt_jax.checkpoint import load_checkpoint
+    from dpt_jax.errors import ConversionError
+
+    with pytest.raises(ConversionError, match="takes its depth range from the prompt"):
+        dpt_jax.load(PDA / "mini_pda.ckpt", max_depth=10)
+    with pytest.raises(ValueError, match="exports take images only"):
+        export.make_spec(models["ckpt"].config, size=(56, 84))
+    models["ckpt"].save_pretrained(tmp_path / "hf")
+    monkeypatch.setattr(hub, "resolve", lambda name, progress=True: tmp_path / "hf")
+    with pytest.raises(ConversionError, match="does not hold a pda_vits_transparent model"):
+        load_checkpoint("pda_vits_transparent_hf")  # the mini is not that model: refused as it
