@@ -164,7 +164,8 @@ def detect_config(state, path, *, variant: str | None = None, max_depth: float |
         raise ConversionError(path, f"does not hold a {variant} model: its keys say {diffs}{fits}")
     if max_depth is not None:
         if config.prompt:
-            raise ConversionError(path, f"max_depth does not apply to {variant}: it takes its depth range from the prompt")
+            raise ConversionError(path, f"max_depth does not apply to {variant}: it takes its depth range from the "
+                                        "prompt")
         if not config.is_metric:
             raise ConversionError(path, f"max_depth applies to metric models; {variant} is relative")
         config = config.replace(max_depth=float(max_depth))

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -21,6 +22,13 @@ from .config import DPTConfig
 from .dpt import cast_params, forward
 from .errors import ImageError
 from .layers import COMPUTE_DTYPES
+
+
+@functools.lru_cache(maxsize=64)
+def _program(config: DPTConfig, dtype: str, out_shardings):
+    """jit(forward) of one config: models of one config (loaded twice, from two files) share compiled programs."""
+    return jax.jit(lambda params, images, prompt: forward(config, params, images, dtype, prompt),
+                   out_shardings=out_shardings)
 
 
 @dataclass
@@ -46,9 +54,7 @@ class DepthModel:
         self._mesh = Mesh(np.array(devices), ("batch",))
         self._batch_sharding = NamedSharding(self._mesh, PartitionSpec("batch"))
         self.params = jax.device_put(cast_params(self.params), NamedSharding(self._mesh, PartitionSpec()))
-        config, dtype = self.config, self.dtype
-        self._apply = jax.jit(lambda params, images, prompt: forward(config, params, images, dtype, prompt),
-                              out_shardings=self._batch_sharding)
+        self._apply = _program(self.config, self.dtype, self._batch_sharding)
 
     @property
     def num_devices(self) -> int:

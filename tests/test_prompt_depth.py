@@ -52,8 +52,10 @@ def e2e():
 _PROGRAMS: dict = {}
 
 
-def run_stages(model, images, prompt):
-    """Depth and every sown intermediate under the fixture's names (fusion block i's as fusion{i}_<name>)."""
+def run_stages(model, images, prompt, params=None):
+    """Depth and every sown intermediate under the fixture's names (fusion block i's as fusion{i}_<name>).
+
+    One jitted program per (config, shapes), shared by every test and both checkpoint formats."""
     import jax
     from flax import traverse_util
 
@@ -63,7 +65,7 @@ def run_stages(model, images, prompt):
     if key not in _PROGRAMS:
         module = DPT(model.config)
         _PROGRAMS[key] = jax.jit(lambda p, x, q: module.apply({"params": p}, x, q, mutable=["intermediates"]))
-    depth, state = _PROGRAMS[key](model.params, images, prompt)
+    depth, state = _PROGRAMS[key](model.params if params is None else params, images, prompt)
     out = {"depth": np.asarray(depth)}
     for path, value in traverse_util.flatten_dict(state["intermediates"]).items():
         x = np.asarray(value[0])
@@ -118,13 +120,12 @@ def test_prompt_branch_matters(models, ref):
     import jax
 
     model = models["safetensors"]
-    params = jax.tree_util.tree_map(np.asarray, model.params)
+    params = jax.tree_util.tree_map(lambda a: a, model.params)  # the same device arrays: the same program runs
     for i in range(1, 5):
         params["fusion"][f"block_{i}"]["prompt"]["conv3"] = jax.tree_util.tree_map(
-            np.zeros_like, params["fusion"][f"block_{i}"]["prompt"]["conv3"])
-    depth = np.asarray(dpt_jax.forward(model.config, params, nchw_to_nhwc(ref["sq__input"]), "float32",
-                                       nchw_to_nhwc(ref["sq__prompt"])))
-    assert rel_err(depth[:, None], ref["sq__depth"]) > 100 * TOL
+            lambda a: a * 0, params["fusion"][f"block_{i}"]["prompt"]["conv3"])
+    depth = run_stages(model, nchw_to_nhwc(ref["sq__input"]), nchw_to_nhwc(ref["sq__prompt"]), params)["depth"]
+    assert rel_err(depth, ref["sq__depth"]) > 100 * TOL
 
 
 def test_input_normalisation_matches_original(models, ref):
@@ -153,8 +154,8 @@ def test_load_image_resize_and_depth_match_original(models, e2e, tmp_path):
     Image.fromarray(e2e["syn__prompt_mm_uint16"]).save(png)
     prompt = read_prompt(png)
     np.testing.assert_array_equal(prompt, e2e["syn__prompt"][0, 0])
-    depth = np.asarray(model.apply(x, prompt))
-    assert rel_err(depth[:, None], e2e["syn__depth"]) <= TOL
+    depth = run_stages(model, x, prompt[None, :, :, None])["depth"]
+    assert rel_err(depth, e2e["syn__depth"]) <= TOL
 
 
 def test_predict_without_resize_matches_original(models, e2e, tmp_path):
@@ -172,8 +173,8 @@ def test_real_photo_with_its_arkit_prompt_matches_original(models, e2e):
     """The repository's example photo (at 168x224) with its 192x256 ARKit depth: a prompt larger than the picture."""
     x = (nchw_to_nhwc(e2e["example__image"]) - np.float32(models["ckpt"].config.input_mean)) / np.float32(
         models["ckpt"].config.input_std)
-    depth = np.asarray(models["ckpt"].apply(x, e2e["example__prompt"][0, 0]))
-    assert rel_err(depth[:, None], e2e["example__depth"]) <= TOL
+    depth = run_stages(models["ckpt"], x, nchw_to_nhwc(e2e["example__prompt"]))["depth"]
+    assert rel_err(depth, e2e["example__depth"]) <= TOL
 
 
 # ---------------------------------------------------------------------------------------------
