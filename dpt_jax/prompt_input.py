@@ -57,9 +57,17 @@ def read_prompt(path) -> np.ndarray:
 
 
 def _read_png(path: Path, name: str) -> np.ndarray:
+    import warnings
+
     from PIL import Image
 
-    with Image.open(path, formats=["PNG"]) as img:
+    with warnings.catch_warnings():  # MAX_PIXELS decides (below), not Pillow's bomb warning
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(path, formats=["PNG"])
+        except Image.DecompressionBombError:
+            raise PromptError(name, f"the PNG declares far more than {MAX_PIXELS:,} pixels") from None
+    with img:
         h, w = img.height, img.width
         _check_size(name, (h, w))
         if img.mode not in ("I;16", "I;16B", "I;16L", "I", "L"):
