@@ -242,7 +242,7 @@ def bench_jax(spec) -> dict:
     }
     if spec.xla_flops:
         try:  # the very program timed above: DepthModel's jitted forward (its trace cache is warm)
-            out["xla_flops_lowered"] = cost_flops(model._apply.lower(model.params, x))
+            out["xla_flops_lowered"] = cost_flops(model._apply.lower(model.params, x, None))  # no depth prompt
         except Exception as e:  # cost analysis is diagnostic only
             out["xla_flops_lowered"] = None
             out["xla_flops_error"] = f"{type(e).__name__}: {e}"

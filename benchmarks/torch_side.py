@@ -27,9 +27,8 @@ INSTALL_HINT = "pip install 'dpt-jax[bench]'"
 
 
 def hf_counterpart(config: DPTConfig):
-    """The family's transformers layout (family.HFLayout), or None (also where it does not cover the model)."""
-    layout = config.family.hf
-    return layout if layout is not None and layout.covers(config) else None
+    """The family's transformers layout of the model (family.HFLayout), or None where transformers has none."""
+    return config.family.hf_layout_of(config)
 
 
 def _transformers_fields(config: DPTConfig) -> dict:

@@ -16,6 +16,7 @@ its relative and metric files again hold the same keys.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -49,6 +50,10 @@ def describe_variant(config: DPTConfig) -> str:
     if config.is_temporal:
         unit = "metric depth in metres" if config.is_metric else "relative inverse depth"
         return f"Video Depth Anything, {unit}"
+    if config.prompt:
+        return "Prompt Depth Anything, metric depth in metres from a depth prompt"
+    if config.name.startswith(("dad_", "mini_dad")):
+        return "Distill-Any-Depth (V2 network), relative inverse depth"
     version = "V1" if config.output_resize == "bilinear" else "V2"
     if config.is_metric:
         return f"{version}, metric depth in metres (max {config.max_depth:g} m)"
@@ -72,6 +77,36 @@ def head_prefix(config: DPTConfig) -> str:
 _TEMPORAL_TABLE = "head.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.pos_encoder.pe"
 
 
+#: Prompt Depth Anything's model.ckpt (Lightning): {"state_dict": {prefix + key: tensor}} with a
+#: 9-character prefix the original strips blindly (k[9:]); these keys say the rest is its model.
+_PROMPT_PREFIX_LENGTH = 9
+_PROMPT_MARKS = ("depth_head.scratch.refinenet1.resConfUnit_depth.0.weight", "pretrained.blocks.0.ls1.gamma")
+#: Distill-Any-Depth Large (their dam.DepthAnything): the DINOv2 under `backbone.`, its blocks in one
+#: chunk (`backbone.blocks.0.<i>.`); the DPT head is Depth Anything V2's, under the same names.
+_CHUNKED = re.compile(r"backbone\.blocks\.0\.(\d+)\.(.*)")
+
+
+def source_keys(state):
+    """A Prompt Depth Anything .ckpt without its 9-character prefix, a Distill-Any-Depth Large file under
+    Depth Anything V2's names (`backbone.blocks.0.<i>.` -> `pretrained.blocks.<i>.`); anything else as it is."""
+    if recognises(state) or not state:
+        return state
+    if all(len(k) > _PROMPT_PREFIX_LENGTH for k in state):
+        stripped = {k[_PROMPT_PREFIX_LENGTH:]: v for k, v in state.items()}
+        if len(stripped) == len(state) and all(m in stripped for m in _PROMPT_MARKS):
+            return stripped
+    if "backbone.blocks.0.0.ls1.gamma" in state and "depth_head.projects.0.weight" in state:
+        renamed = {}
+        for k, v in state.items():
+            if m := _CHUNKED.fullmatch(k):
+                k = f"pretrained.blocks.{m.group(1)}.{m.group(2)}"
+            elif k.startswith("backbone."):
+                k = "pretrained." + k[len("backbone."):]
+            renamed[k] = v
+        return renamed
+    return state
+
+
 
 
 def _architecture_of_keys(state, path) -> dict:
@@ -93,6 +128,7 @@ def _architecture_of_keys(state, path) -> dict:
         "reassembly_features": tuple(shape(f"{head}.projects.{i}.weight", 4)[0] for i in range(4)),
         "fusion_features": shape(f"{head}.scratch.layer1_rn.weight", 4)[0],
         "head_features": shape(f"{head}.scratch.output_conv2.0.weight", 4)[0],
+        "prompt": f"{head}.scratch.refinenet1.resConfUnit_depth.0.weight" in state,
     }
 
 
@@ -101,7 +137,7 @@ def _architecture_of_config(c: DPTConfig) -> dict:
     return {"temporal_frames": c.temporal_frames,
             "embed_dim": e.embed_dim, "depth": e.depth, "mlp_hidden": e.mlp_hidden, "patch_size": e.patch_size,
             "native_grid": e.native_grid, "reassembly_features": c.reassembly_features,
-            "fusion_features": c.fusion_features, "head_features": c.head_features}
+            "fusion_features": c.fusion_features, "head_features": c.head_features, "prompt": c.prompt}
 
 
 VARIANTS = {c.name: c for c in PRESETS + MINIS}
@@ -127,6 +163,8 @@ def detect_config(state, path, *, variant: str | None = None, max_depth: float |
             variant = (exact or said)[0].name
     if variant is None:
         variant = RELEASE_FILES.get(os.path.basename(str(path)))
+    if variant is None and fitting and all(c.replace(name="") == fitting[0].replace(name="") for c in fitting):
+        variant = fitting[0].name  # one network (Prompt Depth Anything Small and Small-Transparent compute alike)
     if variant is None:
         what = ", ".join(f"{k} {v}" for k, v in arch.items())
         if not fitting:
@@ -149,6 +187,9 @@ def detect_config(state, path, *, variant: str | None = None, max_depth: float |
         fits = f"; variants that fit: {', '.join(c.name for c in fitting)}" if fitting else ""
         raise ConversionError(path, f"does not hold a {variant} model: its keys say {diffs}{fits}")
     if max_depth is not None:
+        if config.prompt:
+            raise ConversionError(path, f"max_depth does not apply to {variant}: it takes its depth range from the "
+                                        "prompt")
         if config.depth_activation != "sigmoid":
             kind = "is relative" if not config.is_metric else "has no largest depth (a ReLU head in metres)"
             raise ConversionError(path, f"max_depth applies to metric Depth Anything V2 models; {variant} {kind}")
@@ -193,6 +234,10 @@ def head_key_table(config: DPTConfig, source: str = "depth_head") -> list[Entry]
     for i in range(1, 5):
         t += _conv(f"{source}.scratch.layer{i}_rn", f"reassemble/to_fusion_{i}", bias=False)
     t += fusion_table(config, f"{source}.scratch.refinenet{{i}}")
+    if config.prompt:  # Prompt Depth Anything: resConfUnit_depth.{0,2,4} -> the prompt branch's conv1..3
+        for i in range(1, 5):
+            for n, c in ((0, 1), (2, 2), (4, 3)):
+                t += _conv(f"{source}.scratch.refinenet{i}.resConfUnit_depth.{n}", f"fusion/block_{i}/prompt/conv{c}")
     t += _conv(f"{source}.scratch.output_conv1", "head/conv1")
     t += _conv(f"{source}.scratch.output_conv2.0", "head/conv2")
     t += _conv(f"{source}.scratch.output_conv2.2", "head/conv3")
@@ -226,8 +271,10 @@ def key_table(config: DPTConfig) -> list[Entry]:
 
 def skipped(config: DPTConfig) -> list[Skip]:
     """Keys present in every released file that the forward never uses, with the reason."""
+    prompt = [Skip(r"_(mean|std)", "Prompt Depth Anything's input normalisation buffers: ImageNet's mean and std, "
+                   "which the config holds (input_mean, input_std)")] if config.prompt else []
     return [Skip(r"pretrained\.mask_token", "DINOv2's masked-image-modelling token; the depth forward never masks")
-            ] + unused_fusion_units(config, f"{head_prefix(config)}.scratch.refinenet{{i}}")
+            ] + unused_fusion_units(config, f"{head_prefix(config)}.scratch.refinenet{{i}}") + prompt
 
 # ---------------------------------------------------------------------------------------------
 # Hugging Face: transformers' DepthAnythingForDepthEstimation (a Dinov2Backbone)
@@ -301,6 +348,35 @@ def hf_config_json(config: DPTConfig) -> dict:
             "reassemble_hidden_size": e.embed_dim}
 
 
+# transformers' PromptDepthAnythingForDepthEstimation: Depth Anything's layout plus each fusion layer's
+# prompt_depth_layer (refinenet k -> neck.fusion_stage.layers.{4-k}); config.json as Depth Anything's,
+# model_type prompt_depth_anything, depth_estimation_type "metric" and max_depth 1 (its converter's).
+
+
+def prompt_hf_rules() -> tuple:
+    return hf_rules() + tuple(
+        Rename(f"depth_head.scratch.refinenet{k}.resConfUnit_depth.{n}.{{p}}",
+               f"neck.fusion_stage.layers.{4 - k}.prompt_depth_layer.convolution{c}.{{p}}")
+        for k in range(1, 5) for n, c in ((0, 1), (2, 2), (4, 3)))
+
+
+def parse_prompt_hf(top: Fields, b: Fields) -> HFModel:
+    """A Prompt Depth Anything config.json: metric, its depth range from the prompt (max_depth must be 1)."""
+    model = parse_hf(top, b)
+    if not model.metric:
+        raise top.error("depth_estimation_type", "Prompt Depth Anything is metric; 'relative' is no model of its")
+    if model.max_depth != 1.0:
+        raise top.error("max_depth", f"Prompt Depth Anything takes its depth range from the prompt; max_depth must "
+                                     f"be 1 (transformers' converter); got {model.max_depth:g}")
+    options = {k: v for k, v in model.options.items() if k != "max_depth"}
+    return dataclasses.replace(model, options=options, max_depth=0.0)
+
+
+def prompt_hf_config_json(config: DPTConfig) -> dict:
+    return {**hf_config_json(config), "architectures": ["PromptDepthAnythingForDepthEstimation"],
+            "model_type": "prompt_depth_anything", "depth_estimation_type": "metric", "max_depth": 1}
+
+
 def hf_extra_tensors(config: DPTConfig, state: dict) -> dict:
     """DINOv2's masked-modelling token: in transformers' files, never used for depth (written as zeros)."""
     import numpy as np
@@ -351,9 +427,27 @@ def _video_releases() -> tuple[Release, ...]:
 _VIDEO_SIZES = {"vits": 116_140_548 + 4 * 32 * 2 * (192 + 384 + 64 + 64),
                 "vitb": 457_765_636 + 4 * 32 * 2 * (384 + 768 + 128 + 128),
                 "vitl": 1_537_561_348 + 4 * 32 * 2 * (1024 + 1024 + 256 + 256)}
-RELEASES = _releases() + _video_releases()
-#: The official release files, by name: the only way a file tells its variant (its keys cannot).
-RELEASE_FILES = {r.file: r.name for r in RELEASES}
+
+# Prompt Depth Anything (DepthAnything/PromptDA README): model.ckpt in one Hub repo per model; the code
+# and the Hub repositories are Apache-2.0. Sizes: the parameters of the full-size key check of the
+# reference fixture (tests/fixtures/prompt_depth_anything) plus the two buffers, float32.
+_PROMPT = {"pda_vits": ("prompt-depth-anything-vits", 100_332_316),
+           "pda_vitl": ("prompt-depth-anything-vitl", 1_360_186_140),
+           "pda_vits_transparent": ("prompt-depth-anything-vits-transparent", 100_332_316)}
+# Distill-Any-Depth (Westlake-AGI-Lab/Distill-Any-Depth README): model.safetensors in sub-folders of
+# one Hub repo. The code is MIT; the weights carry no licence of their own in the code repository,
+# and the Hub repository xingyang1/Distill-Any-Depth is tagged apache-2.0. Sizes as V2's.
+_DISTILLED = {"dad_vits": ("small", "vits"), "dad_vitb": ("base", "vitb"), "dad_vitl": ("large", "vitl"),
+              "dad_da2_teacher_vitl": ("Distill-Any-Depth-Dav2-Teacher-Large-2w-iter", "vitl")}
+_DAD_LICENCE = "Apache-2.0 (the Hub repository's licence tag; the code is MIT, the weights state none of their own)"
+RELEASES = _releases() + _video_releases() + tuple(
+    Release(name, "model.ckpt", size, "Apache-2.0", repo=f"depth-anything/{repo}")
+    for name, (repo, size) in _PROMPT.items()) + tuple(
+    Release(name, "model.safetensors", _SIZES[s][1], _DAD_LICENCE, repo="xingyang1/Distill-Any-Depth", subfolder=folder)
+    for name, (folder, s) in _DISTILLED.items())
+#: The official release files, by name: the only way a file tells its variant (its keys cannot). The
+#: Prompt Depth Anything and Distill-Any-Depth files all have one name each (model.ckpt, model.safetensors).
+RELEASE_FILES = {r.file: r.name for r in RELEASES if r.file not in ("model.ckpt", "model.safetensors")}
 
 #: The transformers-layout conversions on the Hub (transformers' own names: indoor, outdoor).
 HF_REPOS = {
@@ -361,6 +455,8 @@ HF_REPOS = {
     **{f"da2_{s}": f"depth-anything/Depth-Anything-V2-{w}-hf" for s, (w, _) in _SIZES.items()},
     **{f"da2_metric_{d}_{s}": f"depth-anything/Depth-Anything-V2-Metric-{where}-{w}-hf"
        for d, (_, where) in _METRIC.items() for s, (w, _) in _SIZES.items()},
+    **{name: f"depth-anything/{repo}-hf" for name, (repo, _) in _PROMPT.items()},
+    "dad_vits": "xingyang1/Distill-Any-Depth-Small-hf", "dad_vitl": "xingyang1/Distill-Any-Depth-Large-hf",
 }
 
 FAMILY = EncoderFamily(
@@ -379,6 +475,7 @@ FAMILY = EncoderFamily(
     encoder_flops=vit_encoder_flops,
     encoder_peak_bytes=vit_encoder_peak_bytes,
     chooses_variant=True,
+    source_keys=source_keys,
     # transformers' names of the metric models (indoor = Hypersim, outdoor = Virtual KITTI)
     aliases={f"da2_metric_{where.lower()}_{s}": f"da2_metric_{d}_{s}" for d, (_, where) in _METRIC.items()
              for s in _SIZES},
@@ -386,7 +483,13 @@ FAMILY = EncoderFamily(
     # DepthAnythingForDepthEstimation refuses attn_implementation="sdpa" (transformers 5.23), though its Dinov2 has it
     hf=HFLayout(model_type="depth_anything", backbone_type="dinov2", architecture="DepthAnythingForDepthEstimation",
                 rules=hf_rules(), parse=parse_hf, config_json=hf_config_json, extra_tensors=hf_extra_tensors,
-                default_attention="eager", covers=lambda config: not config.is_temporal,  # none for Video DA
+                default_attention="eager", fits=lambda config: not (config.prompt or config.is_temporal),
                 unused_prefixes=("neck.fusion_stage.layers.0.residual_layer1.", "backbone.embeddings.mask_token")),
+    hf_more=(HFLayout(model_type="prompt_depth_anything", backbone_type="dinov2",
+                      architecture="PromptDepthAnythingForDepthEstimation", rules=prompt_hf_rules(),
+                      parse=parse_prompt_hf, config_json=prompt_hf_config_json, extra_tensors=hf_extra_tensors,
+                      default_attention="eager", fits=lambda config: config.prompt,
+                      unused_prefixes=("neck.fusion_stage.layers.0.residual_layer1.",
+                                       "backbone.embeddings.mask_token")),),
     hf_repos=HF_REPOS,
 )

@@ -27,6 +27,7 @@ not where transformers deviates (README, "Hugging Face checkpoints").
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -219,7 +220,7 @@ def to_original(tensors: Mapping, renamer: Renamer) -> dict:
 
 #: Other models stored in transformers' layout, named in the refusal.
 _UNSUPPORTED_TYPES = {
-    "zoedepth": "ZoeDepth", "glpn": "GLPN", "depth_pro": "Depth Pro", "prompt_depth_anything": "Prompt Depth Anything",
+    "zoedepth": "ZoeDepth", "glpn": "GLPN", "depth_pro": "Depth Pro",
     "dinov2_with_registers": "a ViT with registers (dinov2_with_registers)", "vitmatte": "ViTMatte",
     "upernet": "UperNet",
 }
@@ -240,6 +241,7 @@ class HFModel:
     max_depth: float = 0.0
     expected: dict = field(default_factory=dict)  # config field -> (encoder attribute, value) to cross-check
     # (only fields config.json states: a default transformers would fill in is no evidence)
+    layout: object = None  # the family.HFLayout whose config.json this is (set by parse_config)
 
 
 class Fields:
@@ -328,15 +330,15 @@ def parse_config(path, families) -> tuple:
     `HFLayout` has its model_type and backbone type; an unsupported model is named in the error."""
     path = os.fspath(path)
     top = Fields(load_json(path, MAX_CONFIG_BYTES), path)
-    layouts = [f for f in families if f.hf is not None]
-    implemented = ", ".join(f.title for f in layouts)
+    implemented = ", ".join(f.title for f in families if f.hf_layouts)
     model_type = top.d.get("model_type")
-    candidates = [f for f in layouts if f.hf.model_type == model_type]
+    layouts = [(f, layout) for f in families for layout in f.hf_layouts]
+    candidates = [(f, layout) for f, layout in layouts if layout.model_type == model_type]
     if not candidates:
         if isinstance(model_type, str) and model_type in _UNSUPPORTED_TYPES:
             raise CheckpointError(path, f"{_UNSUPPORTED_TYPES[model_type]} (model_type {model_type!r}) is not "
                                         f"supported: dpt-jax implements {implemented}")
-        types = ", ".join(sorted({repr(f.hf.model_type) for f in layouts}))
+        types = ", ".join(sorted({repr(layout.model_type) for _, layout in layouts}))
         raise CheckpointError(path, f"field model_type: {str(model_type)[:40]!r} is not a model dpt-jax implements "
                                     f"(model_type {types}: {implemented})")
     if top.d.get("is_hybrid"):
@@ -347,20 +349,20 @@ def parse_config(path, families) -> tuple:
         raise CheckpointError(path, f"{what} is not supported: dpt-jax implements {implemented}")
     backbone = top.sub("backbone_config")
     kind = backbone.d.get("model_type")
-    family = next((f for f in candidates if f.hf.backbone_type == kind), None)
+    family, layout = next(((f, layout) for f, layout in candidates if layout.backbone_type == kind), (None, None))
     if family is None:
-        known = ", ".join(repr(f.hf.backbone_type) for f in candidates)
+        known = ", ".join(repr(layout.backbone_type) for _, layout in candidates)
         raise CheckpointError(path, f"a {model_type!r} model with a {str(kind)[:40]!r} backbone (field "
                                     f"backbone_config.model_type) is not supported; dpt-jax implements {known} there")
     architectures = top.d.get("architectures", [])
     if architectures is not None:
         if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
             raise top.error("architectures", f"must be a list of class names; got {type(architectures).__name__}")
-        if architectures and family.hf.architecture not in architectures:
+        if architectures and layout.architecture not in architectures:
             shown = ", ".join(repr(a[:60]) for a in architectures[:5])
             raise top.error("architectures", f"{shown} is not supported; dpt-jax implements depth estimation "
-                                             f"({family.hf.architecture})")
-    return family, family.hf.parse(top, backbone)
+                                             f"({layout.architecture})")
+    return family, dataclasses.replace(layout.parse(top, backbone), layout=layout)
 
 
 def hooks_of(backbone: Fields, depth: int) -> tuple[int, ...] | None:
@@ -469,7 +471,7 @@ def read(path, families) -> Source:
     if not (folder / CONFIG_NAME).is_file():
         raise CheckpointError(folder, f"no {CONFIG_NAME}: not a Hugging Face checkpoint folder")
     family, model = parse_config(_inside(folder, folder / CONFIG_NAME), families)
-    renamer = Renamer.of(family.hf)
+    renamer = Renamer.of(model.layout)
     return Source(str(folder), family, model, to_original(read_weights(folder), renamer), renamer)
 
 
@@ -479,7 +481,6 @@ def finish(config, source: Source):
     The hooks come from out_indices, metric depth from depth_estimation_type / max_depth; a
     field that config.json and the weights both determine must agree (ConversionError naming it).
     """
-    import dataclasses
 
     model = source.model
     encoder = config.encoder
@@ -501,11 +502,12 @@ def finish(config, source: Source):
 
 
 def layout_of(config):
-    """The family's HFLayout; ValueError when the family has none."""
-    layout = config.family.hf
+    """The family's HFLayout that writes `config` (its `fits`); ValueError when there is none."""
+    family = config.family
+    if not family.hf_layouts:
+        raise ValueError(f"{config.name}: no Hugging Face layout is known for the {family.title} family")
+    layout = family.hf_layout_of(config)
     if layout is None:
-        raise ValueError(f"{config.name}: no Hugging Face layout is known for the {config.family.title} family")
-    if not layout.covers(config):
         raise ValueError(f"{config.name}: transformers has no layout for this model; save a dpt-jax .safetensors "
                          "file instead")
     return layout
@@ -522,9 +524,8 @@ def original_state(config, params) -> dict[str, np.ndarray]:
         if (m := re.fullmatch(r"(.*refinenet\d)\.resConfUnit2\.(.*)", key)) and \
                 f"{m.group(1)}.resConfUnit1.{m.group(2)}" not in out:
             out[f"{m.group(1)}.resConfUnit1.{m.group(2)}"] = np.zeros_like(out[key])
-    layout = config.family.hf
-    covered = layout is not None and layout.covers(config)
-    return {**out, **(layout.extra_tensors(config, out) if covered else {})}
+    layout = config.family.hf_layout_of(config)
+    return {**out, **(layout.extra_tensors(config, out) if layout is not None else {})}
 
 
 def hf_state(config, params) -> dict[str, np.ndarray]:

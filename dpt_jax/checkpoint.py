@@ -72,6 +72,9 @@ def load_checkpoint(source=None, *, variant: str | None = None, max_depth: float
     text = hub.DEFAULT_MODEL if source is None else source
     release = hub.lookup(text) if not os.path.exists(text) else None
     if release is None:
+        model = registry.canonical_name(text[:-len(hub.HF_SUFFIX)]) if hub.hf_repo(text) is not None else None
+        if variant is None and model is not None and registry.PRESETS[model].family.chooses_variant:
+            variant = model  # "<name>_hf": that model (a repo's config.json cannot tell, e.g., Distill-Any-Depth)
         return read_checkpoint(hub.resolve(text, progress=progress), variant=variant, max_depth=max_depth, **options)
     expected = registry.get_config(release.holds or release.name)
     read: list[Checkpoint] = []
@@ -90,7 +93,7 @@ def read_release(path, expected: DPTConfig, *, variant: str | None = None, **opt
     path = os.fspath(path)
     if variant is not None and registry.canonical_name(variant) != expected.name:
         raise ConversionError(path, f"is the release {expected.name}, not the variant {variant} given")
-    state = read_state_dict(path)
+    state = registry.source_keys(read_state_dict(path))
     family = registry.recognise(state)
     if family is not None and family is not expected.family:
         raise CheckpointError(path, f"holds a {family.title} ({family.name}) model, not the "
@@ -159,7 +162,7 @@ def read_checkpoint(path, *, variant: str | None = None, max_depth: float | None
     elif is_converted(path):
         checkpoint = read_converted(path, variant=variant, **options)
     else:
-        state = read_state_dict(path)
+        state = registry.source_keys(read_state_dict(path))
         checkpoint = convert_state_dict(state, registry.detect_config(state, path, variant=variant, **options), path)
     return _with_max_depth(checkpoint, max_depth)
 

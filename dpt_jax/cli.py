@@ -50,8 +50,12 @@ def cmd_info(args) -> int:
     print(f"output:     {output_kind(c)}")
     print(f"source:     {model.source}")
     print(f"parameters: {model.num_params:,}")
-    print(f"input:      native {h}x{w} (HxW), sides multiples of {c.input_multiple}, "
-          f"{'keeps' if c.keep_aspect_ratio else 'ignores'} the aspect ratio by default")
+    if c.resize_rule == "at_most":
+        print(f"input:      larger pictures shrink to at most {max(h, w)} px, sides multiples of {c.input_multiple}, "
+              "keeping the aspect ratio")
+    else:
+        print(f"input:      native {h}x{w} (HxW), sides multiples of {c.input_multiple}, "
+              f"{'keeps' if c.keep_aspect_ratio else 'ignores'} the aspect ratio by default")
     print(f"devices:    {describe_devices(model.devices or None)}")
     print(f"config:     {c.to_json()}")
     return 0
@@ -59,6 +63,8 @@ def cmd_info(args) -> int:
 
 def output_kind(config) -> str:
     """What the model's numbers are: relative inverse depth, or metres."""
+    if config.prompt:
+        return "metric depth in metres, within the depth prompt's range (--prompt-depth)"
     if config.is_metric:
         return f"metric depth in metres (max {config.max_depth:g} m)"
     return "relative inverse depth (larger is nearer; unknown scale and shift)"
@@ -249,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--frames", choices=[n for n, f in FORMATS.items() if f.frames is not None],
                    help="also write the frames: npy (an (n, h, w) float32 stack of raw inverse depth) or png16 "
                         "(a folder of 16-bit PNGs, mapped as the video)")
+    p.add_argument("--prompt-depth", metavar="FILE",
+                   help="Prompt Depth Anything models: the picture's coarse metric depth (a phone's LiDAR map), a "
+                        "16-bit PNG in millimetres or .npy/.npz in metres, of the picture's aspect ratio; one picture "
+                        "per run; the depth (and -f ply) is then in metres")
     g = p.add_argument_group("point clouds", "-f ply: a coloured binary PLY of each picture, camera coordinates")
     g.add_argument("--fov", type=_degrees, metavar="DEG",
                    help="horizontal field of view of the camera in degrees (default 60)")

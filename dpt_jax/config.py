@@ -122,7 +122,11 @@ class DPTConfig:
     "relu_metres" (a ReLU head trained on metres: Video Depth Anything's metric models).
     `temporal_frames` > 0: a video model whose neck attends across up to that many frames.
     Around the network: `resize_rule` ("minimal": native size, sides to the nearest multiple;
-    "lower_bound": at least the native size), `input_mean`/`input_std`, `output_resize`.
+    "lower_bound": at least the native size; "at_most": only pictures larger than the native
+    size shrink), `input_resize`, `input_mean`/`input_std`, `output_resize`.
+    `prompt`: the fusion blocks take a metric depth prompt (Prompt Depth Anything): each adds a
+    conv branch of the prompt, min/max-normalised per sample, and the head's sigmoid is mapped
+    back onto the prompt's [min, max] in metres (prompt.py); False leaves the model as it was.
     """
 
     name: str
@@ -142,22 +146,28 @@ class DPTConfig:
     #: table of this many frames) on reassembled maps 3 and 4 and after fusion blocks 4 and 3
     temporal_frames: int = bounded(0, 256, default=0)
     # Pre- and postprocessing (preprocess.py): the size rule, the input normalisation, the output resize.
-    resize_rule: str = choice("minimal", "lower_bound", default="minimal")  # MiDaS Resize's resize_method
+    resize_rule: str = choice("minimal", "lower_bound", "at_most", default="minimal")  # MiDaS Resize's resize_method
     resize_multiple: int = bounded(1, 1024, default=32)  # its ensure_multiple_of (MiDaS: 32 for every encoder)
     input_mean: tuple[float, float, float] = bounded(-10.0, 10.0, default=(0.5, 0.5, 0.5))  # RGB in [0, 1]
     input_std: tuple[float, float, float] = bounded(1e-6, 10.0, default=(0.5, 0.5, 0.5))
     #: how the prediction is resized back to the picture: bicubic (MiDaS run.py), bilinear with
     #: align_corners=True (Depth Anything V2 infer_image) or False (Depth Anything V1 run.py)
     output_resize: str = choice("bicubic", "bilinear_align_corners", "bilinear", default="bicubic")
+    #: how the picture is resized to the network: OpenCV bicubic (MiDaS, Depth Anything) or OpenCV's
+    #: area average (Prompt Depth Anything's load_image, which only ever shrinks)
+    input_resize: str = choice("bicubic", "area", default="bicubic")
+    prompt: bool = False  # a depth prompt enters every fusion block (see the docstring)
 
     def __post_init__(self):
         checked_fields(self)
         require(self.fusion_residual[3] is False,
                 "fusion_residual[3] must be false: the deepest fusion block has no input before it")
-        require(self.depth_activation != "sigmoid" or self.max_depth > 0,
+        require(self.depth_activation != "sigmoid" or self.max_depth > 0 or self.prompt,
                 "a metric model with depth_activation 'sigmoid' needs max_depth > 0")
         require(self.depth_activation == "sigmoid" or self.max_depth == 0,
                 f"max_depth applies to depth_activation 'sigmoid'; this model's is {self.depth_activation!r}")
+        require(not self.prompt or (self.depth_activation == "sigmoid" and self.max_depth == 0),
+                "a prompted model takes its depth range from the prompt: depth_activation 'sigmoid', max_depth 0")
         require(all(s % self.resize_multiple == 0 for s in self.native_size) or self.resize_rule == "minimal",
                 "with resize_rule 'lower_bound' the native size must be a multiple of resize_multiple")
         family = getattr(type(self.encoder), "family", None)

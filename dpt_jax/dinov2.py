@@ -9,10 +9,11 @@ itself is never normed.
 Intermediates are sown in the "intermediates" collection under the reference fixtures' names:
 pos_embed, tokens0, block{i}_raw (i = block index), feat{k} / cls{k} (k = 1..4, normed).
 
-The module ends with the released models on this encoder as DPTConfig presets (Depth Anything
-V2 relative, V2 metric Hypersim / Virtual KITTI, V1; Video Depth Anything relative and metric)
-and the reference minis; what is known about their files (the same keys within each line: the
-variant is a choice) is in convert/dinov2.py.
+The module ends with the released models on this encoder as DPTConfig presets: Depth Anything
+V2 relative, V2 metric Hypersim / Virtual KITTI, V1; Video Depth Anything relative and metric
+(`DPTConfig.temporal_frames`); Prompt Depth Anything (a depth prompt in the fusion blocks,
+`DPTConfig.prompt`); Distill-Any-Depth (V2's network, other weights and input size); and the
+reference minis. What is known about their files is in convert/dinov2.py.
 """
 
 from __future__ import annotations
@@ -217,6 +218,31 @@ def video_depth_anything(name: str, encoder: Dinov2Config, features: int, out_ch
         temporal_frames=32, depth_activation="relu_metres" if metric else "relu")
 
 
+def prompt_depth_anything(name: str, encoder: Dinov2Config, features: int, out_channels) -> DPTConfig:
+    """A Prompt Depth Anything model: Depth Anything V2's network with a depth prompt in every fusion block.
+
+    The head's sigmoid is mapped onto the prompt's [min, max] (metres). Preprocessing as the
+    original's load_image: a picture whose larger side exceeds 1008 shrinks to it by OpenCV's area
+    average, each side floored to a multiple of 14; smaller pictures keep their size. The original
+    returns depth at the network's size; dpt-jax resizes it back to the picture bilinearly
+    (align_corners=False), the identity when the picture needed no resize.
+    """
+    return depth_anything(name, encoder, features, out_channels, version=2, native=1008).replace(
+        prompt=True, depth_activation="sigmoid", max_depth=0.0, resize_rule="at_most", input_resize="area",
+        output_resize="bilinear")
+
+
+def distill_any_depth(name: str, encoder: Dinov2Config, features: int, out_channels) -> DPTConfig:
+    """A Distill-Any-Depth model: Depth Anything V2's relative network, run as its infer.py / app.py run it.
+
+    Input 700 x 700 whatever the picture's aspect ratio (Resize(700, 700, keep_aspect_ratio=False,
+    lower_bound, multiple of 14, cubic)); the result goes back to the picture bilinearly
+    (align_corners=False, as their cv2.INTER_LINEAR).
+    """
+    return depth_anything(name, encoder, features, out_channels, version=2, native=700).replace(
+        keep_aspect_ratio=False, output_resize="bilinear")
+
+
 _V2 = {"vits": DA2_VITS, "vitb": DA2_VITB, "vitl": DA2_VITL}
 _V1 = {"vits": DA1_VITS, "vitb": DA1_VITB, "vitl": DA1_VITL}
 PRESETS = (
@@ -226,6 +252,11 @@ PRESETS = (
     + tuple(depth_anything(f"da1_{s}", _V1[s], *_WIDTHS[s], version=1) for s in _V1)
     + tuple(video_depth_anything(f"vda{kind}_{s}", _V2[s], *_WIDTHS[s], metric=bool(kind))
             for kind in ("", "_metric") for s in _V2)
+    + tuple(prompt_depth_anything(name, _V2[s], *_WIDTHS[s])
+            for name, s in (("pda_vits", "vits"), ("pda_vitl", "vitl"), ("pda_vits_transparent", "vits")))
+    + tuple(distill_any_depth(name, _V2[s], *_WIDTHS[s])
+            for name, s in (("dad_vits", "vits"), ("dad_vitb", "vitb"), ("dad_vitl", "vitl"),
+                            ("dad_da2_teacher_vitl", "vitl")))
 )
 
 #: The reference minis (tests/fixtures/depth_anything): the real wiring at toy sizes, pos table 7x7.
@@ -236,4 +267,5 @@ MINIS = (
     # tests/fixtures/video_depth_anything: temporal widths are multiples of the GroupNorm's 32 groups
     video_depth_anything("mini_vda", _MINI_ENCODER, 32, (8, 12, 64, 32)),
     video_depth_anything("mini_vda_metric", _MINI_ENCODER, 32, (8, 12, 64, 32), metric=True),
+    prompt_depth_anything("mini_pda", _MINI_ENCODER, 16, (8, 12, 16, 24)),  # tests/fixtures/prompt_depth_anything
 )

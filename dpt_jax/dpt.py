@@ -20,6 +20,7 @@ from flax import traverse_util
 
 from .config import DPTConfig
 from .layers import COMPUTE_DTYPES, Conv, Dense, gelu
+from .prompt import PromptBranch, prompt_range, to_prompt_range
 from .resize import resize_bilinear
 from .temporal import TemporalModule
 
@@ -121,7 +122,7 @@ class ResidualConvUnit(nn.Module):
 
 
 class FusionBlock(nn.Module):
-    """(x + RCU(skip)) -> RCU -> bilinear resize (align_corners=True) -> 1x1 conv.
+    """(x + RCU(skip)) -> RCU [+ prompt branch] -> bilinear resize (align_corners=True) -> 1x1 conv.
 
     The original resizes first. A 1x1 conv and a bilinear resize commute (one mixes channels, the
     other pixels, and the interpolation weights sum to 1, so the bias passes through unchanged),
@@ -131,10 +132,13 @@ class FusionBlock(nn.Module):
     dtype_mm: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, skip, size):
+    def __call__(self, x, skip, size, prompt=None):
         if skip is not None:
             x = x + ResidualConvUnit(self.dtype_mm, name="rcu1")(skip)
         x = ResidualConvUnit(self.dtype_mm, name="rcu2")(x)
+        if prompt is not None:  # Prompt Depth Anything: the prompt's branch, at the block's input size
+            self.sow("intermediates", "rcu2_out", x)
+            x = x + PromptBranch(x.shape[-1], self.dtype_mm, name="prompt")(prompt, x.shape[1:3])  # (B, h, w, F)
         x = Conv(x.shape[-1], (1, 1), dtype=self.dtype_mm, name="out_conv")(x)
         return resize_bilinear(x, size, align_corners=True)
 
@@ -151,7 +155,8 @@ class Fusion(nn.Module):
     dtype_mm: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, maps, frames: int = 1, context=(None, None)):
+    def __call__(self, maps, frames: int = 1, context=(None, None), prompt=None):
+        """`prompt`: None, or the normalised depth prompt (B, h, w, 1) (Prompt Depth Anything)."""
         c = self.config
         x = None
         for i in (4, 3, 2, 1):
@@ -159,7 +164,7 @@ class Fusion(nn.Module):
             if not c.fusion_residual[i - 1]:
                 x, skip = skip, None
             size = maps[i - 2].shape[1:3] if i > 1 else (2 * skip.shape[1], 2 * skip.shape[2])
-            x = FusionBlock(self.dtype_mm, name=f"block_{i}")(x, skip, size)
+            x = FusionBlock(self.dtype_mm, name=f"block_{i}")(x, skip, size, prompt)
             self.sow("intermediates", f"fusion{i}", x)
             if c.temporal_frames and i >= 3:
                 x = TemporalModule(c.temporal_frames, self.dtype_mm, name=f"temporal_{i}")(x, frames, context[4 - i])
@@ -186,22 +191,33 @@ class DepthHead(nn.Module):
         x = nn.relu(Conv(c.head_features, (3, 3), padding=((1, 1), (1, 1)), dtype=mm, name="conv2")(x))
         x = Conv(1, (1, 1), dtype=mm, name="conv3")(x)  # (B, H, W, 1)
         self.sow("intermediates", "head_preact", x)
+        if c.depth_activation == "sigmoid" and c.prompt:
+            return jax.nn.sigmoid(x[..., 0])  # (B, H, W) in (0, 1): the prompt's range maps it to metres
         if c.depth_activation == "sigmoid":
             return c.max_depth * jax.nn.sigmoid(x[..., 0])  # (B, H, W): metric depth
         return nn.relu(x)[..., 0]  # (B, H, W): relative inverse depth, or metres ("relu_metres")
 
 
 class DPT(nn.Module):
-    """The whole model: normalized NHWC images (B, H, W, 3) -> depth (B, H, W): relative inverse, or metres."""
+    """The whole model: normalized NHWC images (B, H, W, 3) -> depth (B, H, W): relative inverse, or metres.
+
+    A prompted model (`config.prompt`) also takes `prompt`, metric depth (B, h, w, 1) of any size (prompt.py).
+    """
 
     config: DPTConfig
     dtype_mm: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, images, frames: int = 1, context=None):
-        """`images` (B*T, H, W, 3), T = `frames` per clip, b-major; `context`: see `TemporalModule` (streaming)."""
+    def __call__(self, images, frames: int = 1, context=None, prompt=None):
+        """`images` (B*T, H, W, 3), T = `frames` per clip, b-major; `context`: see `TemporalModule` (streaming);
+        `prompt`: a prompted model's metric depth prompt (B, h, w, 1)."""
         c, mm = self.config, self.dtype_mm
         context = context or (None,) * 4  # the four temporal modules' cached states, in the original's order
+        if (prompt is not None) != c.prompt:
+            raise ValueError(f"{c.name} takes a depth prompt" if c.prompt else f"{c.name} takes no depth prompt")
+        if prompt is not None:
+            prompt, lo, hi = prompt_range(prompt)  # (B, h, w, 1), (B, 1, 1, 1), (B, 1, 1, 1)
+            self.sow("intermediates", "prompt_norm", prompt)
         family = c.family
         features = family.encoder(c.encoder, mm, name="encoder")(images)  # 4 x (B, 1 + h*w, C) or (B, h_i, w_i, C_i)
         for i, f in enumerate(features, start=1):
@@ -211,26 +227,32 @@ class DPT(nn.Module):
             p = c.encoder.patch_size
             grid = (images.shape[1] // p, images.shape[2] // p)
         maps = Reassemble(c, mm, name="reassemble")(features, grid, frames, context[:2])  # 4 x (B, h_i, w_i, F)
-        fused = Fusion(c, mm, name="fusion")(maps, frames, context[2:])  # (B, 2 h_1, 2 w_1, F)
+        fused = Fusion(c, mm, name="fusion")(maps, frames, context[2:], prompt)  # (B, 2 h_1, 2 w_1, F)
         if c.head == "midas":
             size = (2 * fused.shape[1], 2 * fused.shape[2])
         else:  # Depth Anything: straight to the input's size
             size = images.shape[1:3]
-        return DepthHead(c, mm, name="head")(fused, size)  # (B, H, W)
+        depth = DepthHead(c, mm, name="head")(fused, size)  # (B, H, W)
+        if prompt is not None:
+            self.sow("intermediates", "head_out", depth)
+            depth = to_prompt_range(depth, lo, hi)  # (B, H, W) metres
+        return depth
 
 
 def param_shapes(config: DPTConfig) -> dict[str, tuple[int, ...]]:
     """{"/"-joined path: shape} of every parameter of the model, without allocating any (not even an input)."""
     m = config.input_multiple
     images = jax.ShapeDtypeStruct((1, 2 * m, 2 * m, 3), jnp.float32)  # parameter shapes do not depend on the size
-    abstract = jax.eval_shape(DPT(config).init, jax.random.PRNGKey(0), images)
+    prompt = jax.ShapeDtypeStruct((1, 2, 2, 1), jnp.float32) if config.prompt else None
+    abstract = jax.eval_shape(DPT(config).init, jax.random.PRNGKey(0), images, prompt=prompt)
     flat = traverse_util.flatten_dict(abstract["params"], sep="/")
     return {k: tuple(v.shape) for k, v in flat.items()}
 
 
-def forward(config: DPTConfig, params, images, dtype: str = "float32", frames: int = 1):
+def forward(config: DPTConfig, params, images, dtype: str = "float32", frames: int = 1, prompt=None):
     """Depth of normalized images (B, H, W, 3) -> (B, H, W): the whole model as a pure function.
 
+    `prompt`: a prompted model's metric depth prompt (B, h, w, 1), any h and w; None for the others.
     `dtype` ("float32" or "bfloat16") is the dtype of the matrix products (`DPT.dtype_mm`);
     everything else runs in float32, `params` are float32. Float32 products run at full float32
     precision (no TF32/bf16 passes on accelerators: they cost ~1e-3 relative error).
@@ -238,7 +260,7 @@ def forward(config: DPTConfig, params, images, dtype: str = "float32", frames: i
     """
     module = DPT(config, COMPUTE_DTYPES[dtype])
     with jax.default_matmul_precision("highest"):
-        return module.apply({"params": params}, images.astype(jnp.float32), frames)
+        return module.apply({"params": params}, images.astype(jnp.float32), frames, prompt=prompt)
 
 
 #: A temporal model's four temporal modules, in the original's order (its motion_modules.0..3)

@@ -83,3 +83,11 @@ class AlignError(DptJaxError, ValueError):
 
 class DatasetError(DptJaxError, ValueError):
     """An evaluation dataset folder or file that does not match its layout or format; names what is missing."""
+
+
+class PromptError(DptJaxError, ValueError):
+    """A depth prompt (Prompt Depth Anything) that cannot be used."""
+
+    @property
+    def name(self) -> str:
+        return self.where

@@ -93,6 +93,8 @@ def make_spec(config: DPTConfig, *, size=None, batch: Batch = None, dtype: str =
     """
     if dtype not in COMPUTE_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(COMPUTE_DTYPES)}; got {dtype!r}")
+    if config.prompt:
+        raise ValueError(f"{config.name} takes a depth prompt besides the images: exports take images only")
     if batch is None or batch == "dynamic":
         batch = None
     elif isinstance(batch, str) and batch.isdigit():

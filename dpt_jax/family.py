@@ -57,12 +57,13 @@ class HFLayout:
     parse: Callable[..., Any]
     config_json: Callable[[Any], dict]
     extra_tensors: Callable[[Any, dict], dict] = lambda config, state: {}
-    #: which of the family's models transformers has this layout for (DPTConfig -> bool)
-    covers: Callable[[Any], bool] = lambda config: True
     #: what the benchmarks' PyTorch side asks of transformers: the attention it offers ("sdpa"
     #: or "eager"), and the parameter names its forward never calls
     default_attention: str = "eager"
     unused_prefixes: tuple[str, ...] = ()
+    #: which of the family's models this layout holds (DPTConfig -> bool); a model no layout of its family
+    #: fits has none in transformers (Video Depth Anything); a family may have several (`EncoderFamily.hf_more`)
+    fits: Callable[[Any], bool] = lambda config: True
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,14 @@ class EncoderFamily:
     aliases: Mapping[str, str] = field(default_factory=dict)  # other names of presets -> preset names
     releases: tuple[Release, ...] = ()
     hf: HFLayout | None = None
+    #: further transformers layouts of the family's models (another model_type), read and written like `hf`
+    hf_more: tuple[HFLayout, ...] = ()
     hf_repos: Mapping[str, str] = field(default_factory=dict)  # preset name -> Hub repo in transformers' layout
     #: fields version-1 converted files did not store, with the values the family implied then
     v1_fields: Mapping[str, Any] = field(default_factory=dict)
+    #: a file's state dict under the names its key table uses, where a released file wraps them
+    #: otherwise (a training wrapper's key prefix, another module layout); the same mapping when not
+    source_keys: Callable[[Mapping], Mapping] = lambda state: state
 
     def __post_init__(self):
         # Every config of the family answers `type(config).family`: no lookup table, no import of the registry.
@@ -102,6 +108,15 @@ class EncoderFamily:
 
     def __repr__(self) -> str:
         return f"EncoderFamily({self.name!r})"
+
+    @property
+    def hf_layouts(self) -> tuple[HFLayout, ...]:
+        """Every transformers layout of the family: `hf` first, then `hf_more`."""
+        return ((self.hf,) if self.hf is not None else ()) + tuple(self.hf_more)
+
+    def hf_layout_of(self, config) -> HFLayout | None:
+        """The layout that holds `config` (its `fits`), or None where transformers has none for it."""
+        return next((layout for layout in self.hf_layouts if layout.fits(config)), None)
 
 
 def vit_encoder_peak_bytes(c, height: int, width: int, batch: int) -> int:

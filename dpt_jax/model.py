@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -21,6 +22,19 @@ from .config import DPTConfig
 from .dpt import cast_params, forward, forward_stream
 from .errors import ImageError
 from .layers import COMPUTE_DTYPES
+
+
+@functools.lru_cache(maxsize=64)
+def _program(config: DPTConfig, dtype: str, kind: str = "pictures", out_shardings=None):
+    """jit of one config's forward on pictures, on whole clips ("clip") or one stream step ("stream"): models of
+    one config (loaded twice, from two files) share compiled programs."""
+    if kind == "clip":  # frames attend to each other: clips are not split across devices
+        return jax.jit(lambda params, images, frames: forward(config, params, images, dtype, frames),
+                       static_argnums=2)
+    if kind == "stream":
+        return jax.jit(lambda params, image, context: forward_stream(config, params, image, context, dtype))
+    return jax.jit(lambda params, images, prompt: forward(config, params, images, dtype, prompt=prompt),
+                   out_shardings=out_shardings)
 
 
 @dataclass
@@ -46,14 +60,9 @@ class DepthModel:
         self._mesh = Mesh(np.array(devices), ("batch",))
         self._batch_sharding = NamedSharding(self._mesh, PartitionSpec("batch"))
         self.params = jax.device_put(cast_params(self.params), NamedSharding(self._mesh, PartitionSpec()))
-        config, dtype = self.config, self.dtype
-        self._apply = jax.jit(lambda params, images: forward(config, params, images, dtype),
-                              out_shardings=self._batch_sharding)
-        # temporal models: whole clips (frames attend to each other: not split across devices), and streams
-        self._apply_clip = jax.jit(lambda params, images, frames: forward(config, params, images, dtype, frames),
-                                   static_argnums=2)
-        self._apply_stream = jax.jit(lambda params, image, context: forward_stream(config, params, image, context,
-                                                                                   dtype))
+        self._apply = _program(self.config, self.dtype, out_shardings=self._batch_sharding)
+        self._apply_clip = _program(self.config, self.dtype, "clip")
+        self._apply_stream = _program(self.config, self.dtype, "stream")
 
     @property
     def num_devices(self) -> int:
@@ -63,7 +72,9 @@ class DepthModel:
     def num_params(self) -> int:
         return count_params(self.params)
 
-    def apply(self, images) -> jax.Array:
+    def apply(self, images, prompt=None) -> jax.Array:
+        """Depth (B, H, W) of normalized images (B, H, W, 3); a prompted model also takes `prompt`, metric
+        depth (B, h, w, 1) or one (h, w) map for every image (`prompt_input.checked_prompt` rules)."""
         images = jnp.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"apply takes normalized images of shape (B, H, W, 3); got {tuple(images.shape)}")
@@ -72,10 +83,23 @@ class DepthModel:
                              "(use predict() for raw uint8 pictures)")
         self.config.check_input_size(*images.shape[1:3])
         n = images.shape[0]
+        if (prompt is not None) != self.config.prompt:
+            raise ValueError(f"{self.config.name} needs a depth prompt (prompt=)" if self.config.prompt
+                             else f"{self.config.name} takes no depth prompt")
+        if prompt is not None:
+            prompt = jnp.asarray(prompt, jnp.float32)
+            if prompt.ndim == 2:
+                prompt = jnp.broadcast_to(prompt[None, :, :, None], (n, *prompt.shape, 1))  # (B, h, w, 1)
+            if prompt.ndim != 4 or prompt.shape[0] != n or prompt.shape[-1] != 1:
+                raise ValueError(f"prompt must be (h, w) or ({n}, h, w, 1); got {tuple(prompt.shape)}")
         pad = -n % self.num_devices  # the batch is split evenly across the devices
         if pad:
             images = jnp.concatenate([images, jnp.zeros((pad, *images.shape[1:]), images.dtype)])
-        depth = self._apply(self.params, jax.device_put(images, self._batch_sharding))
+            if prompt is not None:  # padded images get a copy of the last prompt (a constant one would give NaN)
+                prompt = jnp.concatenate([prompt, jnp.repeat(prompt[-1:], pad, axis=0)])
+        if prompt is not None:
+            prompt = jax.device_put(prompt, self._batch_sharding)
+        depth = self._apply(self.params, jax.device_put(images, self._batch_sharding), prompt)
         return depth[:n] if pad else depth
 
     def apply_clip(self, images, frames: int) -> jax.Array:
@@ -123,7 +147,7 @@ class DepthModel:
         return np.stack(depth).astype(np.float32)
 
     def predict(self, images, *, batch_size: int = 4, keep_aspect_ratio: bool | None = None, size=None,
-                bucket: bool = False, output: str = "array"):
+                bucket: bool = False, output: str = "array", prompt_depth=None):
         """Depth for pictures, each at its own size, through the original's preprocessing.
 
         What the numbers are: relative inverse depth (larger is nearer, unknown scale and shift)
@@ -144,6 +168,10 @@ class DepthModel:
         `size`: network input target instead of the native size (an int as MiDaS's --height, or
         (H, W)); `keep_aspect_ratio`: default as the original preprocessing (`config.keep_aspect_ratio`);
         `bucket`: see `pipeline.run`.
+        `prompt_depth`: for a prompted model (Prompt Depth Anything, `config.prompt`) the metric depth
+        prompt of the picture (a path: 16-bit PNG in millimetres, .npy / .npz in metres; or an (h, w)
+        array in metres), a list of them for several pictures; the depth is then in metres, between the
+        prompt's min and max. A prompt that cannot be used raises PromptError naming it.
         """
         from . import output as _output
 
@@ -154,8 +182,11 @@ class DepthModel:
         if not kinds or any(k not in ("array", "pil", "color") for k in kinds):
             raise ValueError(f"output must be 'array', 'pil' or 'color', or a tuple of them; got {output!r}")
         single, items = _as_items(images)
-        results = pipeline.run(self, items, batch_size=batch_size, keep_aspect_ratio=keep_aspect_ratio, size=size,
-                               bucket=bucket)
+        options = dict(batch_size=batch_size, keep_aspect_ratio=keep_aspect_ratio, size=size, bucket=bucket)
+        if self.config.prompt or prompt_depth is not None:
+            results = self._predict_prompted(single, items, prompt_depth, options)
+        else:
+            results = pipeline.run(self, items, **options)
         for r in results:
             if r.error is not None:
                 raise ImageError(r.name, r.error)
@@ -170,6 +201,32 @@ class DepthModel:
                for r in results]
         return out[0] if single else out
 
+    def _predict_prompted(self, single: bool, items: list, prompt_depth, options: dict) -> list:
+        """pipeline.run for each picture with its own prompt (`PromptedModel`), after every prompt is checked."""
+        from .errors import PromptError
+        from .pictures import open_source
+        from .prompt_input import check_fits, checked_prompt, read_prompt
+
+        c = self.config
+        if not c.prompt:
+            raise PromptError("prompt_depth", f"{c.name} takes no depth prompt (only Prompt Depth Anything models do)")
+        if prompt_depth is None:
+            raise PromptError("prompt_depth", f"{c.name} needs the picture's metric depth prompt: "
+                                              "predict(picture, prompt_depth=...)")
+        prompts = [prompt_depth] if single else list(prompt_depth) if isinstance(prompt_depth, (list, tuple)) else None
+        if prompts is None or len(prompts) != len(items):
+            raise PromptError("prompt_depth", f"give one depth prompt per picture: a list of {len(items)}")
+        results = []
+        for i, (item, p) in enumerate(zip(items, prompts)):
+            name = str(p) if isinstance(p, (str, os.PathLike)) else "prompt_depth" + ("" if single else f"[{i}]")
+            prompt = read_prompt(p) if isinstance(p, (str, os.PathLike)) else checked_prompt(p, name)
+            source = open_source(item, i)
+            check_fits(prompt, source.size, name)
+            result = pipeline.run(PromptedModel(self, prompt), [source], **options)[0]
+            result.index = i
+            results.append(result)
+        return results
+
     def save(self, path) -> None:
         """Write a converted safetensors file (float32 parameters, config in the metadata)."""
         write_converted(path, self.config, jax.device_get(self.params))
@@ -183,6 +240,25 @@ class DepthModel:
         from .convert import hf
 
         return hf.write(directory, self.config, jax.device_get(self.params), overwrite=overwrite)
+
+
+@dataclass
+class PromptedModel:
+    """A prompted DepthModel with the depth prompt of one picture: what `pipeline.run` takes as a model."""
+
+    model: DepthModel
+    prompt: np.ndarray  # (h, w) metres, checked (prompt_input.checked_prompt)
+
+    @property
+    def config(self) -> DPTConfig:
+        return self.model.config
+
+    @property
+    def num_devices(self) -> int:
+        return self.model.num_devices
+
+    def apply(self, images) -> jax.Array:
+        return self.model.apply(images, self.prompt)
 
 
 def _as_items(images) -> tuple[bool, list]:

@@ -272,6 +272,7 @@ def _run(args, process: int, processes: int) -> int:
             failed += 1
     if args.align is not None and sources:  # the file of known depths is checked before any model loads
         geometry.load_known_depths(args.align, sources[0].size)
+    prompt = _read_prompt(args, sources, videos) if args.prompt_depth is not None else None
 
     # 2. The output folder: writable, stale temporary files of killed runs removed.
     outdir = Path(args.output)
@@ -325,8 +326,14 @@ def _run(args, process: int, processes: int) -> int:
             failed, todo = failed + len(todo), []
         if args.streaming and not model.config.is_temporal:
             raise ValueError(f"--streaming applies to video models; {model.config.name} runs each frame alone")
+        if model.config.prompt and args.prompt_depth is None:
+            raise ValueError(f"{model.config.name} is a Prompt Depth Anything model: give the picture's metric depth "
+                             "with --prompt-depth FILE (16-bit PNG in millimetres, .npy in metres)")
+        if prompt is not None and not model.config.prompt:
+            raise ValueError(f"--prompt-depth: {model.config.name} takes no depth prompt (Prompt Depth Anything "
+                             "models do)")
         if todo:
-            written, done = _predict(args, model, todo, plan, status)
+            written, done = _predict(args, model, todo, plan, status, prompt)
         if video_todo:
             video_written, videos_done = _predict_videos(args, model, video_todo, status)
             written, done = written + video_written, done + videos_done
@@ -365,6 +372,18 @@ def _run_camera(args, status: Status) -> int:
     return 0
 
 
+def _read_prompt(args, sources: list, videos: list):
+    """The checked depth prompt of --prompt-depth, for the one picture of the run (before any model loads)."""
+    from .prompt_input import check_fits, read_prompt
+
+    if videos or len(sources) != 1:
+        raise ValueError(f"--prompt-depth {args.prompt_depth}: a depth prompt belongs to one picture; this run has "
+                         f"{len(sources)} picture(s) and {len(videos)} video(s) (run each picture with its own prompt)")
+    prompt = read_prompt(args.prompt_depth)
+    check_fits(prompt, sources[0].size, args.prompt_depth)
+    return prompt
+
+
 def _load_model(args, status: Status):
     import time
 
@@ -382,12 +401,14 @@ def _load_model(args, status: Status):
     return model
 
 
-def _predict(args, model, todo, plan, status: Status) -> tuple[list[Path], int]:
+def _predict(args, model, todo, plan, status: Status, prompt=None) -> tuple[list[Path], int]:
     """Run the model over `todo`, writing each picture's outputs as soon as its depth is known.
+    `prompt`: the checked depth prompt of the one picture, for a prompted model.
     Returns (the files written, how many pictures got all theirs)."""
     from tqdm import tqdm
 
     from . import geometry, output, pipeline
+    from .model import PromptedModel
 
     c = model.config
     total = len(todo)
@@ -441,7 +462,8 @@ def _predict(args, model, todo, plan, status: Status) -> tuple[list[Path], int]:
             status.bar.update(1)
 
     try:
-        pipeline.run(model, todo, batch_size=args.batch_size, keep_aspect_ratio=args.keep_aspect_ratio,
+        runner = model if prompt is None else PromptedModel(model, prompt)  # the one picture's prompt with it
+        pipeline.run(runner, todo, batch_size=args.batch_size, keep_aspect_ratio=args.keep_aspect_ratio,
                      size=args.size, bucket=args.bucket, on_result=on_result, keep_depth=False,
                      on_status=status.info)
     finally:

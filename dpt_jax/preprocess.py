@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .resize import resize_bicubic, resize_bilinear
+from .resize import resize_area, resize_bicubic, resize_bilinear
 
 
 def _constrain_to_multiple_of(x: float, multiple_of: int, min_val: int = 0, max_val: int | None = None) -> int:
@@ -56,6 +56,12 @@ def processed_size(
     so the result covers the target; each side is rounded as above and, if that falls below the
     target side, rounded up instead (a 500 x 333 picture for 518 with multiples of 14 -> 784 x 518).
 
+    rule="at_most" (Prompt Depth Anything's load_image): the larger target side, floored to a
+    multiple, is the largest side allowed; a larger picture is scaled by that / its larger side,
+    and each side is then floored to a multiple (int(side * scale // m * m), so the aspect ratio
+    drifts slightly), a picture that fits keeps its size (the original refuses sides that are not
+    multiples; here they are floored too). 1440 x 1920 for 1008 -> 756 x 1008.
+
     Raises ValueError where MiDaS would produce a zero side (a side under multiple_of / 2 after
     scaling, e.g. a very thin strip), which cv2.resize then rejects in MiDaS too.
     """
@@ -64,8 +70,16 @@ def processed_size(
     target_h, target_w = (target, target) if isinstance(target, int) else target
     scale_h = target_h / height
     scale_w = target_w / width
-    if rule not in ("minimal", "lower_bound"):
-        raise ValueError(f"unknown resize rule {rule!r}; expected 'minimal' or 'lower_bound'")
+    if rule not in ("minimal", "lower_bound", "at_most"):
+        raise ValueError(f"unknown resize rule {rule!r}; expected 'minimal', 'lower_bound' or 'at_most'")
+    if rule == "at_most":
+        limit = max(target_h, target_w) // multiple_of * multiple_of
+        scale = limit / max(height, width) if max(height, width, 3) > limit else 1.0  # 3: the original counts channels
+        new_h, new_w = (int(side * scale // multiple_of * multiple_of) for side in (height, width))
+        if new_h == 0 or new_w == 0:
+            raise ValueError(f"a {height} x {width} picture maps to {new_h} x {new_w} for at most {limit}: "
+                             "too small or too thin to process")
+        return new_h, new_w
     if keep_aspect_ratio and rule == "lower_bound":
         scale_h = scale_w = max(scale_h, scale_w)
     elif keep_aspect_ratio:
@@ -85,23 +99,27 @@ def processed_size(
     return new_h, new_w
 
 
-@functools.partial(jax.jit, static_argnames=("size", "mean", "std"))
+@functools.partial(jax.jit, static_argnames=("size", "mean", "std", "method"))
 def normalize_and_resize(images: jnp.ndarray, size: tuple[int, int], mean=(0.5, 0.5, 0.5),
-                         std=(0.5, 0.5, 0.5)) -> jnp.ndarray:
+                         std=(0.5, 0.5, 0.5), method: str = "bicubic") -> jnp.ndarray:
     """(B, h, w, 3) RGB pictures -> (B, H, W, 3) float32 network input, as MiDaS prepares them.
 
     uint8 pictures are divided by 255; float pictures are taken to be in [0, 1] already. The
     result is resized with OpenCV's bicubic convention (MiDaS resizes the [0, 1] image with
     cv2.INTER_CUBIC before normalising; the output is not clipped, so it may overshoot slightly)
     and normalised as (x - mean) / std per channel (MiDaS: 0.5 and 0.5; Depth Anything: ImageNet's).
-    `size` = (H, W), e.g. from `processed_size`; `mean`, `std`: tuples (static).
+    `size` = (H, W), e.g. from `processed_size`; `mean`, `std`: tuples (static). `method` "area":
+    cv2.INTER_AREA instead (Prompt Depth Anything's load_image; shrinking only).
     """
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected (B, h, w, 3) RGB pictures, got shape {images.shape}")
     x = images.astype(jnp.float32)
     if images.dtype == jnp.uint8:
         x = x / 255.0
-    x = resize_bicubic(x, tuple(size), convention="opencv", axes=(1, 2))
+    if method == "area":
+        x = resize_area(x, tuple(size), axes=(1, 2))
+    else:
+        x = resize_bicubic(x, tuple(size), convention="opencv", axes=(1, 2))
     return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
@@ -138,7 +156,8 @@ def network_size(config, picture_size, *, target=None, keep_aspect_ratio: bool |
 
 def to_network(config, pictures, size) -> jnp.ndarray:
     """(B, h, w, 3) pictures -> (B, H, W, 3) network input, normalised as the config says."""
-    return normalize_and_resize(pictures, tuple(size), tuple(config.input_mean), tuple(config.input_std))
+    return normalize_and_resize(pictures, tuple(size), tuple(config.input_mean), tuple(config.input_std),
+                                config.input_resize)
 
 
 def to_picture(config, depth, size) -> jnp.ndarray:

@@ -97,6 +97,15 @@ def family_of(encoder_config) -> EncoderFamily:
     return family
 
 
+def source_keys(state: Mapping) -> Mapping:
+    """`state` under the names a family's key table uses: the first family that renames it (family.source_keys)."""
+    for family in FAMILIES.values():
+        renamed = family.source_keys(state)
+        if renamed is not state:
+            return renamed
+    return state
+
+
 def recognise(state: Mapping) -> EncoderFamily | None:
     """The family whose checkpoints have the keys of `state`, or None."""
     return next((f for f in FAMILIES.values() if f.recognises(state)), None)

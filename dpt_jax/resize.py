@@ -168,3 +168,48 @@ def resize_bicubic(x: jnp.ndarray, size: tuple[int, int], *, convention: str, ax
     F.interpolate(mode="bicubic", align_corners=False) (run.py's output resize); see `cubic_taps`.
     """
     return _resize_separable(x, size, axes, lambda n_in, n_out: cubic_taps(n_in, n_out, convention))
+
+
+@functools.lru_cache(maxsize=None)
+def area_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(out, k) indices and weights of cv2.resize(INTER_AREA) shrinking one axis from `in_size` to `out_size`.
+
+    As OpenCV's computeResizeAreaTab: scale = in / out (float64); output pixel d covers the
+    source interval [d * scale, d * scale + scale), and each source pixel it touches weighs its
+    overlap with that interval divided by the cell width min(scale, in - d * scale) (partial
+    overlaps under 1e-3 are dropped); weights are rounded to float32. Rows are padded with
+    zero-weight taps to the widest row. Enlarging is not an area average in OpenCV (it falls
+    back to bilinear) and is refused here.
+    """
+    if out_size > in_size or out_size < 1:
+        raise ValueError(f"area resampling shrinks: {in_size} -> {out_size} is not a reduction")
+    scale = 1.0 / (out_size / in_size)  # cv::resize takes scale_x = 1 / inv_scale_x
+    rows = []
+    for d in range(out_size):
+        f1 = d * scale
+        f2 = f1 + scale
+        cell = min(scale, in_size - f1)
+        s2 = min(int(np.floor(f2)), in_size - 1)
+        s1 = min(int(np.ceil(f1)), s2)
+        row = []
+        if s1 - f1 > 1e-3:
+            row.append((s1 - 1, (s1 - f1) / cell))
+        row += [(s, 1.0 / cell) for s in range(s1, s2)]
+        if f2 - s2 > 1e-3:
+            row.append((s2, min(min(f2 - s2, 1.0), cell) / cell))
+        rows.append(row)
+    width = max(len(r) for r in rows)
+    idx = np.zeros((out_size, width), np.int32)
+    w = np.zeros((out_size, width), np.float32)
+    for d, row in enumerate(rows):
+        for t, (s, a) in enumerate(row):
+            idx[d, t], w[d, t] = s, _F32(a)
+    return idx, w
+
+
+def resize_area(x: jnp.ndarray, size: tuple[int, int], *, axes=(1, 2)) -> jnp.ndarray:
+    """Area-average shrink of the two `axes` of `x` (NHWC by default) to `size`, as cv2.resize(INTER_AREA).
+
+    Columns first, then rows, as OpenCV sums each source row across before it sums the rows.
+    """
+    return _resize_separable(x, tuple(size)[::-1], tuple(axes)[::-1], area_taps)

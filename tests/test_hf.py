@@ -565,7 +565,8 @@ def test_known_hf_names_map_to_repos():
     assert hub.hf_repo("da2_metric_hypersim_vitl_hf") == hub.hf_repo("da2_metric_indoor_vitl_hf") == \
         "depth-anything/Depth-Anything-V2-Metric-Indoor-Large-hf"
     assert hub.hf_repo("swin2_tiny_256_hf") == "Intel/dpt-swinv2-tiny-256"
-    assert sum(hub.hf_repo(f"{name}_hf") is not None for name in hub.REGISTRY) == 18
+    # 18 MiDaS / Depth Anything, 3 Prompt Depth Anything, 2 Distill-Any-Depth (Small, Large)
+    assert sum(hub.hf_repo(f"{name}_hf") is not None for name in hub.REGISTRY) == 23
     assert hub.hf_repo("da2_vits") is None and hub.lookup("da2_vits").repo == "depth-anything/Depth-Anything-V2-Small"
     assert canonical_name("da2_metric_outdoor_vits") == "da2_metric_vkitti_vits"  # one vocabulary: both names work
     with pytest.raises(errors.UnknownModelError, match="known models: .*da2_vits.*repo id such as depth-anything/"):

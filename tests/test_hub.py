@@ -66,7 +66,8 @@ def test_registry_holds_the_depth_anything_releases():
     from dpt_jax.convert.dinov2 import RELEASE_FILES
 
     entries = {n: e for n, e in hub.REGISTRY.items() if PRESETS[n].family.name == "dinov2"}
-    assert len(entries) == 18 == len(RELEASE_FILES)  # Depth Anything V1, V2 and Video Depth Anything
+    assert len(entries) == 12 + 6 + 3 + 4  # Depth Anything V1, V2; Video Depth Anything; PromptDA; Distill-Any-Depth
+    assert len(RELEASE_FILES) == 18  # PromptDA's and Distill-Any-Depth's files all share one name each
     for file, name in RELEASE_FILES.items():
         entry = entries[name]
         assert entry.file == file and entry.url is None and entry.repo  # a Hub repository's file: huggingface_hub
@@ -78,6 +79,13 @@ def test_registry_holds_the_depth_anything_releases():
     assert (entries["da1_vitb"].repo, entries["da1_vitb"].repo_type, entries["da1_vitb"].subfolder) == \
         ("LiheYoung/Depth-Anything", "space", "checkpoints")
     assert entries["da2_metric_vkitti_vitl"].approx_bytes == 1_341_262_596
+    # Prompt Depth Anything: one model.ckpt per Hub repo; Distill-Any-Depth: sub-folders of one repo
+    assert (entries["pda_vits_transparent"].repo, entries["pda_vits_transparent"].file) == (
+        "depth-anything/prompt-depth-anything-vits-transparent", "model.ckpt")
+    assert entries["pda_vitl"].licence == "Apache-2.0"
+    assert (entries["dad_vitb"].repo, entries["dad_vitb"].subfolder, entries["dad_vitb"].file) == (
+        "xingyang1/Distill-Any-Depth", "base", "model.safetensors")
+    assert "MIT" in entries["dad_vitl"].licence and "Apache-2.0" in entries["dad_vitl"].licence
 
 
 def test_cache_dir_environment(monkeypatch, tmp_path):
