@@ -30,6 +30,7 @@ from .hf import (
     as_transformers_factors,
     fusion_rules,
     hooks_of,
+    load_json,
     qkv_rules,
     same_names,
     stage_fields,
@@ -49,29 +50,44 @@ def describe_variant(config: DPTConfig) -> str:
     return f"{version}, relative inverse depth"
 
 
+#: The two file layouts: (encoder prefix, neck and head prefix) of Depth Anything V1/V2 and of Depth Anything 3
+#: (`DepthAnything3.save_pretrained`: "model." + DepthAnything3Net's names)
+DA2_LAYOUT = ("pretrained", "depth_head")
+DA3_LAYOUT = ("model.backbone.pretrained", "model.head")
+
+
+def layout_of(state) -> tuple[str, str] | None:
+    """The (encoder, head) key prefixes of a Depth Anything state dict, or None: not one."""
+    return next((layout for layout in (DA2_LAYOUT, DA3_LAYOUT) if f"{layout[0]}.blocks.0.ls1.gamma" in state
+                 and f"{layout[1]}.projects.0.weight" in state), None)
+
+
 def recognises(state) -> bool:
-    return "pretrained.blocks.0.ls1.gamma" in state and "depth_head.projects.0.weight" in state
+    return layout_of(state) is not None
 
 
+def _is_da3(config: DPTConfig) -> bool:
+    return config.sky_head
 
 
-def _architecture_of_keys(state, path) -> dict:
+def _architecture_of_keys(state, path, layout=DA2_LAYOUT) -> dict:
     """What the keys and shapes of a Depth Anything state dict say (everything but the heads and the variant)."""
     shape = lambda key, ndim: shape_of(state, key, path, ndim, "Depth Anything checkpoint")  # noqa: E731
-    rx = re.compile(r"pretrained\.blocks\.(\d+)\..*")
-    tokens = shape("pretrained.pos_embed", 3)[1] - 1
+    enc, head = layout
+    rx = re.compile(re.escape(enc) + r"\.blocks\.(\d+)\..*")
+    tokens = shape(f"{enc}.pos_embed", 3)[1] - 1
     side = math.isqrt(max(tokens, 0))
     if tokens < 1 or side * side != tokens:
-        raise ConversionError(path, f"pretrained.pos_embed holds {tokens} patch positions, not a square grid")
+        raise ConversionError(path, f"{enc}.pos_embed holds {tokens} patch positions, not a square grid")
     return {
-        "embed_dim": shape("pretrained.cls_token", 3)[-1],
+        "embed_dim": shape(f"{enc}.cls_token", 3)[-1],
         "depth": len({m.group(1) for k in state if (m := rx.fullmatch(k))}),
-        "mlp_hidden": shape("pretrained.blocks.0.mlp.fc1.weight", 2)[0],
-        "patch_size": shape("pretrained.patch_embed.proj.weight", 4)[-1],
+        "mlp_hidden": shape(f"{enc}.blocks.0.mlp.fc1.weight", 2)[0],
+        "patch_size": shape(f"{enc}.patch_embed.proj.weight", 4)[-1],
         "native_grid": (side, side),
-        "reassembly_features": tuple(shape(f"depth_head.projects.{i}.weight", 4)[0] for i in range(4)),
-        "fusion_features": shape("depth_head.scratch.layer1_rn.weight", 4)[0],
-        "head_features": shape("depth_head.scratch.output_conv2.0.weight", 4)[0],
+        "reassembly_features": tuple(shape(f"{head}.projects.{i}.weight", 4)[0] for i in range(4)),
+        "fusion_features": shape(f"{head}.scratch.layer1_rn.weight", 4)[0],
+        "head_features": shape(f"{head}.scratch.output_conv2.0.weight", 4)[0],
     }
 
 
@@ -95,8 +111,15 @@ def detect_config(state, path, *, variant: str | None = None, max_depth: float |
     otherwise the error lists the variants that fit the keys. `max_depth` (metres) overrides a
     metric variant's.
     """
-    arch = _architecture_of_keys(state, path)
-    fitting = [c for c in VARIANTS.values() if _architecture_of_config(c) == arch]
+    layout = layout_of(state) or DA2_LAYOUT
+    if layout == DA3_LAYOUT:
+        if any(k.startswith(("model.cam_dec.", "model.da3.")) for k in state):
+            raise ConversionError(path, "a Depth Anything 3 any-view (or nested) model: dpt-jax implements the "
+                                  "monocular and metric ones (DA3MONO-LARGE, DA3METRIC-LARGE)")
+        variant = variant or da3_release_name(path)
+    arch = _architecture_of_keys(state, path, layout)
+    fitting = [c for c in VARIANTS.values() if _architecture_of_config(c) == arch
+               and _is_da3(c) == (layout == DA3_LAYOUT)]
     if variant is None and (hooks is not None or metric is not None):
         said = [c for c in fitting if (hooks is None or c.encoder.hooks == tuple(hooks))
                 and (metric is None or c.is_metric == metric)]
@@ -119,6 +142,9 @@ def detect_config(state, path, *, variant: str | None = None, max_depth: float |
     if variant not in VARIANTS:
         raise ConversionError(path, f"{variant!r} is not a Depth Anything variant; known: {', '.join(VARIANTS)}")
     config = VARIANTS[variant]
+    if _is_da3(config) != (layout == DA3_LAYOUT):
+        raise ConversionError(path, f"holds a Depth Anything {'3' if layout == DA3_LAYOUT else 'V1/V2'} model "
+                              f"(by its key names), not the variant {variant}")
     want = _architecture_of_config(config)
     if want != arch:
         diffs = "; ".join(f"{k} {arch[k]} (the variant has {want[k]})" for k in arch if arch[k] != want[k])
@@ -178,14 +204,39 @@ def head_key_table(config: DPTConfig, source: str = "depth_head") -> list[Entry]
 
 
 def key_table(config: DPTConfig) -> list[Entry]:
-    """The whole model's table: encoder then neck and head."""
-    return encoder_key_table(config.encoder) + head_key_table(config)
+    """The whole model's table: encoder then neck and head (Depth Anything 3: its names, and the sky branch)."""
+    if not _is_da3(config):
+        return encoder_key_table(config.encoder) + head_key_table(config)
+    enc, head = DA3_LAYOUT
+    return (encoder_key_table(config.encoder, enc) + head_key_table(config, head)
+            + _conv(f"{head}.scratch.sky_output_conv2.0", "head/sky/conv1")
+            + _conv(f"{head}.scratch.sky_output_conv2.2", "head/sky/conv2"))
 
 
 def skipped(config: DPTConfig) -> list[Skip]:
-    """Keys present in every released file that the forward never uses, with the reason."""
+    """Keys present in released files that the forward never uses, with the reason."""
+    if _is_da3(config):  # no mask token, and no first residual unit in the deepest fusion block
+        return []
     return [Skip(r"pretrained\.mask_token", "DINOv2's masked-image-modelling token; the depth forward never masks")
             ] + unused_fusion_units(config, FUSION_BLOCK)
+
+
+#: Depth Anything 3's model names (config.json "model_name", as its registry spells them) -> presets
+DA3_MODEL_NAMES = {"da3mono-large": "da3_mono_large", "da3metric-large": "da3_metric_large",
+                   "mini_da3_mono": "mini_da3_mono", "mini_da3_metric": "mini_da3_metric"}
+
+
+def da3_release_name(path) -> str | None:
+    """The preset a Depth Anything 3 release file is, from the config.json beside it ({"model_name": ...}), or None.
+
+    The released repositories hold `model.safetensors` and that config.json (what the original's
+    `save_pretrained` writes); the weights of the monocular and the metric model have the same keys.
+    """
+    config_json = os.path.join(os.path.dirname(os.path.abspath(os.fspath(path))), "config.json")
+    if not os.path.isfile(config_json):
+        return None
+    name = load_json(config_json, 1 << 16).get("model_name")
+    return DA3_MODEL_NAMES.get(name) if isinstance(name, str) else None
 
 # ---------------------------------------------------------------------------------------------
 # Hugging Face: transformers' DepthAnythingForDepthEstimation (a Dinov2Backbone)

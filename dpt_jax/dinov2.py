@@ -45,6 +45,7 @@ class Dinov2Config:
     patch_size: int = bounded(1, 64, default=14)
     layer_norm_eps: float = bounded(1e-12, 1e-2, default=1e-6)
     interpolate_offset: float = bounded(0.0, 1.0, default=0.1)  # DINOv2 resizes the table by (g + offset) / N, not to g
+    final_norm_eps: float = bounded(1e-12, 1e-2, default=1e-6)  # the final norm's (Depth Anything 3: 1e-5)
 
     def __post_init__(self):
         checked_fields(self)
@@ -160,7 +161,7 @@ class Dinov2Encoder(nn.Module):
         x = x + pos.astype(x.dtype)  # (B, 1 + h*w, C)
         self.sow("intermediates", "tokens0", x)
 
-        final_norm = layer_norm(c.layer_norm_eps, "norm")
+        final_norm = layer_norm(c.final_norm_eps, "norm")
         outputs = []
         for i in range(max(c.hooks) + 1):  # blocks after the last hook do not contribute
             x = LayerScaleBlock(functools.partial(Attention, c.num_heads, self.dtype_mm), c.embed_dim, c.mlp_hidden,
@@ -221,3 +222,48 @@ MINIS = (
     depth_anything("mini_da2", _MINI_ENCODER, 16, (8, 12, 16, 24), version=2),
     depth_anything("mini_da2_metric", _MINI_ENCODER, 16, (8, 12, 16, 24), version=2, max_depth=20.0),
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# Depth Anything 3, monocular and metric (DA3MONO-LARGE, DA3METRIC-LARGE): the same DINOv2-L but
+# for the final norm (a plain LayerNorm, eps 1e-5), the same DPT neck, a head ending in exp (depth,
+# not inverse depth) with a sky branch, and the original API's preprocessing (the longer side to
+# 504, two OpenCV resizes, sides to the nearest multiple of 14). The two files hold the same keys.
+
+DA3_VITL = Dinov2Config(embed_dim=1024, depth=24, num_heads=16, mlp_hidden=4096, hooks=(4, 11, 17, 23),
+                        final_norm_eps=1e-5)
+#: Depth Anything 3's metric rule: metres = focal (pixels, at the network input) * output / 300
+DA3_FOCAL_METRIC_DIVISOR = 300.0
+
+
+def depth_anything_3(name: str, encoder: Dinov2Config, features: int, out_channels, *, metric: bool,
+                     native: int = 504) -> DPTConfig:
+    """A Depth Anything 3 monocular model: DINOv2 -> DPT neck (cls token ignored) -> exp head + sky branch.
+
+    Relative models give depth of unknown scale; the metric one depth that becomes metres as
+    focal * output / 300 (`DPTConfig.focal_metric_divisor`). The output goes back to the
+    picture's size bilinearly (the original API returns it at the network input's size).
+    """
+    return DPTConfig(
+        name=name, encoder=encoder, reassembly_features=tuple(out_channels), reassemble_factors=(4, 2, 1, 0.5),
+        readout="ignore", native_size=(native, native), keep_aspect_ratio=True, fusion_features=features,
+        head="depth_anything", head_features=32, depth_activation="exp", sky_head=True,
+        focal_metric_divisor=DA3_FOCAL_METRIC_DIVISOR if metric else 0.0, resize_rule="upper_bound",
+        resize_multiple=encoder.patch_size, input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD,
+        output_resize="bilinear",
+    )
+
+
+DA3_PRESETS = (
+    depth_anything_3("da3_mono_large", DA3_VITL, *_WIDTHS["vitl"], metric=False),
+    depth_anything_3("da3_metric_large", DA3_VITL, *_WIDTHS["vitl"], metric=True),
+)
+#: The reference minis (tests/fixtures/depth_anything_3): DA3MONO/METRIC-LARGE's wiring at toy sizes.
+_DA3_MINI_ENCODER = Dinov2Config(embed_dim=32, depth=8, num_heads=2, mlp_hidden=128, hooks=(1, 3, 5, 7),
+                                 native_grid=(7, 7), final_norm_eps=1e-5)
+DA3_MINIS = (
+    depth_anything_3("mini_da3_mono", _DA3_MINI_ENCODER, 16, (8, 12, 16, 24), metric=False),
+    depth_anything_3("mini_da3_metric", _DA3_MINI_ENCODER, 16, (8, 12, 16, 24), metric=True),
+)
+PRESETS = PRESETS + DA3_PRESETS
+MINIS = MINIS + DA3_MINIS

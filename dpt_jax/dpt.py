@@ -161,7 +161,8 @@ class DepthHead(nn.Module):
     """3x3 conv (F -> F/2) -> bilinear resize -> 3x3 conv (-> 32) -> ReLU -> 1x1 conv (-> 1) -> activation.
 
     The resize (align_corners=True) goes to `size`: x2 in MiDaS, the input's size in Depth Anything.
-    Activation: ReLU (relative inverse depth) or max_depth * sigmoid (metric depth, metres).
+    Activation: ReLU (relative inverse depth), max_depth * sigmoid (metric depth, metres) or exp
+    (depth, Depth Anything 3). With `config.sky_head` it returns (depth, sky): see `SkyBranch`.
     """
 
     config: DPTConfig
@@ -172,23 +173,78 @@ class DepthHead(nn.Module):
         c, mm = self.config, self.dtype_mm
         x = Conv(c.fusion_features // 2, (3, 3), padding=((1, 1), (1, 1)), dtype=mm, name="conv1")(x)
         self.sow("intermediates", "head_conv1", x)
-        x = resize_bilinear(x, size, align_corners=True)
-        x = nn.relu(Conv(c.head_features, (3, 3), padding=((1, 1), (1, 1)), dtype=mm, name="conv2")(x))
+        features = resize_bilinear(x, size, align_corners=True)  # (B, H, W, F/2)
+        x = nn.relu(Conv(c.head_features, (3, 3), padding=((1, 1), (1, 1)), dtype=mm, name="conv2")(features))
         x = Conv(1, (1, 1), dtype=mm, name="conv3")(x)  # (B, H, W, 1)
         self.sow("intermediates", "head_preact", x)
         if c.depth_activation == "sigmoid":
-            return c.max_depth * jax.nn.sigmoid(x[..., 0])  # (B, H, W): metric depth
-        return nn.relu(x)[..., 0]  # (B, H, W): relative inverse depth
+            depth = c.max_depth * jax.nn.sigmoid(x[..., 0])  # (B, H, W): metric depth
+        elif c.depth_activation == "exp":
+            depth = jnp.exp(x[..., 0])  # (B, H, W): depth
+        else:
+            depth = nn.relu(x)[..., 0]  # (B, H, W): relative inverse depth
+        if c.sky_head:
+            return depth, SkyBranch(c.head_features, mm, name="sky")(features)  # (B, H, W) each
+        return depth
+
+
+class SkyBranch(nn.Module):
+    """Depth Anything 3's sky branch on the head's upsampled features: 3x3 conv -> ReLU -> 1x1 conv -> ReLU.
+
+    The result is a score >= 0, not a probability: the original calls a pixel sky from 0.3 on
+    (for the depth fill, `fill_sky`) and from 0.5 on (the sky mask it returns).
+    """
+
+    features: int
+    dtype_mm: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):  # (B, H, W, F/2)
+        x = nn.relu(Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype_mm, name="conv1")(x))
+        x = Conv(1, (1, 1), dtype=self.dtype_mm, name="conv2")(x)  # (B, H, W, 1)
+        self.sow("intermediates", "sky_preact", x)
+        return nn.relu(x[..., 0])  # (B, H, W)
+
+
+#: Depth Anything 3's sky thresholds: a pixel is not sky below the first (depth fill), sky from the second (mask).
+SKY_FILL_BELOW = 0.3
+SKY_MASK_FROM = 0.5
+
+
+def fill_sky(depth, sky):
+    """Depth (B, H, W) with sky pixels set to the 0.99 quantile of the other pixels' depth, per picture.
+
+    As Depth Anything 3's `_process_mono_sky_estimation`: not sky is sky < 0.3; only where both
+    parts have more than 10 pixels; the quantile interpolates linearly (torch.quantile). The
+    original pools the pixels of every picture of its batch (one picture per call in its API)
+    and, above 100,000 pixels, takes the quantile of a random sample; here each picture is
+    filled on its own from all of its pixels.
+    """
+    b = depth.shape[0]
+    flat, not_sky = depth.reshape(b, -1), (sky < SKY_FILL_BELOW).reshape(b, -1)  # (B, H*W)
+    n = not_sky.sum(axis=1)  # (B,)
+    ordered = jnp.sort(jnp.where(not_sky, flat, jnp.inf), axis=1)  # (B, H*W): the non-sky depths first
+    rank = jnp.float32(0.99) * (n - 1).astype(jnp.float32)  # (B,)
+    lo = jnp.floor(rank)
+    below = jnp.take_along_axis(ordered, lo.astype(jnp.int32)[:, None], axis=1)[:, 0]  # (B,)
+    above = jnp.take_along_axis(ordered, jnp.ceil(rank).astype(jnp.int32)[:, None], axis=1)[:, 0]
+    q = below + (rank - lo) * (above - below)  # (B,)
+    fill = (n > 10) & (flat.shape[1] - n > 10)  # (B,)
+    return jnp.where(fill[:, None, None] & (sky >= SKY_FILL_BELOW), q[:, None, None], depth)  # (B, H, W)
 
 
 class DPT(nn.Module):
-    """The whole model: normalized NHWC images (B, H, W, 3) -> depth (B, H, W): relative inverse, or metres."""
+    """The whole model: normalized NHWC images (B, H, W, 3) -> depth (B, H, W): relative inverse, or metres.
+
+    `outputs=True`: a dict of every output instead, "depth" and, with a sky branch, "sky" (the
+    score; the depth has its sky pixels filled, `fill_sky`).
+    """
 
     config: DPTConfig
     dtype_mm: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, images):
+    def __call__(self, images, outputs: bool = False):
         c, mm = self.config, self.dtype_mm
         family = c.family
         features = family.encoder(c.encoder, mm, name="encoder")(images)  # 4 x (B, 1 + h*w, C) or (B, h_i, w_i, C_i)
@@ -204,7 +260,12 @@ class DPT(nn.Module):
             size = (2 * fused.shape[1], 2 * fused.shape[2])
         else:  # Depth Anything: straight to the input's size
             size = images.shape[1:3]
-        return DepthHead(c, mm, name="head")(fused, size)  # (B, H, W)
+        depth = DepthHead(c, mm, name="head")(fused, size)  # (B, H, W), or (depth, sky)
+        result = {"depth": depth}
+        if c.sky_head:
+            depth, sky = depth
+            result = {"depth": fill_sky(depth, sky), "sky": sky}
+        return result if outputs else result["depth"]
 
 
 def param_shapes(config: DPTConfig) -> dict[str, tuple[int, ...]]:
@@ -216,16 +277,17 @@ def param_shapes(config: DPTConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in flat.items()}
 
 
-def forward(config: DPTConfig, params, images, dtype: str = "float32"):
+def forward(config: DPTConfig, params, images, dtype: str = "float32", outputs: bool = False):
     """Depth of normalized images (B, H, W, 3) -> (B, H, W): the whole model as a pure function.
 
     `dtype` ("float32" or "bfloat16") is the dtype of the matrix products (`DPT.dtype_mm`);
     everything else runs in float32, `params` are float32. Float32 products run at full float32
     precision (no TF32/bf16 passes on accelerators: they cost ~1e-3 relative error).
+    `outputs=True`: the dict of every output (`DPT`).
     """
     module = DPT(config, COMPUTE_DTYPES[dtype])
     with jax.default_matmul_precision("highest"):
-        return module.apply({"params": params}, images.astype(jnp.float32))
+        return module.apply({"params": params}, images.astype(jnp.float32), outputs)
 
 
 def cast_params(params):
