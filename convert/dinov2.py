@@ -342,9 +342,13 @@ def _releases() -> tuple[Release, ...]:
     return tuple(out)
 
 
-RELEASES = _releases()
 #: The official release files, by name: the only way a file tells its variant (its keys cannot).
-RELEASE_FILES = {r.file: r.name for r in RELEASES}
+RELEASE_FILES = {r.file: r.name for r in _releases()}
+#: Depth Anything 3 (monocular, metric): `model.safetensors` + config.json in each repository, Apache-2.0
+#: (the DA3 README's model table); sizes from the reference manifests (334,171,394 float32 parameters).
+DA3_RELEASES = tuple(Release(name, "model.safetensors", 1_336_685_576, "Apache-2.0", repo=f"depth-anything/{repo}")
+                     for name, repo in (("da3_mono_large", "DA3MONO-LARGE"), ("da3_metric_large", "DA3METRIC-LARGE")))
+RELEASES = _releases() + DA3_RELEASES
 
 #: The transformers-layout conversions on the Hub (transformers' own names: indoor, outdoor).
 HF_REPOS = {

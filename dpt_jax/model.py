@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from . import pipeline
 from .checkpoint import count_params, load_checkpoint, write_converted
 from .config import DPTConfig
-from .dpt import cast_params, forward
+from .dpt import SKY_MASK_FROM, cast_params, forward
 from .errors import ImageError
 from .layers import COMPUTE_DTYPES
 
@@ -58,7 +58,9 @@ class DepthModel:
     def num_params(self) -> int:
         return count_params(self.params)
 
-    def apply(self, images) -> jax.Array:
+    def apply(self, images, *, program=None) -> jax.Array:
+        """Depth of normalized images (B, H, W, 3), split across the devices (`program`: another jitted
+        function of (params, images), e.g. the sky branch's)."""
         images = jnp.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"apply takes normalized images of shape (B, H, W, 3); got {tuple(images.shape)}")
@@ -70,11 +72,17 @@ class DepthModel:
         pad = -n % self.num_devices  # the batch is split evenly across the devices
         if pad:
             images = jnp.concatenate([images, jnp.zeros((pad, *images.shape[1:]), images.dtype)])
-        depth = self._apply(self.params, jax.device_put(images, self._batch_sharding))
+        depth = (program or self._apply)(self.params, jax.device_put(images, self._batch_sharding))
         return depth[:n] if pad else depth
 
+    def sky_score(self) -> "SkyScore":
+        """The model's sky branch as a model of its own (`apply` gives the sky score); models with one only."""
+        if not self.config.sky_head:
+            raise ValueError(f"{self.config.name} has no sky output")
+        return SkyScore(self)
+
     def predict(self, images, *, batch_size: int = 4, keep_aspect_ratio: bool | None = None, size=None,
-                bucket: bool = False, output: str = "array"):
+                bucket: bool = False, output: str = "array", focal: float | None = None, fov: float | None = None):
         """Depth for pictures, each at its own size, through the original's preprocessing.
 
         What the numbers are: relative inverse depth (larger is nearer, unknown scale and shift)
@@ -95,27 +103,36 @@ class DepthModel:
         `size`: network input target instead of the native size (an int as MiDaS's --height, or
         (H, W)); `keep_aspect_ratio`: default as the original preprocessing (`config.keep_aspect_ratio`);
         `bucket`: see `pipeline.run`.
+        "sky" (models with a sky branch, Depth Anything 3 monocular): the bool (h, w) sky mask, the
+        original's `sky >= 0.5` on the score resized to the picture.
+        `focal` (pixels) / `fov` (degrees): the camera, for Depth Anything 3 metric (see `pipeline.run`).
         """
         from . import output as _output
 
         kinds = (output,) if isinstance(output, str) else tuple(output)
-        if not kinds or any(k not in ("array", "pil", "color") for k in kinds):
-            raise ValueError(f"output must be 'array', 'pil' or 'color', or a tuple of them; got {output!r}")
+        if not kinds or any(k not in ("array", "pil", "color", "sky") for k in kinds):
+            raise ValueError(f"output must be 'array', 'pil', 'color' or 'sky', or a tuple of them; got {output!r}")
+        if "sky" in kinds and not self.config.sky_head:
+            raise ValueError(f"output 'sky': {self.config.name} has no sky output")
         single, items = _as_items(images)
-        results = pipeline.run(self, items, batch_size=batch_size, keep_aspect_ratio=keep_aspect_ratio, size=size,
-                               bucket=bucket)
-        for r in results:
+        options = dict(batch_size=batch_size, keep_aspect_ratio=keep_aspect_ratio, size=size, bucket=bucket)
+        results = pipeline.run(self, items, focal=focal, fov=fov, **options) if kinds != ("sky",) else None
+        skies = pipeline.run(self.sky_score(), items, **options) if "sky" in kinds else None
+        for r in (results or []) + (skies or []):
             if r.error is not None:
                 raise ImageError(r.name, r.error)
 
-        def shaped(depth, kind):
+        def shaped(i, kind):
+            if kind == "sky":
+                return skies[i].depth >= SKY_MASK_FROM
+            depth = results[i].depth
             if kind == "array":
                 return depth
             mode = "gray16" if kind == "pil" else "color"  # as the png16 / color files hold them
             return _output.to_pil(depth, mode, metric=self.config.is_metric)
 
-        out = [shaped(r.depth, kinds[0]) if isinstance(output, str) else tuple(shaped(r.depth, k) for k in kinds)
-               for r in results]
+        out = [shaped(i, kinds[0]) if isinstance(output, str) else tuple(shaped(i, k) for k in kinds)
+               for i in range(len(results or skies))]
         return out[0] if single else out
 
     def save(self, path) -> None:
@@ -131,6 +148,25 @@ class DepthModel:
         from .convert import hf
 
         return hf.write(directory, self.config, jax.device_get(self.params), overwrite=overwrite)
+
+
+class SkyScore:
+    """A model's sky branch, run as the model runs (what `pipeline.run` asks of a model: config, apply,
+    num_devices): `apply` gives the sky score (B, H, W) >= 0, the original calls sky from SKY_MASK_FROM."""
+
+    def __init__(self, model: DepthModel):
+        self.model = model
+        self.config = model.config.replace(focal_metric_divisor=0.0)  # a score, never turned into metres
+        config, dtype = model.config, model.dtype
+        self._apply = jax.jit(lambda params, images: forward(config, params, images, dtype, outputs=True)["sky"],
+                              out_shardings=model._batch_sharding)
+
+    @property
+    def num_devices(self) -> int:
+        return self.model.num_devices
+
+    def apply(self, images) -> jax.Array:
+        return self.model.apply(images, program=self._apply)
 
 
 def _as_items(images) -> tuple[bool, list]:

@@ -168,3 +168,43 @@ def resize_bicubic(x: jnp.ndarray, size: tuple[int, int], *, convention: str, ax
     F.interpolate(mode="bicubic", align_corners=False) (run.py's output resize); see `cubic_taps`.
     """
     return _resize_separable(x, size, axes, lambda n_in, n_out: cubic_taps(n_in, n_out, convention))
+
+
+@functools.lru_cache(maxsize=None)
+def area_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(out, k) indices and weights of OpenCV's INTER_AREA shrinking along one axis (out_size <= in_size).
+
+    As cv2's computeResizeAreaTab: output pixel d covers the source interval [d s, (d + 1) s)
+    with s = 1 / (out / in) in float64; whole source pixels weigh 1 / cell, the partly covered
+    ones at either end their covered fraction / cell (ignored below 1e-3), cell = min(s, in - d s);
+    the weights are rounded to float32. Rows with fewer taps are padded with weight 0.
+    """
+    if not 0 < out_size <= in_size:
+        raise ValueError(f"area resampling shrinks: {in_size} -> {out_size}")
+    scale = 1.0 / (out_size / in_size)
+    rows = []
+    for d in range(out_size):
+        f1 = d * scale
+        f2 = f1 + scale
+        cell = min(scale, in_size - f1)
+        s2 = min(int(np.floor(f2)), in_size - 1)
+        s1 = min(int(np.ceil(f1)), s2)
+        taps = []
+        if s1 - f1 > 1e-3:
+            taps.append((s1 - 1, (s1 - f1) / cell))
+        taps += [(s, 1.0 / cell) for s in range(s1, s2)]
+        if f2 - s2 > 1e-3:
+            taps.append((s2, min(min(f2 - s2, 1.0), cell) / cell))
+        rows.append(taps)
+    k = max(len(r) for r in rows)
+    idx = np.zeros((out_size, k), np.int32)
+    w = np.zeros((out_size, k), np.float32)
+    for d, taps in enumerate(rows):
+        for t, (s, a) in enumerate(taps):
+            idx[d, t], w[d, t] = s, a
+    return idx, w
+
+
+def resize_area(x: jnp.ndarray, size: tuple[int, int], *, axes=(1, 2)) -> jnp.ndarray:
+    """Shrinks the two `axes` of `x` (NHWC by default) to `size` as cv2.resize(INTER_AREA) (see `area_taps`)."""
+    return _resize_separable(x, size, axes, area_taps)

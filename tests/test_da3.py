@@ -1,0 +1,226 @@
+"""Depth Anything 3 monocular and metric against the original code (tests/fixtures/depth_anything_3).
+
+mini_da3_mono and mini_da3_metric are DA3MONO-LARGE / DA3METRIC-LARGE at toy sizes, built and
+saved by the original `DepthAnything3` (model.safetensors + config.json, its release layout) with
+random weights; every stage was recorded at two input sizes (native 98x98, and 70x126, which
+resizes the position table). They load as a user's file would (dpt_jax.load: the dinov2 family
+recognises the DA3 key names, the config.json beside the file names the variant). Bound: 5e-5 x
+max|ref| per stage (the fixture README's), 1e-4 end to end. The end-to-end case runs two synthetic
+pictures through the original API (upper-bound resize to 504, two OpenCV resizes, sky mask).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+import dpt_jax
+from dpt_jax import registry
+from dpt_jax.convert import keys
+from dpt_jax.dpt import DPT, fill_sky, param_shapes
+from dpt_jax.errors import ConversionError
+from dpt_jax.focal import DEFAULT_FOV, focal_pixels, metric_scale
+from dpt_jax.preprocess import network_size, to_network, upper_bound_sizes
+from helpers import FIXTURES, rel_err
+
+DA3 = FIXTURES / "depth_anything_3"
+MINIS = ("mini_da3_mono", "mini_da3_metric")
+TOL = 5e-5
+MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+SIZES = {"native": (98, 98), "wide": (70, 126)}
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return {name: dpt_jax.load(DA3 / name / "model.safetensors") for name in MINIS}
+
+
+@pytest.fixture(scope="module")
+def references():
+    return {name: np.load(DA3 / f"{name}.npz") for name in MINIS} | {"e2e": np.load(DA3 / "mini_da3_e2e.npz")}
+
+
+def normalized(u8):
+    return ((u8.astype(np.float32) / 255 - MEAN) / STD).astype(np.float32)
+
+
+_RUNS: dict = {}
+
+
+def run(model, images):
+    """Outputs and sown intermediates ({name: array}, maps as NCHW like the fixtures), one program per shape."""
+    from flax import traverse_util
+
+    key = images.shape  # mono and metric: one network (the focal rule is outside it)
+    if key not in _RUNS:
+        module = DPT(model.config.replace(name="mini_da3", focal_metric_divisor=0.0))
+        _RUNS[key] = jax.jit(lambda p, x: module.apply({"params": p}, x, True, mutable=["intermediates"]))
+    outputs, state = _RUNS[key](model.params, images)
+    out = {f"out.{k}": np.asarray(v) for k, v in outputs.items()}
+    for path, value in traverse_util.flatten_dict(state["intermediates"]).items():
+        x = np.asarray(value[0])
+        out[path[-1]] = x.transpose(0, 3, 1, 2) if x.ndim == 4 else x
+    return out
+
+
+#: our sown name -> the fixture's stage name
+STAGES = {"tokens0": "bb.tokens0", **{f"feat{k}": f"bb.feat{k}" for k in range(1, 5)},
+          **{f"{n}{k}": f"head.{n}{k}" for n in ("project", "reassemble", "rn", "fusion") for k in range(1, 5)},
+          "head_conv1": "head.output_conv1", "head_preact": "head.main_logits", "sky_preact": "head.sky_logits",
+          "out.depth": "out.depth", "out.sky": "out.sky"}
+
+
+@pytest.mark.parametrize("name", MINIS)
+@pytest.mark.parametrize("case", SIZES)
+def test_every_stage_matches_the_original(name, case, loaded, references):
+    ref = references[name]
+    h, w = SIZES[case]
+    ours = run(loaded[name], normalized(ref[f"input_u8_S1_{h}x{w}"]))
+    compared = 0
+    for mine, theirs in STAGES.items():
+        key = f"{case}__{theirs}"
+        if key not in ref.files:
+            continue
+        got = ours[mine].reshape(ref[key].shape)
+        assert rel_err(got, ref[key]) < TOL, (name, case, theirs, rel_err(got, ref[key]))
+        compared += 1
+    # the fixture stores every stage of mono, fewer of metric (only its outputs at the wide size)
+    assert compared >= {"mini_da3_mono": 20, "mini_da3_metric": 10 if case == "native" else 2}[name]
+
+
+def test_input_formula_and_sky_fill(references):
+    """The network input is ImageNet-normalised /255; the sky pixels hold the 0.99 quantile of the others."""
+    ref = references["mini_da3_mono"]
+    assert np.array_equal(normalized(ref["input_u8_S1_98x98"])[0], ref["input_S1_98x98"][0, 0].transpose(1, 2, 0))
+    for case in SIZES:
+        raw, sky = ref[f"{case}__head.out.depth"][0], ref[f"{case}__out.sky"][0]
+        mask = ref[f"{case}__sky.non_sky_mask"][0, 0]
+        assert np.array_equal(mask, sky[0] < 0.3) and 10 < mask.sum() < mask.size - 10
+        filled = np.asarray(fill_sky(raw, sky))
+        assert np.isclose(ref[f"{case}__sky.non_sky_max"], np.quantile(raw[0][mask], 0.99), rtol=1e-6)
+        assert rel_err(filled, ref[f"{case}__out.depth"][0]) < 1e-6
+        assert np.all(filled[0][~mask] == filled[0][~mask][0]) and not np.array_equal(filled, raw)
+    few = np.zeros((1, 4, 4), np.float32)
+    assert np.array_equal(fill_sky(few + 1.0, few + 1.0), few + 1.0)  # 16 sky pixels, 0 others: left alone
+
+
+def test_release_layout_and_variants(loaded):
+    """DA3's key names; config.json beside model.safetensors names the variant; mono and metric differ only there."""
+    mono, metric = loaded["mini_da3_mono"], loaded["mini_da3_metric"]
+    assert mono.config.name == "mini_da3_mono" and not mono.config.is_metric and mono.config.predicts_depth
+    assert metric.config.name == "mini_da3_metric" and metric.config.is_metric
+    assert mono.config.replace(name="x", focal_metric_divisor=300.0) == metric.config.replace(name="x")
+    assert mono.num_params == json.loads((DA3 / "mini_da3_mono.json").read_text())["architecture"]["num_parameters"]
+    assert mono.config.encoder.final_norm_eps == 1e-5 and mono.config.encoder.layer_norm_eps == 1e-6
+
+
+def test_without_config_json_the_variant_is_a_choice(tmp_path):
+    shutil.copy(DA3 / "mini_da3_metric" / "model.safetensors", tmp_path / "model.safetensors")
+    with pytest.raises(ConversionError) as e:
+        dpt_jax.load(tmp_path / "model.safetensors")
+    assert "mini_da3_mono" in str(e.value) and "mini_da3_metric" in str(e.value)
+    assert dpt_jax.load(tmp_path / "model.safetensors", variant="mini_da3_metric").config.is_metric
+    with pytest.raises(ConversionError, match="Depth Anything 3"):
+        dpt_jax.load(tmp_path / "model.safetensors", variant="mini_da2")
+
+
+def test_any_view_file_is_refused_clearly():
+    with pytest.raises(ConversionError, match="any-view"):
+        dpt_jax.load(DA3 / "mini_da3_anyview" / "model.safetensors")
+
+
+class ShapeOnly:
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+
+@pytest.mark.parametrize("model_name, preset", [("da3mono-large", "da3_mono_large"),
+                                                ("da3metric-large", "da3_metric_large")])
+def test_full_size_release_keys_are_all_used(model_name, preset):
+    """The released files' keys and shapes (manifests of the original's state dict) load into the preset exactly."""
+    m = json.loads((DA3 / "manifests_full_size.json").read_text())[model_name]
+    state = {key: ShapeOnly(shape) for key, shape in m["keys"]}
+    assert m["config.json"] == {"model_name": model_name}
+    config = registry.detect_config(state, "model.safetensors", variant=preset)
+    assert config is registry.PRESETS[preset]
+    table = config.family.key_table(config)
+    assert keys.check_state_dict(state, table, config.family.skipped(config), param_shapes(config)) == []
+    assert sorted(e.source for e in table) == sorted(state)
+    assert sum(math.prod(s) for s in param_shapes(config).values()) == m["num_parameters"] == 334_171_394
+
+
+def test_upper_bound_sizes():
+    assert upper_bound_sizes(80, 640, 504, 14) == ((63, 504), (70, 504))  # 63: a tie, rounded up
+    assert upper_bound_sizes(260, 60, 504, 14) == ((504, 116), (504, 112))
+    assert upper_bound_sizes(60, 640, 504, 14) == ((47, 504), (42, 504))
+    assert upper_bound_sizes(504, 300, 504, 14) == ((504, 300), (504, 294))  # longer side 504 already: one resize
+    with pytest.raises(ValueError, match="too thin"):
+        upper_bound_sizes(4, 2000, 504, 14)
+
+
+@pytest.mark.parametrize("picture", ["landscape_640x80", "portrait_60x260"])
+def test_preprocessing_as_the_original_api(picture, loaded, references):
+    """The API's two OpenCV resizes of the uint8 picture: its size, and levels within one on a few pixels."""
+    ref, model = references["e2e"], loaded["mini_da3_mono"]
+    raw, resized = ref[f"{picture}.raw_rgb_uint8"], ref[f"{picture}.resized_uint8"]
+    size = network_size(model.config, raw.shape[:2])
+    assert size == resized.shape[:2]
+    ours = np.asarray(to_network(model.config, raw[None], size))[0]
+    levels = np.round((ours * STD + MEAN) * 255)
+    diff = np.abs(levels - resized)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    assert np.array_equal(ref["landscape_640x80.input"][0].transpose(1, 2, 0),
+                          normalized(ref["landscape_640x80.resized_uint8"]))
+
+
+def test_end_to_end_through_predict(loaded, references):
+    """The API's resized picture through predict (no resize left to do): its depth and its sky mask."""
+    ref, model = references["e2e"], loaded["mini_da3_mono"]
+    depth, sky = model.predict(ref["landscape_640x80.resized_uint8"], output=("array", "sky"))
+    assert rel_err(depth, ref["mini_da3_mono.landscape_640x80.depth"][0]) < 1e-4
+    assert sky.dtype == bool and np.array_equal(sky, ref["mini_da3_mono.landscape_640x80.sky"][0])
+    with pytest.raises(ValueError, match="no sky output"):
+        registry_model_without_sky().predict(ref["landscape_640x80.resized_uint8"], output="sky")
+
+
+def registry_model_without_sky():
+    return dpt_jax.DepthModel(registry.get_config("mini_da2"), {})
+
+
+def test_metric_rule_through_predict(loaded, references):
+    """metres = mean(fx, fy) at the network input / 300 * output, with the focal length predict is given."""
+    ref, model = references["e2e"], loaded["mini_da3_metric"]
+    k_raw, k_net = ref["landscape_640x80.K_raw"], ref["landscape_640x80.K_processed"]
+    raw, resized = ref["landscape_640x80.raw_rgb_uint8"], ref["landscape_640x80.resized_uint8"]
+    scale = ref["mini_da3_metric.landscape_640x80.metric_scale_focal_over_300"]
+    assert np.isclose((k_net[0, 0] + k_net[1, 1]) / 2 / 300, scale, rtol=1e-6)
+    # the API rescales K at each of its two resizes; the product is the whole change of each side
+    fx, fy = float(k_raw[0, 0]), float(k_raw[1, 1])
+    assert math.isclose(metric_scale(model.config, raw.shape[:2], resized.shape[:2], (fx, fy)), scale, rel_tol=1e-6)
+    # at the network size the picture's focal length is the network's
+    f = float(k_net[0, 0])
+    metres = model.predict(resized, focal=f)
+    net = ref["mini_da3_metric.landscape_640x80.depth"][0]
+    assert rel_err(metres, net * f / 300) < 1e-4
+    assert np.allclose(model.predict(resized, focal=2 * f), 2 * metres, rtol=1e-6)
+    assert np.array_equal(model.predict(resized, fov=DEFAULT_FOV), model.predict(resized))
+    assert focal_pixels((80, 640))[1].endswith("(default: none known)")
+
+
+def test_exif_focal_length(tmp_path):
+    from PIL import Image
+
+    img = Image.new("RGB", (64, 48))
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0xA405] = 26  # a phone's 26 mm equivalent
+    img.save(tmp_path / "phone.jpg", exif=exif)
+    img.save(tmp_path / "plain.jpg")
+    px, how = focal_pixels((48, 64), path=tmp_path / "phone.jpg")
+    assert math.isclose(px, 26 * 80 / math.hypot(36, 24)) and "EXIF" in how
+    assert focal_pixels((48, 64), path=tmp_path / "plain.jpg")[0] == pytest.approx(32 / math.tan(math.pi / 6))
+    assert focal_pixels((48, 64), fov=90, path=tmp_path / "phone.jpg")[0] == pytest.approx(32)
