@@ -58,9 +58,14 @@ def cmd_info(args) -> int:
 
 
 def output_kind(config) -> str:
-    """What the model's numbers are: relative inverse depth, or metres."""
+    """What the model's numbers are: relative inverse depth, relative depth, or metres."""
+    if config.focal_metric_divisor:
+        return (f"metric depth in metres (focal length in pixels x output / {config.focal_metric_divisor:g}; "
+                "the focal length from --focal, --fov, the picture's EXIF, else a 60 degree field of view)")
     if config.is_metric:
         return f"metric depth in metres (max {config.max_depth:g} m)"
+    if config.predicts_depth:
+        return "relative depth (larger is farther; unknown scale)"
     return "relative inverse depth (larger is nearer; unknown scale and shift)"
 
 
@@ -235,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--frames", choices=[n for n, f in FORMATS.items() if f.frames is not None],
                    help="also write the frames: npy (an (n, h, w) float32 stack of raw inverse depth) or png16 "
                         "(a folder of 16-bit PNGs, mapped as the video)")
-    g = p.add_argument_group("point clouds", "-f ply: a coloured binary PLY of each picture, camera coordinates")
+    g = p.add_argument_group("point clouds", "-f ply: a coloured binary PLY of each picture, camera coordinates; "
+                             "--fov / --focal also give Depth Anything 3 metric its metres (else the picture's EXIF, "
+                             "else 60 degrees)")
     g.add_argument("--fov", type=_degrees, metavar="DEG",
                    help="horizontal field of view of the camera in degrees (default 60)")
     g.add_argument("--focal", type=_positive_float, metavar="PX",

@@ -42,7 +42,8 @@ class Result:
     depth: np.ndarray | None = None  # (h, w) float32 inverse depth
     error: str | None = None
     index: int = 0  # position of the picture in the input list
-    focal: str | None = None  # focal-metric models: the focal length used, in pixels, and where it came from
+    focal: float | None = None  # focal-metric models (Depth Anything 3 metric): the focal length used, pixels
+    focal_source: str | None = None  # and where it came from
 
 
 def as_target(size) -> tuple[int, int]:
@@ -153,11 +154,11 @@ def _in_metres(config, sources, slot, target_of, on_result, focal, fov):
     scales = {}
     for i, src in zip(slot, sources):
         px, how = focal_pixels(src.size, focal=focal, fov=fov, path=src.name if os.path.isfile(src.name) else None)
-        scales[i] = (metric_scale(config, src.size, target_of(src.size), px), f"{px:.1f} px ({how})")
+        scales[i] = (metric_scale(config, src.size, target_of(src.size), px), px, how)
 
     def scaled(result: Result):
         if result.depth is not None and result.index in scales:
-            factor, result.focal = scales[result.index]
+            factor, result.focal, result.focal_source = scales[result.index]
             result.depth = (result.depth * np.float32(factor)).astype(np.float32)
         if on_result is not None:
             on_result(result)

@@ -155,7 +155,8 @@ def camera_options(args) -> dict:
 def _check_3d_options(args, pictures: list[Input]) -> None:
     """--fov, --align, --robust and --far belong to --format ply; --align to exactly one picture."""
     camera_options(args)  # a valid camera choice
-    options = [("--fov", args.fov), ("--focal", args.focal), ("--fx", args.fx), ("--fy", args.fy), ("--cx", args.cx),
+    # --fov and --focal also give Depth Anything 3 metric its metres: checked once the model is known
+    options = [("--fx", args.fx), ("--fy", args.fy), ("--cx", args.cx),
                ("--cy", args.cy), ("--align", args.align), ("--robust", args.robust), ("--far", args.far)]
     given = [name for name, value in options if value not in (None, False)]
     if given and "ply" not in args.format:
@@ -318,7 +319,29 @@ def _load_model(args, status: Status):
                 f"on {devices if args.verbose else devices.split(' (')[0]}; loaded in {time.perf_counter() - t0:.1f} s")
     if args.align is not None and c.is_metric:
         raise ValueError(f"--align: {c.name} is a metric model; its point clouds are in metres without alignment")
+    _check_model_options(args, c)
     return model
+
+
+def _check_model_options(args, c) -> None:
+    """The options that depend on the model: the sky mask, the focal length, point clouds of relative depth."""
+    camera = [name for name, value in (("--fov", args.fov), ("--focal", args.focal)) if value is not None]
+    if camera and "ply" not in args.format and not c.focal_metric_divisor:
+        raise ValueError(f"{' and '.join(camera)} {'applies' if len(camera) == 1 else 'apply'} to point clouds "
+                         f"(-f ply) and to models whose metres need the focal length (da3_metric_large); "
+                         f"{c.name} is neither")
+    if "sky" in args.format and not c.sky_head:
+        raise ValueError(f"-f sky: {c.name} has no sky output (Depth Anything 3 monocular and metric have)")
+    if "ply" in args.format and c.predicts_depth and not c.is_metric:
+        raise ValueError(f"-f ply: {c.name} gives depth of unknown scale; its metric sibling gives metres "
+                         "(da3_metric_large)")
+
+
+def _focal_given(args) -> float | None:
+    """The focal length (pixels) the user gave: --focal, or the mean of --fx and --fy."""
+    if args.focal is not None:
+        return args.focal
+    return (args.fx + args.fy) / 2 if args.fx is not None and args.fy is not None else None
 
 
 def _predict(args, model, todo, plan, status: Status) -> tuple[list[Path], int]:
@@ -337,7 +360,7 @@ def _predict(args, model, todo, plan, status: Status) -> tuple[list[Path], int]:
     count = done = 0
 
     def write_all(r: pipeline.Result) -> list[Path]:
-        targets = plan[r.name]
+        targets = {fmt: path for fmt, path in plan[r.name].items() if fmt != "sky"}  # the sky: its own pass
         needs_picture = any(FORMATS[fmt].needs_picture for fmt in targets)
         picture = pictures.open_source(r.name).load() if needs_picture else None
         paths = []
@@ -346,6 +369,8 @@ def _predict(args, model, todo, plan, status: Status) -> tuple[list[Path], int]:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 if fmt == "ply":  # metric models: metres; relative: metres with --align, else arbitrary units
                     camera = camera_options(args)
+                    if r.focal is not None and not camera:  # the focal length that gave the metres (EXIF, default)
+                        camera = {"intrinsics": (r.focal, r.focal, r.depth.shape[1] / 2, r.depth.shape[0] / 2)}
                     if callable(camera.get("intrinsics")):
                         camera["intrinsics"] = camera["intrinsics"](*r.depth.shape)
                     geometry.save_point_cloud(path, r.depth, picture, **camera, known=args.align,
@@ -353,7 +378,7 @@ def _predict(args, model, todo, plan, status: Status) -> tuple[list[Path], int]:
                                               source=r.name, replace=args.overwrite, stride=args.ply_stride)
                 else:
                     output.write_depth(path, r.depth, fmt, picture=picture, replace=args.overwrite,
-                                       metric=c.is_metric, cmap=args.cmap)
+                                       metric=output.units_of(c), cmap=args.cmap)
             except FileExistsError:
                 raise ValueError(f"{path} appeared meanwhile; not replaced (--overwrite replaces it)") from None
             except OSError as e:
@@ -373,20 +398,59 @@ def _predict(args, model, todo, plan, status: Status) -> tuple[list[Path], int]:
                 r.error = getattr(e, "message", str(e))
         if r.error is not None:
             status.error(f"{r.name}: {r.error}")
-        elif not tty:
-            status.info(f"[{count}/{total}] {r.name} -> {', '.join(map(str, paths))}")
+            failed_names.add(r.name)
+        else:
+            if r.focal is not None:  # always said: the metres depend on it
+                status.info(f"{r.name}: focal length {r.focal:.1f} px ({r.focal_source})")
+            if not tty:
+                status.info(f"[{count}/{total}] {r.name} -> {', '.join(map(str, paths))}")
         if status.bar is not None:
             status.bar.update(1)
 
+    options = dict(batch_size=args.batch_size, keep_aspect_ratio=args.keep_aspect_ratio, size=args.size,
+                   bucket=args.bucket, keep_depth=False, on_status=status.info)
+    sky_only = all(set(plan[src.name]) == {"sky"} for src in todo)
+    failed_names: set[str] = set()
     try:
-        pipeline.run(model, todo, batch_size=args.batch_size, keep_aspect_ratio=args.keep_aspect_ratio,
-                     size=args.size, bucket=args.bucket, on_result=on_result, keep_depth=False,
-                     on_status=status.info)
+        if sky_only:
+            done = total
+        else:
+            pipeline.run(model, todo, on_result=on_result, focal=_focal_given(args), fov=args.fov, **options)
+        if any("sky" in plan[src.name] for src in todo):
+            skies = [src for src in todo if "sky" in plan[src.name]]
+            done -= len(_write_skies(model, skies, plan, args, written, status, options) - failed_names)
     finally:
         if status.bar is not None:
             status.bar.close()
             status.bar = None
     return written, done
+
+
+def _write_skies(model, todo, plan, args, written: list[Path], status: Status, options) -> set[str]:
+    """The sky masks (-f sky) of `todo`, a second pass through the sky branch; returns the names that failed."""
+    from . import output, pipeline
+    from .dpt import SKY_MASK_FROM
+
+    failed: set[str] = set()
+
+    def on_result(r: pipeline.Result):
+        path = plan[r.name]["sky"]
+        if r.error is None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                output.write_sky(path, r.depth >= SKY_MASK_FROM, replace=args.overwrite)
+                written.append(path)
+                status.detail(f"{r.name} -> {path}")
+                return
+            except FileExistsError:
+                r.error = f"{path} appeared meanwhile; not replaced (--overwrite replaces it)"
+            except OSError as e:
+                r.error = f"cannot write {path}: {e.strerror or e}"
+        failed.add(r.name)
+        status.error(f"{r.name}: {r.error}")
+
+    pipeline.run(model.sky_score(), todo, on_result=on_result, **options)
+    return failed
 
 
 def _predict_videos(args, model, todo, status: Status) -> tuple[list[Path], int]:
