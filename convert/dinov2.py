@@ -287,6 +287,9 @@ def parse_hf(top: Fields, b: Fields) -> HFModel:
 
 
 def hf_config_json(config: DPTConfig) -> dict:
+    if _is_da3(config):
+        raise ValueError(f"{config.name}: transformers has no Depth Anything 3 model (no layout to export to); "
+                         "save() writes dpt-jax's own safetensors file, with its config")
     e = config.encoder
     n = e.depth
     if e.mlp_hidden % e.embed_dim:

@@ -224,3 +224,15 @@ def test_exif_focal_length(tmp_path):
     assert math.isclose(px, 26 * 80 / math.hypot(36, 24)) and "EXIF" in how
     assert focal_pixels((48, 64), path=tmp_path / "plain.jpg")[0] == pytest.approx(32 / math.tan(math.pi / 6))
     assert focal_pixels((48, 64), fov=90, path=tmp_path / "phone.jpg")[0] == pytest.approx(32)
+
+
+def test_converted_file_round_trip_and_no_transformers_layout(loaded, tmp_path):
+    """save() keeps the DA3 fields (final-norm eps, exp head, sky branch, focal rule); transformers has no layout."""
+    model = loaded["mini_da3_metric"]
+    model.save(tmp_path / "m.safetensors")
+    again = dpt_jax.load(tmp_path / "m.safetensors")
+    assert again.config == model.config
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, again.params, model.params))
+    with pytest.raises(ValueError, match="no Depth Anything 3"):
+        model.save_pretrained(tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
