@@ -18,6 +18,7 @@ import math
 import os
 import re
 
+from .. import dualdpt  # noqa: F401 (registers the DualDPT head its Depth Anything 3 any-view models use)
 from ..config import DPTConfig
 from ..dinov2 import MINIS, PRESETS, Dinov2Config, Dinov2Encoder
 from ..errors import ConversionError
@@ -67,7 +68,7 @@ def recognises(state) -> bool:
 
 
 def _is_da3(config: DPTConfig) -> bool:
-    return config.sky_head
+    return config.sky_head or config.head == "dualdpt"
 
 
 def _architecture_of_keys(state, path, layout=DA2_LAYOUT) -> dict:
@@ -88,6 +89,7 @@ def _architecture_of_keys(state, path, layout=DA2_LAYOUT) -> dict:
         "reassembly_features": tuple(shape(f"{head}.projects.{i}.weight", 4)[0] for i in range(4)),
         "fusion_features": shape(f"{head}.scratch.layer1_rn.weight", 4)[0],
         "head_features": shape(f"{head}.scratch.output_conv2.0.weight", 4)[0],
+        "any_view": "model.cam_dec.fc_t.weight" in state,
     }
 
 
@@ -95,7 +97,7 @@ def _architecture_of_config(c: DPTConfig) -> dict:
     e = c.encoder
     return {"embed_dim": e.embed_dim, "depth": e.depth, "mlp_hidden": e.mlp_hidden, "patch_size": e.patch_size,
             "native_grid": e.native_grid, "reassembly_features": c.reassembly_features,
-            "fusion_features": c.fusion_features, "head_features": c.head_features}
+            "fusion_features": c.fusion_features, "head_features": c.head_features, "any_view": c.head == "dualdpt"}
 
 
 VARIANTS = {c.name: c for c in PRESETS + MINIS}
@@ -113,9 +115,12 @@ def detect_config(state, path, *, variant: str | None = None, max_depth: float |
     """
     layout = layout_of(state) or DA2_LAYOUT
     if layout == DA3_LAYOUT:
-        if any(k.startswith(("model.cam_dec.", "model.da3.")) for k in state):
-            raise ConversionError(path, "a Depth Anything 3 any-view (or nested) model: dpt-jax implements the "
-                                  "monocular and metric ones (DA3MONO-LARGE, DA3METRIC-LARGE)")
+        if any(k.startswith(("model.da3.", "model.gs_head.")) for k in state):
+            raise ConversionError(path, "a Depth Anything 3 model with a nested metric model or a Gaussian-splatting "
+                                  "head: dpt-jax implements DA3MONO/METRIC-LARGE and DA3-SMALL/BASE/LARGE")
+        if "model.backbone.pretrained.blocks.0.mlp.w12.weight" in state:
+            raise ConversionError(path, "Depth Anything 3 with a ViT-g encoder (DA3-GIANT, SwiGLU feed-forward): "
+                                  "not implemented; dpt-jax implements DA3MONO/METRIC-LARGE and DA3-SMALL/BASE/LARGE")
         variant = variant or da3_release_name(path)
     arch = _architecture_of_keys(state, path, layout)
     fitting = [c for c in VARIANTS.values() if _architecture_of_config(c) == arch
@@ -208,13 +213,72 @@ def key_table(config: DPTConfig) -> list[Entry]:
     if not _is_da3(config):
         return encoder_key_table(config.encoder) + head_key_table(config)
     enc, head = DA3_LAYOUT
+    if config.head == "dualdpt":
+        return any_view_encoder_table(config.encoder, enc) + dualdpt_key_table(config, head)
     return (encoder_key_table(config.encoder, enc) + head_key_table(config, head)
             + _conv(f"{head}.scratch.sky_output_conv2.0", "head/sky/conv1")
             + _conv(f"{head}.scratch.sky_output_conv2.2", "head/sky/conv2"))
 
 
+def any_view_encoder_table(config: Dinov2Config, source: str) -> list[Entry]:
+    """The DINOv2 table plus DA3's camera token and the QK-norm LayerNorms."""
+    t = encoder_key_table(config, source) + [Entry(f"{source}.camera_token", "encoder/camera_token", "copy")]
+    if config.qknorm_start != -1:
+        for i in range(config.qknorm_start, max(config.hooks) + 1):
+            for n in ("q_norm", "k_norm"):
+                t += _norm(f"{source}.blocks.{i}.attn.{n}", f"encoder/blocks_{i}/attn/{n}")
+    return t
+
+
+#: DualDPT's ray head: the last of its four levels is the only one any output uses
+RAY_LEVEL = 3
+
+
+def dualdpt_key_table(config: DPTConfig, head: str = "model.head") -> list[Entry]:
+    """DA3's DualDPT head and camera decoder (dualdpt.py), all under `head/`.
+
+    norm -> reassemble/norm; projects, resize_layers, layerK_rn as in the DPT; refinenetK and
+    refinenetK_aux -> fusion/block_K and fusion_aux/block_K; output_conv1, output_conv2.{0,2} ->
+    conv1..3; the last ray level: output_conv1_aux.3.{0..4} -> ray_conv1_{0..4},
+    output_conv2_aux.3.{0,5} -> ray_conv2, ray_conv3 and the LayerNorm the four levels share
+    (stored once, as output_conv2_aux.0.2) -> ray_norm; cam_dec -> camera.
+    """
+    t = []
+    for i in range(1, 5):
+        t += _conv(f"{head}.projects.{i - 1}", f"head/reassemble/project_{i}")
+        t += _conv(f"{head}.scratch.layer{i}_rn", f"head/reassemble/to_fusion_{i}", bias=False)
+    for i, factor in enumerate(config.reassemble_factors):
+        if factor != 1:
+            layout = "conv_transpose" if factor > 1 else "conv"
+            t += _conv(f"{head}.resize_layers.{i}", f"head/reassemble/resample_{i + 1}", layout=layout)
+    t += _norm(f"{head}.norm", "head/reassemble/norm")
+    for suffix, target in (("", "fusion"), ("_aux", "fusion_aux")):
+        t += [Entry(e.source, f"head/{target}/{e.target.split('/', 1)[1]}", e.layout)
+              for e in fusion_table(config, f"{head}.scratch.refinenet{{i}}{suffix}")]
+    t += _conv(f"{head}.scratch.output_conv1", "head/conv1")
+    t += _conv(f"{head}.scratch.output_conv2.0", "head/conv2") + _conv(f"{head}.scratch.output_conv2.2", "head/conv3")
+    for j in range(5):
+        t += _conv(f"{head}.scratch.output_conv1_aux.{RAY_LEVEL}.{j}", f"head/ray_conv1_{j}")
+    t += _conv(f"{head}.scratch.output_conv2_aux.{RAY_LEVEL}.0", "head/ray_conv2")
+    t += _norm(f"{head}.scratch.output_conv2_aux.0.2", "head/ray_norm")
+    t += _conv(f"{head}.scratch.output_conv2_aux.{RAY_LEVEL}.5", "head/ray_conv3")
+    cam = "model.cam_dec"
+    for src, dst in (("backbone.0", "fc1"), ("backbone.2", "fc2"), ("fc_t", "translation"), ("fc_qvec", "quaternion"),
+                     ("fc_fov.0", "fov")):
+        t += _linear(f"{cam}.{src}", f"head/camera/{dst}")
+    return t
+
+
 def skipped(config: DPTConfig) -> list[Skip]:
     """Keys present in released files that the forward never uses, with the reason."""
+    if config.head == "dualdpt":
+        return [
+            Skip(r"model\.head\.scratch\.output_conv[12]_aux\.[0-2]\.\d\.(weight|bias)",
+                 "DualDPT's coarser ray levels: computed by the original, used by no output"),
+            Skip(r"model\.head\.scratch\.output_conv2_aux\.3\.2\.(weight|bias)",
+                 "the ray head's LayerNorm, one module shared by the four levels (stored as output_conv2_aux.0.2)"),
+            Skip(r"model\.cam_enc\..*", "the camera encoder: known camera poses of several views, not implemented"),
+        ]
     if _is_da3(config):  # no mask token, and no first residual unit in the deepest fusion block
         return []
     return [Skip(r"pretrained\.mask_token", "DINOv2's masked-image-modelling token; the depth forward never masks")
@@ -223,7 +287,9 @@ def skipped(config: DPTConfig) -> list[Skip]:
 
 #: Depth Anything 3's model names (config.json "model_name", as its registry spells them) -> presets
 DA3_MODEL_NAMES = {"da3mono-large": "da3_mono_large", "da3metric-large": "da3_metric_large",
-                   "mini_da3_mono": "mini_da3_mono", "mini_da3_metric": "mini_da3_metric"}
+                   "da3-small": "da3_small", "da3-base": "da3_base", "da3-large": "da3_large",
+                   "mini_da3_mono": "mini_da3_mono", "mini_da3_metric": "mini_da3_metric",
+                   "mini_da3_anyview": "mini_da3_anyview"}
 
 
 def da3_release_name(path) -> str | None:

@@ -134,7 +134,7 @@ class DPTConfig:
     keep_aspect_ratio: bool = True  # MiDaS: BEiT keeps the aspect ratio, SwinV2 resizes to a square
     fusion_features: int = bounded(1, MAX_WIDTH, default=256)
     fusion_residual: tuple[bool, bool, bool, bool] = (True, True, True, False)
-    head: str = choice("midas", "depth_anything", default="midas")
+    head: str = choice("midas", "depth_anything", "dualdpt", default="midas")  # dualdpt: dualdpt.py (DA3 any-view)
     head_features: int = bounded(1, MAX_WIDTH, default=32)
     depth_activation: str = choice("relu", "sigmoid", "exp", default="relu")
     max_depth: float = bounded(0.0, 1e6, default=0.0)  # metres, for depth_activation="sigmoid"

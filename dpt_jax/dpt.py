@@ -22,6 +22,11 @@ from .config import DPTConfig
 from .layers import COMPUTE_DTYPES, Conv, Dense, gelu
 from .resize import resize_bilinear
 
+#: Neck-and-head layouts other than the DPT paper's, by `DPTConfig.head`: a Flax module class
+#: Module(config, dtype_mm, name="head")(encoder outputs, patch grid, image size) -> dict of outputs
+#: with "depth". Their modules register them (dualdpt.py: Depth Anything 3's any-view head).
+NECKS: dict[str, type] = {}
+
 
 class ConvTransposeNonOverlapping(nn.Module):
     """ConvTranspose2d with kernel == stride and no padding: every input pixel becomes a k x k block.
@@ -254,6 +259,9 @@ class DPT(nn.Module):
         if family.outputs_tokens:
             p = c.encoder.patch_size
             grid = (images.shape[1] // p, images.shape[2] // p)
+        if c.head in NECKS:  # a neck and head of their own (dualdpt.py)
+            result = NECKS[c.head](c, mm, name="head")(features, grid, images.shape[1:3])
+            return result if outputs else result["depth"]
         maps = Reassemble(c, mm, name="reassemble")(features, grid)  # 4 x (B, h_i, w_i, F), e.g. h_i = 4h, 2h, h, h/2
         fused = Fusion(c.fusion_residual, mm, name="fusion")(maps)  # (B, 2 h_1, 2 w_1, F)
         if c.head == "midas":
