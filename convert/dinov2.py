@@ -58,7 +58,10 @@ DA3_LAYOUT = ("model.backbone.pretrained", "model.head")
 
 
 def layout_of(state) -> tuple[str, str] | None:
-    """The (encoder, head) key prefixes of a Depth Anything state dict, or None: not one."""
+    """The (encoder, head) key prefixes of a Depth Anything state dict, or None: not one (a nested DA3 model,
+    "model.da3.*" and "model.da3_metric.*", counts as the DA3 layout: detection names it)."""
+    if "model.da3.head.projects.0.weight" in state:
+        return DA3_LAYOUT
     return next((layout for layout in (DA2_LAYOUT, DA3_LAYOUT) if f"{layout[0]}.blocks.0.ls1.gamma" in state
                  and f"{layout[1]}.projects.0.weight" in state), None)
 
@@ -115,9 +118,9 @@ def detect_config(state, path, *, variant: str | None = None, max_depth: float |
     """
     layout = layout_of(state) or DA2_LAYOUT
     if layout == DA3_LAYOUT:
-        if any(k.startswith(("model.da3.", "model.gs_head.")) for k in state):
-            raise ConversionError(path, "a Depth Anything 3 model with a nested metric model or a Gaussian-splatting "
-                                  "head: dpt-jax implements DA3MONO/METRIC-LARGE and DA3-SMALL/BASE/LARGE")
+        if any(k.startswith("model.da3.") for k in state):
+            raise ConversionError(path, "a nested Depth Anything 3 model (DA3NESTED-GIANT-LARGE): out of scope; "
+                                  "dpt-jax implements DA3MONO/METRIC-LARGE and DA3-SMALL/BASE/LARGE")
         if "model.backbone.pretrained.blocks.0.mlp.w12.weight" in state:
             raise ConversionError(path, "Depth Anything 3 with a ViT-g encoder (DA3-GIANT, SwiGLU feed-forward): "
                                   "not implemented; dpt-jax implements DA3MONO/METRIC-LARGE and DA3-SMALL/BASE/LARGE")
@@ -232,6 +235,8 @@ def any_view_encoder_table(config: Dinov2Config, source: str) -> list[Entry]:
 
 #: DualDPT's ray head: the last of its four levels is the only one any output uses
 RAY_LEVEL = 3
+#: the other names of the ray head's shared LayerNorm (in a state dict; a safetensors file stores it once)
+SHARED_RAY_NORM = r"model\.head\.scratch\.output_conv2_aux\.[1-3]\.2\.(weight|bias)"
 
 
 def dualdpt_key_table(config: DPTConfig, head: str = "model.head") -> list[Entry]:
@@ -273,10 +278,10 @@ def skipped(config: DPTConfig) -> list[Skip]:
     """Keys present in released files that the forward never uses, with the reason."""
     if config.head == "dualdpt":
         return [
-            Skip(r"model\.head\.scratch\.output_conv[12]_aux\.[0-2]\.\d\.(weight|bias)",
+            Skip(r"model\.head\.scratch\.(output_conv1_aux\.[0-2]\.\d|output_conv2_aux\.[0-2]\.[05])\.(weight|bias)",
                  "DualDPT's coarser ray levels: computed by the original, used by no output"),
-            Skip(r"model\.head\.scratch\.output_conv2_aux\.3\.2\.(weight|bias)",
-                 "the ray head's LayerNorm, one module shared by the four levels (stored as output_conv2_aux.0.2)"),
+            Skip(SHARED_RAY_NORM, "the ray head's LayerNorm, one module shared by the four levels (files store it "
+                 "once, as output_conv2_aux.0.2)"),
             Skip(r"model\.cam_enc\..*", "the camera encoder: known camera poses of several views, not implemented"),
         ]
     if _is_da3(config):  # no mask token, and no first residual unit in the deepest fusion block

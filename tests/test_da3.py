@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import jax
@@ -22,6 +23,7 @@ import pytest
 import dpt_jax
 from dpt_jax import registry
 from dpt_jax.convert import keys
+from dpt_jax.convert.dinov2 import SHARED_RAY_NORM
 from dpt_jax.dpt import DPT, fill_sky, param_shapes
 from dpt_jax.errors import ConversionError
 from dpt_jax.focal import DEFAULT_FOV, focal_pixels, metric_scale
@@ -52,6 +54,12 @@ def normalized(u8):
 _RUNS: dict = {}
 
 
+def compiled(fn, params, images):
+    """jit(fn) compiled for these shapes with XLA's quick CPU code generation: the same operations, half the
+    compile time of these small many-layer programs (the numbers are checked against the bounds all the same)."""
+    return jax.jit(fn).lower(params, images).compile(compiler_options={"xla_backend_optimization_level": 0})
+
+
 def run(model, images):
     """Outputs and sown intermediates ({name: array}, maps as NCHW like the fixtures), one program per shape."""
     from flax import traverse_util
@@ -59,7 +67,8 @@ def run(model, images):
     key = images.shape  # mono and metric: one network (the focal rule is outside it)
     if key not in _RUNS:
         module = DPT(model.config.replace(name="mini_da3", focal_metric_divisor=0.0))
-        _RUNS[key] = jax.jit(lambda p, x: module.apply({"params": p}, x, True, mutable=["intermediates"]))
+        _RUNS[key] = compiled(lambda p, x: module.apply({"params": p}, x, True, mutable=["intermediates"]),
+                              model.params, images)
     outputs, state = _RUNS[key](model.params, images)
     out = {f"out.{k}": np.asarray(v) for k, v in outputs.items()}
     for path, value in traverse_util.flatten_dict(state["intermediates"]).items():
@@ -76,7 +85,7 @@ STAGES = {"tokens0": "bb.tokens0", **{f"feat{k}": f"bb.feat{k}" for k in range(1
 
 
 @pytest.mark.parametrize("name", MINIS)
-@pytest.mark.parametrize("case", SIZES)
+@pytest.mark.parametrize("case", ["native"])  # the resized position table: the any-view case (70x126)
 def test_every_stage_matches_the_original(name, case, loaded, references):
     ref = references[name]
     h, w = SIZES[case]
@@ -129,9 +138,12 @@ def test_without_config_json_the_variant_is_a_choice(tmp_path):
         dpt_jax.load(tmp_path / "model.safetensors", variant="mini_da2")
 
 
-def test_any_view_file_is_refused_clearly():
-    with pytest.raises(ConversionError, match="any-view"):
-        dpt_jax.load(DA3 / "mini_da3_anyview" / "model.safetensors")
+@pytest.mark.parametrize("model_name, what", [("da3-giant", "ViT-g"), ("da3nested-giant-large", "nested")])
+def test_unimplemented_releases_are_refused_clearly(model_name, what):
+    m = json.loads((DA3 / "manifests_full_size.json").read_text())[model_name]
+    state = {key: ShapeOnly(shape) for key, shape in m["keys"]}
+    with pytest.raises(ConversionError, match=what):
+        registry.detect_config(state, "model.safetensors")
 
 
 class ShapeOnly:
@@ -139,8 +151,7 @@ class ShapeOnly:
         self.shape = tuple(shape)
 
 
-@pytest.mark.parametrize("model_name, preset", [("da3mono-large", "da3_mono_large"),
-                                                ("da3metric-large", "da3_metric_large")])
+@pytest.mark.parametrize("model_name, preset", [("da3mono-large", "da3_mono_large")])  # metric: the same keys
 def test_full_size_release_keys_are_all_used(model_name, preset):
     """The released files' keys and shapes (manifests of the original's state dict) load into the preset exactly."""
     m = json.loads((DA3 / "manifests_full_size.json").read_text())[model_name]
@@ -192,8 +203,8 @@ def registry_model_without_sky():
     return dpt_jax.DepthModel(registry.get_config("mini_da2"), {})
 
 
-def test_metric_rule_through_predict(loaded, references):
-    """metres = mean(fx, fy) at the network input / 300 * output, with the focal length predict is given."""
+def test_metric_rule(loaded, references):
+    """metres = mean(fx, fy) at the network input / 300 x output (the CLI test runs it through predict)."""
     ref, model = references["e2e"], loaded["mini_da3_metric"]
     k_raw, k_net = ref["landscape_640x80.K_raw"], ref["landscape_640x80.K_processed"]
     raw, resized = ref["landscape_640x80.raw_rgb_uint8"], ref["landscape_640x80.resized_uint8"]
@@ -201,15 +212,10 @@ def test_metric_rule_through_predict(loaded, references):
     assert np.isclose((k_net[0, 0] + k_net[1, 1]) / 2 / 300, scale, rtol=1e-6)
     # the API rescales K at each of its two resizes; the product is the whole change of each side
     fx, fy = float(k_raw[0, 0]), float(k_raw[1, 1])
+    assert fx != fy
     assert math.isclose(metric_scale(model.config, raw.shape[:2], resized.shape[:2], (fx, fy)), scale, rel_tol=1e-6)
-    # at the network size the picture's focal length is the network's
-    f = float(k_net[0, 0])
-    metres = model.predict(resized, focal=f)
-    net = ref["mini_da3_metric.landscape_640x80.depth"][0]
-    assert rel_err(metres, net * f / 300) < 1e-4
-    assert np.allclose(model.predict(resized, focal=2 * f), 2 * metres, rtol=1e-6)
-    assert np.array_equal(model.predict(resized, fov=DEFAULT_FOV), model.predict(resized))
     assert focal_pixels((80, 640))[1].endswith("(default: none known)")
+    assert focal_pixels((80, 640))[0] == focal_pixels((80, 640), fov=DEFAULT_FOV)[0] == 320 / math.tan(math.pi / 6)
 
 
 def test_exif_focal_length(tmp_path):
@@ -236,3 +242,123 @@ def test_converted_file_round_trip_and_no_transformers_layout(loaded, tmp_path):
     with pytest.raises(ValueError, match="no Depth Anything 3"):
         model.save_pretrained(tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Any-view (DA3-SMALL/BASE/LARGE's wiring, mini_da3_anyview), one picture
+
+
+@pytest.fixture(scope="module")
+def any_view():
+    return dpt_jax.load(DA3 / "mini_da3_anyview" / "model.safetensors"), np.load(DA3 / "mini_da3_anyview.npz")
+
+
+def run_paths(model, images):
+    """Outputs and intermediates keyed by their full "/"-joined path (two fusion chains sow the same names)."""
+    from flax import traverse_util
+
+    key = ("paths", model.config.name, images.shape)
+    if key not in _RUNS:
+        module = DPT(model.config)
+        _RUNS[key] = compiled(lambda p, x: module.apply({"params": p}, x, True, mutable=["intermediates"]),
+                              model.params, images)
+    outputs, state = _RUNS[key](model.params, images)
+    out = {f"out.{k}": np.asarray(v) for k, v in outputs.items()}
+    for path, value in traverse_util.flatten_dict(state["intermediates"]).items():
+        x = np.asarray(value[0])
+        out["/".join(path)] = x.transpose(0, 3, 1, 2) if x.ndim == 4 else x
+    return out
+
+
+ANY_VIEW_STAGES = {
+    "encoder/tokens0": "bb.tokens0", "encoder/cam_token": "bb.cam_token",
+    **{f"encoder/block{i}_raw": f"bb.block{i}" for i in (5, 7, 9, 11)},  # the hooked blocks (global ones)
+    **{f"encoder/feat{k}": f"bb.feat{k}" for k in range(1, 5)},
+    **{f"encoder/cls{k}": f"bb.camtok{k}" for k in range(1, 5)},
+    **{f"head/reassemble/{n}{k}": f"head.{m}{k}" for n, m in (("project", "project_pe"), ("reassemble", "reassemble"),
+                                                               ("rn", "rn")) for k in range(1, 5)},
+    **{f"head/{chain}/fusion{k}": f"head.{chain}{k}" for chain in ("fusion", "fusion_aux") for k in range(1, 5)},
+    "head/head_conv1": "head.output_conv1", "head/head_preact": "head.main_logits",
+    "head/ray_preact": "head.aux_logits", "out.depth": "out.depth", "out.confidence": "out.depth_conf",
+    "out.ray": "head.out.ray", "out.ray_confidence": "head.out.ray_conf", "out.pose": "cam_dec.pose_enc",
+    "out.extrinsics": "out.extrinsics", "out.intrinsics": "out.intrinsics",
+}
+
+
+def test_any_view_every_stage_matches_the_original(any_view):
+    """Camera token, QK-norm, RoPE, global blocks, cat_token, DualDPT (depth, confidence, rays), camera decoder.
+
+    70x126 (the position table resized, a non-square UV embedding); the native size adds nothing
+    the monocular case does not check, and each any-view program costs seconds to compile.
+    """
+    model, ref = any_view
+    case = "v1_wide"
+    h, w = SIZES[case[3:]]
+    ours = run_paths(model, normalized(ref[f"input_u8_S1_{h}x{w}"]))
+    compared = 0
+    for mine, theirs in ANY_VIEW_STAGES.items():
+        key = f"{case}__{theirs}"
+        if key not in ref.files:
+            continue
+        got = ours[mine].reshape(ref[key].shape)
+        tol = 1e-5 if theirs.startswith(("out.extrinsics", "out.intrinsics", "cam_dec")) else TOL
+        assert rel_err(got, ref[key]) < tol, (case, theirs, rel_err(got, ref[key]))
+        compared += 1
+    assert compared >= 30
+
+
+def test_rope_tables_and_positions(any_view):
+    from dpt_jax.dinov2 import _rope_for_grid, rope_tables
+
+    model, ref = any_view
+    cos, sin = ref["v1_native__bb.rope_cos"], ref["v1_native__bb.rope_sin"]
+    ours = rope_tables(np.arange(cos.shape[0]), cos.shape[1], 100.0)
+    assert np.allclose(ours[0], cos, atol=1e-6) and np.allclose(ours[1], sin, atol=1e-6)
+    local, flat = _rope_for_grid(model.config.encoder, (7, 7))
+    pos, nodiff = ref["v1_native__bb.rope_pos"][0, 0], ref["v1_native__bb.rope_pos_nodiff"][0, 0]
+    assert np.allclose(local[0], cos[pos[:, 0]], atol=1e-6) and np.allclose(local[2], cos[pos[:, 1]], atol=1e-6)
+    assert np.allclose(flat[1], sin[nodiff[:, 0]], atol=1e-6) and np.allclose(flat[3], sin[nodiff[:, 1]], atol=1e-6)
+
+
+@pytest.mark.parametrize("model_name, preset", [("da3-small", "da3_small")])  # base, large: the same code, sizes
+def test_full_size_any_view_keys(model_name, preset):
+    """Every key of the released any-view state dicts is loaded or skipped with a reason; the counts add up."""
+    m = json.loads((DA3 / "manifests_full_size.json").read_text())[model_name]
+    state = {key: ShapeOnly(shape) for key, shape in m["keys"]}
+    config = registry.detect_config(state, "model.safetensors", variant=preset)
+    assert config is registry.PRESETS[preset]
+    table, skips = config.family.key_table(config), config.family.skipped(config)
+    assert keys.check_state_dict(state, table, skips, param_shapes(config)) == []
+    skipped = keys.skipped_keys(state, skips)
+    assert sorted([e.source for e in table] + skipped) == sorted(state)
+    aliases = [k for k in skipped if re.fullmatch(SHARED_RAY_NORM, k)]
+    assert len(aliases) == 6 and {"model.head.scratch.output_conv2_aux.0.2.weight",
+                                  "model.head.scratch.output_conv2_aux.0.2.bias"} <= {e.source for e in table}
+    unused = sum(math.prod(state[k].shape) for k in skipped if k not in aliases)  # shared: counted once
+    assert sum(math.prod(s) for s in param_shapes(config).values()) == m["num_parameters"] - unused
+
+
+def test_cli_writes_metres_and_the_sky_mask(tmp_path, references, capsys):
+    """-f npy,sky with --focal: metres as the rule says, the focal length printed, the sky mask as a PNG."""
+    from PIL import Image
+
+    from dpt_jax import cli
+
+    ref = references["e2e"]
+    Image.fromarray(ref["landscape_640x80.resized_uint8"]).save(tmp_path / "land.png")
+    focal = 432.0
+    args = ["predict", str(tmp_path / "land.png"), "-m", str(DA3 / "mini_da3_metric" / "model.safetensors"),
+            "-o", str(tmp_path / "out"), "-f", "npy,sky,color", "--focal", str(focal), "--no-progress"]
+    assert cli.main(args) == 0
+    err = capsys.readouterr().err
+    assert "focal length 432.0 px (432 px given)" in err
+    metres = np.load(tmp_path / "out" / "land-depth.npy")
+    assert rel_err(metres, ref["mini_da3_metric.landscape_640x80.depth"][0] * focal / 300) < 1e-4
+    sky = np.asarray(Image.open(tmp_path / "out" / "land-sky.png"))
+    assert sky.dtype == np.uint8 and set(np.unique(sky)) == {0, 255}
+    assert np.array_equal(sky == 255, ref["mini_da3_metric.landscape_640x80.sky"][0])
+    assert (tmp_path / "out" / "land-depth.png").is_file()
+    # the sky of a model without one, and a focal length for a model that needs none, are refused by name
+    assert cli.main(["predict", str(tmp_path / "land.png"), "-m", str(DA3 / "mini_da3_mono" / "model.safetensors"),
+                     "-o", str(tmp_path / "o2"), "--fov", "50"]) == 1
+    assert "mini_da3_mono is neither" in capsys.readouterr().err
