@@ -420,8 +420,14 @@ def _releases() -> tuple[Release, ...]:
 RELEASE_FILES = {r.file: r.name for r in _releases()}
 #: Depth Anything 3 (monocular, metric): `model.safetensors` + config.json in each repository, Apache-2.0
 #: (the DA3 README's model table); sizes from the reference manifests (334,171,394 float32 parameters).
-DA3_RELEASES = tuple(Release(name, "model.safetensors", 1_336_685_576, "Apache-2.0", repo=f"depth-anything/{repo}")
-                     for name, repo in (("da3_mono_large", "DA3MONO-LARGE"), ("da3_metric_large", "DA3METRIC-LARGE")))
+#: Any-view: DA3-SMALL and DA3-BASE Apache-2.0, DA3-LARGE CC-BY-NC-4.0 (its 1.1 retrain, the default).
+DA3_RELEASES = tuple(Release(name, "model.safetensors", size, licence, repo=f"depth-anything/{repo}")
+                     for name, repo, size, licence in (
+                         ("da3_mono_large", "DA3MONO-LARGE", 1_336_685_576, "Apache-2.0"),
+                         ("da3_metric_large", "DA3METRIC-LARGE", 1_336_685_576, "Apache-2.0"),
+                         ("da3_small", "DA3-SMALL", 137_197_852, "Apache-2.0"),
+                         ("da3_base", "DA3-BASE", 541_466_396, "Apache-2.0"),
+                         ("da3_large", "DA3-LARGE-1.1", 1_643_767_068, _CC_BY_NC)))
 RELEASES = _releases() + DA3_RELEASES
 
 #: The transformers-layout conversions on the Hub (transformers' own names: indoor, outdoor).

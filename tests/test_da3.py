@@ -362,3 +362,17 @@ def test_cli_writes_metres_and_the_sky_mask(tmp_path, references, capsys):
     assert cli.main(["predict", str(tmp_path / "land.png"), "-m", str(DA3 / "mini_da3_mono" / "model.safetensors"),
                      "-o", str(tmp_path / "o2"), "--fov", "50"]) == 1
     assert "mini_da3_mono is neither" in capsys.readouterr().err
+
+
+def test_releases_and_licences():
+    from dpt_jax import hub
+
+    want = {"da3_mono_large": ("depth-anything/DA3MONO-LARGE", "Apache-2.0"),
+            "da3_metric_large": ("depth-anything/DA3METRIC-LARGE", "Apache-2.0"),
+            "da3_small": ("depth-anything/DA3-SMALL", "Apache-2.0"),
+            "da3_base": ("depth-anything/DA3-BASE", "Apache-2.0"),
+            "da3_large": ("depth-anything/DA3-LARGE-1.1", "CC-BY-NC-4.0 (non-commercial use only)")}
+    for name, (repo, licence) in want.items():
+        release = hub.lookup(name)
+        assert (release.repo, release.file, release.licence) == (repo, "model.safetensors", licence)
+        assert registry.PRESETS[name].name == name

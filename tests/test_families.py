@@ -58,7 +58,15 @@ def test_the_key_table_feeds_every_parameter_exactly_once(name):
 def test_the_hugging_face_layout_renames_both_ways_and_reads_its_own_config(name, tmp_path):
     family = registry.FAMILIES[name]
     renamer = hf.Renamer.of(family.hf)
+    covered = []
     for config in configs_of(family):
+        try:
+            hf.hf_config(config)
+        except ValueError:  # a model of the family transformers has none of (its refusal is tested with it)
+            continue
+        covered.append(config)
+    assert covered
+    for config in covered:
         for entry in family.key_table(config):
             names = renamer.to_hf(entry.source)
             assert names, entry.source
