@@ -231,10 +231,14 @@ class Dinov2Encoder(nn.Module):
         local_rope, global_rope = _rope_for_grid(c, grid) if c.rope_start != -1 else (None, None)
         outputs = []
         local_x = x
+        reference = jnp.zeros((x.shape[0] // views,), jnp.int32)  # the reference view of each scene: the first
         for i in range(max(c.hooks) + 1):  # blocks after the last hook do not contribute
+            if camera is not None and i == c.alt_start - 1 and views >= REFERENCE_SELECTION_VIEWS:
+                reference = saddle_balanced(x[:, 0].reshape(-1, views, c.embed_dim))  # (B / S,)
+                self.sow("intermediates", "reference_view", reference)
             if camera is not None and i == c.alt_start:  # token 0: the reference view's camera token, or the others'
-                reference = (jnp.arange(x.shape[0]) % views == 0)[:, None]  # (B, 1)
-                x = x.at[:, 0].set(jnp.where(reference, camera[0, 0], camera[0, 1]))
+                is_reference = (jnp.arange(x.shape[0]) % views == jnp.repeat(reference, views))[:, None]  # (B, 1)
+                x = x.at[:, 0].set(jnp.where(is_reference, camera[0, 0], camera[0, 1]))
                 self.sow("intermediates", "cam_token", x[:, 0])
             is_global = c.is_global(i)
             rope = None if c.rope_start == -1 or i < c.rope_start else global_rope if is_global else local_rope
@@ -261,6 +265,34 @@ class Dinov2Encoder(nn.Module):
                 self.sow("intermediates", f"feat{k}", y[:, 1:])
                 outputs.append(y)
         return outputs
+
+
+#: DA3 chooses a reference view (`saddle_balanced`) from this many views of a scene on; below, the first view
+REFERENCE_SELECTION_VIEWS = 3
+
+
+def saddle_balanced(tokens):
+    """The reference view of each scene from its views' token 0 (scenes, S, C) -> (scenes,): DA3's default rule.
+
+    Per view: its mean cosine similarity to the other views, the token's norm, and the (unbiased)
+    variance of the unit token; each min-max normalised over the views (+1e-8); the view whose
+    three are nearest 0.5 in sum of distances (the first on a tie). The original reorders the
+    views to put the reference first; here it just gets the reference camera token (the views are
+    attended to with the same positions, so only the order of sums differs).
+    """
+    norm = jnp.sqrt(jnp.sum(tokens * tokens, axis=-1))  # (scenes, S)
+    unit = tokens / norm[..., None]
+    s = tokens.shape[1]
+    sim = jnp.einsum("bsc,btc->bst", unit, unit) - jnp.eye(s, dtype=tokens.dtype)  # (scenes, S, S)
+    similarity = sim.sum(axis=-1) / (s - 1)
+    variance = jnp.var(unit, axis=-1, ddof=1)
+
+    def spread(m):
+        lo, hi = m.min(axis=1, keepdims=True), m.max(axis=1, keepdims=True)
+        return (m - lo) / (hi - lo + 1e-8)
+
+    score = sum(jnp.abs(spread(m) - 0.5) for m in (similarity, norm, variance))  # (scenes, S)
+    return jnp.argmin(score, axis=1).astype(jnp.int32)
 
 
 def _rope_for_grid(c: Dinov2Config, grid: Pair):

@@ -242,17 +242,20 @@ class DPT(nn.Module):
     """The whole model: normalized NHWC images (B, H, W, 3) -> depth (B, H, W): relative inverse, or metres.
 
     `outputs=True`: a dict of every output instead, "depth" and, with a sky branch, "sky" (the
-    score; the depth has its sky pixels filled, `fill_sky`).
+    score; the depth has its sky pixels filled, `fill_sky`). `views`: the batch holds scenes of
+    this many consecutive pictures (encoders that attend across views: DA3 any-view).
     """
 
     config: DPTConfig
     dtype_mm: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, images, outputs: bool = False):
+    def __call__(self, images, outputs: bool = False, views: int = 1):
         c, mm = self.config, self.dtype_mm
         family = c.family
-        features = family.encoder(c.encoder, mm, name="encoder")(images)  # 4 x (B, 1 + h*w, C) or (B, h_i, w_i, C_i)
+        encoder = family.encoder(c.encoder, mm, name="encoder")
+        # 4 x (B, 1 + h*w, C) or (B, h_i, w_i, C_i); `views` > 1: consecutive pictures of one scene (DA3 any-view)
+        features = encoder(images, views=views) if views > 1 else encoder(images)
         for i, f in enumerate(features, start=1):
             self.sow("intermediates", f"hook{i}", f)
         grid = None
@@ -285,17 +288,17 @@ def param_shapes(config: DPTConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in flat.items()}
 
 
-def forward(config: DPTConfig, params, images, dtype: str = "float32", outputs: bool = False):
+def forward(config: DPTConfig, params, images, dtype: str = "float32", outputs: bool = False, views: int = 1):
     """Depth of normalized images (B, H, W, 3) -> (B, H, W): the whole model as a pure function.
 
     `dtype` ("float32" or "bfloat16") is the dtype of the matrix products (`DPT.dtype_mm`);
     everything else runs in float32, `params` are float32. Float32 products run at full float32
     precision (no TF32/bf16 passes on accelerators: they cost ~1e-3 relative error).
-    `outputs=True`: the dict of every output (`DPT`).
+    `outputs=True`: the dict of every output (`DPT`); `views`: pictures per scene (`DPT`).
     """
     module = DPT(config, COMPUTE_DTYPES[dtype])
     with jax.default_matmul_precision("highest"):
-        return module.apply({"params": params}, images.astype(jnp.float32), outputs)
+        return module.apply({"params": params}, images.astype(jnp.float32), outputs, views)
 
 
 def cast_params(params):
