@@ -116,19 +116,19 @@ def _cv2_resize_uint8(x: jnp.ndarray, size: tuple[int, int], cubic: bool) -> jnp
     """cv2.resize of uint8 levels (float, (B, h, w, 3)): INTER_CUBIC or INTER_AREA, rounded and saturated."""
     if tuple(x.shape[1:3]) == tuple(size):
         return x
-    x = resize_bicubic(x, size, convention="opencv", axes=(1, 2)) if cubic else resize_area(x, size, axes=(1, 2))
+    x = (resize_bicubic(x, size, convention="opencv", axes=(1, 2), rounded_products=True) if cubic
+         else resize_area(x, size, axes=(1, 2)))
     return jnp.clip(jnp.round(x), 0, 255)
 
 
-@functools.partial(jax.jit, static_argnames=("first", "size", "mean", "std"))
-def normalize_and_resize_upper_bound(images: jnp.ndarray, first: tuple[int, int], size: tuple[int, int], mean,
-                                     std) -> jnp.ndarray:
-    """(B, h, w, 3) RGB pictures -> (B, H, W, 3) network input, as Depth Anything 3's api.py prepares them.
+@functools.partial(jax.jit, static_argnames=("first", "size"))
+def upper_bound_levels(images: jnp.ndarray, first: tuple[int, int], size: tuple[int, int]) -> jnp.ndarray:
+    """(B, h, w, 3) RGB pictures -> (B, H, W, 3) float32 uint8 levels, as Depth Anything 3's api.py resizes them.
 
     The picture as uint8 levels (uint16 and float pictures are rounded to them, as PIL's RGB
     conversion would), then `upper_bound_sizes`' two cv2.resize calls, each INTER_CUBIC where a
-    side grows and INTER_AREA otherwise, each rounded to uint8; then /255 and (x - mean) / std.
-    OpenCV's cubic resize of uint8 works in fixed point: levels may differ by one here and there.
+    side grows and INTER_AREA otherwise, each rounded to uint8. OpenCV's cubic resize of uint8
+    works in fixed point: levels may differ by one here and there.
     """
     x = images.astype(jnp.float32)
     if images.dtype == jnp.uint16:
@@ -137,7 +137,14 @@ def normalize_and_resize_upper_bound(images: jnp.ndarray, first: tuple[int, int]
         x = jnp.clip(jnp.round(x * 255.0), 0, 255)
     h, w = images.shape[1:3]
     x = _cv2_resize_uint8(x, first, cubic=max(first) > max(h, w))  # (B, h1, w1, 3)
-    x = _cv2_resize_uint8(x, size, cubic=size[0] > first[0] or size[1] > first[1])  # (B, H, W, 3)
+    return _cv2_resize_uint8(x, size, cubic=size[0] > first[0] or size[1] > first[1])  # (B, H, W, 3)
+
+
+@functools.partial(jax.jit, static_argnames=("first", "size", "mean", "std"))
+def normalize_and_resize_upper_bound(images: jnp.ndarray, first: tuple[int, int], size: tuple[int, int], mean,
+                                     std) -> jnp.ndarray:
+    """(B, h, w, 3) RGB pictures -> (B, H, W, 3) network input: `upper_bound_levels`, /255, (x - mean) / std."""
+    x = upper_bound_levels(images, first, size)
     return (x / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 

@@ -132,27 +132,36 @@ def cubic_taps(in_size: int, out_size: int, convention: str) -> tuple[np.ndarray
     return idx.astype(np.int32), np.stack([w0, w1, w2, w3], axis=1).astype(np.float32)
 
 
-def resample_axis(x: jnp.ndarray, axis: int, idx: np.ndarray, w: np.ndarray) -> jnp.ndarray:
-    """out[..., o, ...] = sum_t w[o, t] * x[..., idx[o, t], ...] along `axis`."""
+def resample_axis(x: jnp.ndarray, axis: int, idx: np.ndarray, w: np.ndarray, *,
+                  rounded_products: bool = False) -> jnp.ndarray:
+    """out[..., o, ...] = sum_t w[o, t] * x[..., idx[o, t], ...] along `axis`.
+
+    `rounded_products`: each product rounded to float32 before it is added, as OpenCV's loops do;
+    XLA's CPU code generator otherwise fuses a product and the sum it feeds into one multiply-add
+    (one rounding), which moves results by an ulp and uint8 results by a level now and then.
+    min(p, float32 max) is p itself, but no multiply-add can take it.
+    """
     axis = axis % x.ndim
     bshape = [1] * x.ndim
     bshape[axis] = idx.shape[0]
     out = None
     for t in range(idx.shape[1]):
         term = jnp.take(x, jnp.asarray(idx[:, t]), axis=axis) * jnp.asarray(w[:, t], x.dtype).reshape(bshape)
+        if rounded_products:
+            term = jnp.minimum(term, jnp.finfo(term.dtype).max)
         out = term if out is None else out + term
     return out
 
 
-def _resize_separable(x: jnp.ndarray, size, axes,
-                      taps: Callable[[int, int], tuple[np.ndarray, np.ndarray]]) -> jnp.ndarray:
+def _resize_separable(x: jnp.ndarray, size, axes, taps: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
+                      rounded_products: bool = False) -> jnp.ndarray:
     """Resamples each of `axes` to the matching entry of `size` with the tap tables `taps(in, out)`."""
     out = x
     for axis, n in zip(axes, size):
         if x.shape[axis] == n:
             continue  # every convention here is the identity at equal size
         idx, w = taps(x.shape[axis], n)
-        out = resample_axis(out, axis, idx, w)
+        out = resample_axis(out, axis, idx, w, rounded_products=rounded_products)
     return out
 
 
@@ -161,13 +170,16 @@ def resize_bilinear(x: jnp.ndarray, size: tuple[int, int], *, align_corners: boo
     return _resize_separable(x, size, axes, lambda n_in, n_out: linear_taps(n_in, n_out, align_corners))
 
 
-def resize_bicubic(x: jnp.ndarray, size: tuple[int, int], *, convention: str, axes=(1, 2)) -> jnp.ndarray:
+def resize_bicubic(x: jnp.ndarray, size: tuple[int, int], *, convention: str, axes=(1, 2),
+                   rounded_products: bool = False) -> jnp.ndarray:
     """Bicubic resize (a = -0.75, no antialiasing) of the two `axes` of `x` (NHWC by default) to `size`.
 
     convention="opencv" matches cv2.resize(INTER_CUBIC) (MiDaS's input resize), "torch" matches
-    F.interpolate(mode="bicubic", align_corners=False) (run.py's output resize); see `cubic_taps`.
+    F.interpolate(mode="bicubic", align_corners=False) (run.py's output resize); see `cubic_taps`;
+    `rounded_products`: see `resample_axis`.
     """
-    return _resize_separable(x, size, axes, lambda n_in, n_out: cubic_taps(n_in, n_out, convention))
+    return _resize_separable(x, size, axes, lambda n_in, n_out: cubic_taps(n_in, n_out, convention),
+                             rounded_products)
 
 
 @functools.lru_cache(maxsize=None)
@@ -206,5 +218,9 @@ def area_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def resize_area(x: jnp.ndarray, size: tuple[int, int], *, axes=(1, 2)) -> jnp.ndarray:
-    """Shrinks the two `axes` of `x` (NHWC by default) to `size` as cv2.resize(INTER_AREA) (see `area_taps`)."""
-    return _resize_separable(x, size, axes, area_taps)
+    """Shrinks the two `axes` of `x` (NHWC by default) to `size` as cv2.resize(INTER_AREA) (see `area_taps`).
+
+    The second axis first (OpenCV sums each source row, then the rows), each product rounded before
+    it is added (`resample_axis`): in that order the float32 sums are OpenCV's.
+    """
+    return _resize_separable(x, tuple(size)[::-1], tuple(axes)[::-1], area_taps, rounded_products=True)
