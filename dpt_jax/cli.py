@@ -213,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="snap network input sizes to multiples of 64, so pictures of near sizes share one "
                         "compiled program (fewer compiles for mixed folders); the picture is resized to the "
                         "bucket, which changes the depth slightly (see README)")
+    p.add_argument("--views", action="store_true",
+                   help="the pictures are views of one scene (Depth Anything 3 any-view models: da3_small, "
+                        "da3_base, da3_large): one run over all of them; depth per view at the network's size, "
+                        "<first>-cameras.json (poses, intrinsics) and with -f ply one merged point cloud "
+                        "in the first view's camera frame")
     p.add_argument("--batch-size", type=_positive, default=4, help="pictures per model call (default 4)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="float32 (exact; default) or bfloat16 matmuls (faster on GPU/TPU and bf16 CPUs)")

@@ -207,6 +207,9 @@ def run(args) -> int:
                          f"{' '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))}"
                          f"{'; sub-folders need --recursive' if not args.recursive else ''})")
     _check_3d_options(args, [i for i in found if not is_video(i.path)])
+    if args.views and (processes > 1 or any(is_video(i.path) for i in found) or len(found) < 2):
+        raise ValueError("--views: the pictures of one scene, at least two, in one process (no videos, no "
+                         "--distributed)")
     if process == 0:
         for note in unused_options(args, [is_video(i.path) for i in found]):
             status.info(f"note: {note}")
@@ -288,7 +291,9 @@ def run(args) -> int:
     written, done = [], 0
     if todo or video_todo:
         model = _load_model(args, status)
-        if todo:
+        if todo and args.views:
+            written, done = _predict_scene(args, model, todo, plan, outdir, status)
+        elif todo:
             written, done = _predict(args, model, todo, plan, status)
         if video_todo:
             video_written, videos_done = _predict_videos(args, model, video_todo, status)
@@ -323,6 +328,50 @@ def _load_model(args, status: Status):
     return model
 
 
+def _predict_scene(args, model, todo, plan, outdir: Path, status: Status) -> tuple[list[Path], int]:
+    """--views: the pictures as one scene (views.py); each view's depth formats at the network's size, the
+    cameras as JSON beside the first view's outputs and, with -f ply, one merged point cloud there."""
+    import json
+
+    from . import geometry, output, views
+    from .atomic import atomic_write
+
+    scene = views.predict_views(model, [src.name for src in todo])
+    written: list[Path] = []
+    first = plan[todo[0].name]
+    anchor = next(iter(first.values()))
+    stem = anchor.name[:-len(FORMATS[next(iter(first))].ending)]
+    cameras = anchor.with_name(f"{stem}-cameras.json")
+    record = {"views": [{"picture": name, "network_size": list(scene.depth.shape[1:]),
+                         "world_to_camera": e.tolist(), "intrinsics": k.tolist()}
+                        for name, e, k in zip(scene.names, scene.extrinsics.astype(float),
+                                              scene.intrinsics.astype(float))],
+              "frame": "world_to_camera (3x4) as the model estimates the poses, OpenCV camera axes; intrinsics "
+                       "in pixels of the network's size; depth and translations share one unknown scale"}
+    try:
+        with atomic_write(cameras, ".json", replace=args.overwrite) as f:
+            f.write((json.dumps(record, indent=1) + "\n").encode())
+    except FileExistsError:
+        raise ValueError(f"{cameras} exists; not replaced (--overwrite replaces it)") from None
+    written.append(cameras)
+    for i, src in enumerate(todo):
+        for fmt, path in plan[src.name].items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if fmt == "ply":
+                if i == 0:
+                    points, colours, threshold = views.scene_points(scene)
+                    comments = [f"dpt-jax point cloud of a scene of {len(todo)} views (see {cameras.name})",
+                                "axes: the first view's camera, x right, y down, z forward (OpenCV); units: the "
+                                "scene's relative depth", f"confidence threshold {threshold:.6g}"]
+                    written.append(geometry.write_ply(path, points, colours, comments, replace=args.overwrite))
+                continue
+            written.append(output.write_depth(path, scene.depth[i], fmt, picture=scene.images[i],
+                                              replace=args.overwrite, metric=output.units_of(model.config),
+                                              cmap=args.cmap))
+        status.info(f"[{i + 1}/{len(todo)}] {src.name}: view {i + 1} of the scene")
+    return written, len(todo)
+
+
 def _check_model_options(args, c) -> None:
     """The options that depend on the model: the sky mask, the focal length, point clouds of relative depth."""
     camera = [name for name, value in (("--fov", args.fov), ("--focal", args.focal)) if value is not None]
@@ -332,9 +381,13 @@ def _check_model_options(args, c) -> None:
                          f"{c.name} is neither")
     if "sky" in args.format and not c.sky_head:
         raise ValueError(f"-f sky: {c.name} has no sky output (Depth Anything 3 monocular and metric have)")
-    if "ply" in args.format and c.predicts_depth and not c.is_metric:
-        raise ValueError(f"-f ply: {c.name} gives depth of unknown scale; its metric sibling gives metres "
-                         "(da3_metric_large)")
+    if args.views and c.head != "dualdpt":
+        raise ValueError(f"--views: {c.name} sees one picture at a time; a scene needs a Depth Anything 3 any-view "
+                         "model (da3_small, da3_base, da3_large)")
+    if "ply" in args.format and c.predicts_depth and not c.is_metric and not args.views:
+        raise ValueError(f"-f ply: {c.name} gives depth of unknown scale; "
+                         + ("its metric sibling gives metres (da3_metric_large)" if c.sky_head else
+                            "--views gives the scene's point cloud with the cameras it estimates"))
 
 
 def _focal_given(args) -> float | None:

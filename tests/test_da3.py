@@ -184,7 +184,9 @@ def test_preprocessing_as_the_original_api(picture, loaded, references):
     ours = np.asarray(to_network(model.config, raw[None], size))[0]
     levels = np.round((ours * STD + MEAN) * 255)
     diff = np.abs(levels - resized)
-    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    # INTER_AREA is OpenCV's to the level; its cubic upscaling sums in another order (vectorised): where a value
+    # lies within ~1e-3 of a half level, it can round the other way (3 of the portrait's 169,344 values)
+    assert diff.max() <= 1 and (diff > 0).sum() <= (0 if picture == "landscape_640x80" else 3)
     assert np.array_equal(ref["landscape_640x80.input"][0].transpose(1, 2, 0),
                           normalized(ref["landscape_640x80.resized_uint8"]))
 
@@ -376,3 +378,59 @@ def test_releases_and_licences():
         release = hub.lookup(name)
         assert (release.repo, release.file, release.licence) == (repo, "model.safetensors", licence)
         assert registry.PRESETS[name].name == name
+
+
+# ---------------------------------------------------------------------------------------------
+# Several views of a scene
+
+
+def test_reference_view_rule(any_view):
+    """saddle_balanced on the fixture's recorded tokens picks the original's reference view."""
+    from dpt_jax.dinov2 import saddle_balanced
+
+    _, ref = any_view
+    tokens = ref["v3_wide__bb.ref_strategy_input_cls"]  # (1, 3, C): token 0 before block alt_start - 1
+    assert int(saddle_balanced(tokens)[0]) == int(ref["v3_wide__bb.ref_b_idx"][0]) == 2
+
+
+def read_ply(path):
+    """(header lines, records) of a binary PLY as geometry.write_ply writes it (x, y, z float; r, g, b uchar)."""
+    data = path.read_bytes()
+    end = data.index(b"end_header\n") + len(b"end_header\n")
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    return data[:end].decode().splitlines(), np.frombuffer(data[end:], fields)
+
+
+def test_three_views_end_to_end_through_the_cli(tmp_path, references, capsys):
+    """api.py inference on three pictures of a scene, as `predict --views`: each view's depth, the cameras (the
+    reference view chosen among three), and the merged point cloud of the original's glb export."""
+    from PIL import Image
+
+    from dpt_jax import cli
+
+    e2e, p = references["e2e"], "mini_da3_anyview.views3."
+    names = []
+    for i in range(3):
+        Image.fromarray(e2e[f"views3.raw_rgb_uint8_{i}"]).save(tmp_path / f"v{i}.png")
+        names.append(str(tmp_path / f"v{i}.png"))
+    model = str(DA3 / "mini_da3_anyview" / "model.safetensors")
+    assert cli.main(["predict", *names, "-m", model, "--views", "-f", "npy,ply", "-o", str(tmp_path / "out")]) == 0
+    depth = np.stack([np.load(tmp_path / "out" / f"v{i}-depth.npy") for i in range(3)])
+    assert depth.shape == (3, 42, 504) and rel_err(depth, e2e[p + "depth"]) < 1e-4
+    cameras = json.loads((tmp_path / "out" / "v0-cameras.json").read_text())["views"]
+    extrinsics = np.array([c["world_to_camera"] for c in cameras])
+    assert rel_err(extrinsics, e2e[p + "extrinsics"]) < 1e-5
+    assert rel_err(np.array([c["intrinsics"] for c in cameras]), e2e[p + "intrinsics"]) < 1e-5
+    header, cloud = read_ply(tmp_path / "out" / "v0-points.ply")
+    assert not (tmp_path / "out" / "v1-points.ply").exists()
+    threshold = float(next(h for h in header if h.startswith("comment confidence threshold")).split()[-1])
+    assert math.isclose(threshold, e2e[p + "glb_conf_thresh"], rel_tol=1e-5)
+    assert len(cloud) == e2e[p + "glb_num_points"]
+    first = np.stack([cloud["x"], cloud["y"], cloud["z"]], axis=1).astype(np.float64)  # the first view's frame
+    r, t = extrinsics[0, :, :3], extrinsics[0, :, 3]
+    world = (first - t) @ r  # R^T (p - t): the original's world frame, before its glTF alignment
+    assert rel_err(world[::97], e2e[p + "glb_points_every97"]) < 1e-4
+    colours = np.stack([cloud["red"], cloud["green"], cloud["blue"]], axis=1)
+    assert np.array_equal(colours[::97], e2e[p + "glb_colors_every97"])
+    assert cli.main(["predict", names[0], "-m", model, "--views", "-o", str(tmp_path / "x")]) == 1  # one picture
+    assert "at least two" in capsys.readouterr().err
