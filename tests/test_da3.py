@@ -185,8 +185,9 @@ def test_preprocessing_as_the_original_api(picture, loaded, references):
     levels = np.round((ours * STD + MEAN) * 255)
     diff = np.abs(levels - resized)
     # INTER_AREA is OpenCV's to the level; its cubic upscaling sums in another order (vectorised): where a value
-    # lies within ~1e-3 of a half level, it can round the other way (3 of the portrait's 169,344 values)
-    assert diff.max() <= 1 and (diff > 0).sum() <= (0 if picture == "landscape_640x80" else 3)
+    # lies within ~1e-3 of a half level, it can round the other way (3 values of the portrait's upscaled
+    # picture, 5 of 169,344 after its area step)
+    assert diff.max() <= 1 and (diff > 0).sum() <= (0 if picture == "landscape_640x80" else 5)
     assert np.array_equal(ref["landscape_640x80.input"][0].transpose(1, 2, 0),
                           normalized(ref["landscape_640x80.resized_uint8"]))
 
