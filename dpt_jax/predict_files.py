@@ -372,6 +372,21 @@ def _predict_scene(args, model, todo, plan, outdir: Path, status: Status) -> tup
     return written, len(todo)
 
 
+def _scene_ply(model, name: str, path: Path, args) -> Path:
+    """-f ply of one picture with a DA3 any-view model: the picture as a scene of one view (views.py), so the point
+    cloud takes the field of view the model estimates; points at the network's size, in relative depth."""
+    from . import geometry, views
+
+    scene = views.predict_views(model, [name])
+    points, colours, threshold = views.scene_points(scene)
+    k = scene.intrinsics[0]
+    comments = ["dpt-jax point cloud of one view, with the camera the model estimates",
+                "axes: camera coordinates, x right, y down, z forward (OpenCV); units: relative depth",
+                f"intrinsics: fx {k[0, 0]:.9g} fy {k[1, 1]:.9g} cx {k[0, 2]:.9g} cy {k[1, 2]:.9g} pixels of the "
+                f"{scene.depth.shape[2]}x{scene.depth.shape[1]} network input", f"confidence threshold {threshold:.6g}"]
+    return geometry.write_ply(path, points, colours, comments, replace=args.overwrite)
+
+
 def _check_model_options(args, c) -> None:
     """The options that depend on the model: the sky mask, the focal length, point clouds of relative depth."""
     camera = [name for name, value in (("--fov", args.fov), ("--focal", args.focal)) if value is not None]
@@ -384,10 +399,9 @@ def _check_model_options(args, c) -> None:
     if args.views and c.head != "dualdpt":
         raise ValueError(f"--views: {c.name} sees one picture at a time; a scene needs a Depth Anything 3 any-view "
                          "model (da3_small, da3_base, da3_large)")
-    if "ply" in args.format and c.predicts_depth and not c.is_metric and not args.views:
-        raise ValueError(f"-f ply: {c.name} gives depth of unknown scale; "
-                         + ("its metric sibling gives metres (da3_metric_large)" if c.sky_head else
-                            "--views gives the scene's point cloud with the cameras it estimates"))
+    if "ply" in args.format and c.sky_head and not c.is_metric:
+        raise ValueError(f"-f ply: {c.name} gives depth of unknown scale; its metric sibling gives metres "
+                         "(da3_metric_large)")
 
 
 def _focal_given(args) -> float | None:
@@ -420,7 +434,9 @@ def _predict(args, model, todo, plan, status: Status) -> tuple[list[Path], int]:
         for fmt, path in targets.items():
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                if fmt == "ply":  # metric models: metres; relative: metres with --align, else arbitrary units
+                if fmt == "ply" and c.head == "dualdpt" and not (args.fov or args.focal or args.fx):
+                    _scene_ply(model, r.name, path, args)  # any-view: the camera it estimates (a second pass)
+                elif fmt == "ply":  # metric models: metres; relative: metres with --align, else arbitrary units
                     camera = camera_options(args)
                     if r.focal is not None and not camera:  # the focal length that gave the metres (EXIF, default)
                         camera = {"intrinsics": (r.focal, r.focal, r.depth.shape[1] / 2, r.depth.shape[0] / 2)}
