@@ -50,8 +50,11 @@ def cmd_info(args) -> int:
     print(f"output:     {output_kind(c)}")
     print(f"source:     {model.source}")
     print(f"parameters: {model.num_params:,}")
-    print(f"input:      native {h}x{w} (HxW), sides multiples of {c.input_multiple}, "
-          f"{'keeps' if c.keep_aspect_ratio else 'ignores'} the aspect ratio by default")
+    if c.resize_rule == "upper_bound":
+        print(f"input:      the longer side {max(h, w)}, sides to the nearest multiple of {c.input_multiple}")
+    else:
+        print(f"input:      native {h}x{w} (HxW), sides multiples of {c.input_multiple}, "
+              f"{'keeps' if c.keep_aspect_ratio else 'ignores'} the aspect ratio by default")
     print(f"devices:    {describe_devices(model.devices or None)}")
     print(f"config:     {c.to_json()}")
     return 0
