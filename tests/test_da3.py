@@ -128,6 +128,12 @@ def test_release_layout_and_variants(loaded):
     assert mono.config.encoder.final_norm_eps == 1e-5 and mono.config.encoder.layer_norm_eps == 1e-6
 
 
+def test_the_release_folder_loads_as_its_model():
+    """A Hub repository's folder (model.safetensors, config.json {"model_name": ...}): the model it names."""
+    model = dpt_jax.load(DA3 / "mini_da3_metric")
+    assert model.config.name == "mini_da3_metric" and model.source.endswith("model.safetensors")
+
+
 def test_without_config_json_the_variant_is_a_choice(tmp_path):
     shutil.copy(DA3 / "mini_da3_metric" / "model.safetensors", tmp_path / "model.safetensors")
     with pytest.raises(ConversionError) as e:
