@@ -21,6 +21,7 @@ import math
 import os
 import re
 
+from .. import dualdpt  # noqa: F401 (registers the DualDPT head its Depth Anything 3 any-view models use)
 from ..config import DPTConfig
 from ..dinov2 import MINIS, PRESETS, Dinov2Config, Dinov2Encoder
 from ..dpt import TEMPORAL_MODULES
@@ -34,6 +35,7 @@ from .hf import (
     as_transformers_factors,
     fusion_rules,
     hooks_of,
+    load_json,
     qkv_rules,
     same_names,
     stage_fields,
@@ -60,17 +62,24 @@ def describe_variant(config: DPTConfig) -> str:
     return f"{version}, relative inverse depth"
 
 
+#: The file layouts: (encoder prefix, neck and head prefix) of Depth Anything V1/V2, of Video Depth Anything and
+#: of Depth Anything 3 (`DepthAnything3.save_pretrained`: "model." + DepthAnything3Net's names)
+DA2_LAYOUT = ("pretrained", "depth_head")
+VDA_LAYOUT = ("pretrained", "head")  # Video Depth Anything
+DA3_LAYOUT = ("model.backbone.pretrained", "model.head")
+
+
+def layout_of(state) -> tuple[str, str] | None:
+    """The (encoder, head) key prefixes of a Depth Anything state dict, or None: not one (a nested DA3 model,
+    "model.da3.*" and "model.da3_metric.*", counts as the DA3 layout: detection names it)."""
+    if "model.da3.head.projects.0.weight" in state:
+        return DA3_LAYOUT
+    return next((layout for layout in (DA2_LAYOUT, VDA_LAYOUT, DA3_LAYOUT)
+                 if f"{layout[0]}.blocks.0.ls1.gamma" in state and f"{layout[1]}.projects.0.weight" in state), None)
+
+
 def recognises(state) -> bool:
-    return "pretrained.blocks.0.ls1.gamma" in state and f"{_head_prefix(state)}.projects.0.weight" in state
-
-
-def _head_prefix(state) -> str:
-    """Depth Anything's files name the neck and head `depth_head.*`, Video Depth Anything's `head.*`."""
-    return "head" if "head.projects.0.weight" in state else "depth_head"
-
-
-def head_prefix(config: DPTConfig) -> str:
-    return "head" if config.is_temporal else "depth_head"
+    return layout_of(state) is not None
 
 
 #: A temporal module's first position table, in Video Depth Anything's files
@@ -107,28 +116,36 @@ def source_keys(state):
     return state
 
 
+def _is_da3(config: DPTConfig) -> bool:
+    return config.sky_head or config.head == "dualdpt"
 
 
-def _architecture_of_keys(state, path) -> dict:
+def head_prefix(config: DPTConfig) -> str:
+    """Where a model's neck and head are in its files."""
+    return (DA3_LAYOUT if _is_da3(config) else VDA_LAYOUT if config.is_temporal else DA2_LAYOUT)[1]
+
+
+def _architecture_of_keys(state, path, layout=DA2_LAYOUT) -> dict:
     """What the keys and shapes of a Depth Anything state dict say (everything but the heads and the variant)."""
     shape = lambda key, ndim: shape_of(state, key, path, ndim, "Depth Anything checkpoint")  # noqa: E731
-    rx = re.compile(r"pretrained\.blocks\.(\d+)\..*")
-    tokens = shape("pretrained.pos_embed", 3)[1] - 1
+    enc, head = layout
+    rx = re.compile(re.escape(enc) + r"\.blocks\.(\d+)\..*")
+    tokens = shape(f"{enc}.pos_embed", 3)[1] - 1
     side = math.isqrt(max(tokens, 0))
     if tokens < 1 or side * side != tokens:
-        raise ConversionError(path, f"pretrained.pos_embed holds {tokens} patch positions, not a square grid")
-    head = _head_prefix(state)
+        raise ConversionError(path, f"{enc}.pos_embed holds {tokens} patch positions, not a square grid")
     return {
         "temporal_frames": shape(_TEMPORAL_TABLE, 3)[1] if _TEMPORAL_TABLE in state else 0,
-        "embed_dim": shape("pretrained.cls_token", 3)[-1],
+        "embed_dim": shape(f"{enc}.cls_token", 3)[-1],
         "depth": len({m.group(1) for k in state if (m := rx.fullmatch(k))}),
-        "mlp_hidden": shape("pretrained.blocks.0.mlp.fc1.weight", 2)[0],
-        "patch_size": shape("pretrained.patch_embed.proj.weight", 4)[-1],
+        "mlp_hidden": shape(f"{enc}.blocks.0.mlp.fc1.weight", 2)[0],
+        "patch_size": shape(f"{enc}.patch_embed.proj.weight", 4)[-1],
         "native_grid": (side, side),
         "reassembly_features": tuple(shape(f"{head}.projects.{i}.weight", 4)[0] for i in range(4)),
         "fusion_features": shape(f"{head}.scratch.layer1_rn.weight", 4)[0],
         "head_features": shape(f"{head}.scratch.output_conv2.0.weight", 4)[0],
         "prompt": f"{head}.scratch.refinenet1.resConfUnit_depth.0.weight" in state,
+        "any_view": "model.cam_dec.fc_t.weight" in state,
     }
 
 
@@ -137,7 +154,8 @@ def _architecture_of_config(c: DPTConfig) -> dict:
     return {"temporal_frames": c.temporal_frames,
             "embed_dim": e.embed_dim, "depth": e.depth, "mlp_hidden": e.mlp_hidden, "patch_size": e.patch_size,
             "native_grid": e.native_grid, "reassembly_features": c.reassembly_features,
-            "fusion_features": c.fusion_features, "head_features": c.head_features, "prompt": c.prompt}
+            "fusion_features": c.fusion_features, "head_features": c.head_features, "prompt": c.prompt,
+            "any_view": c.head == "dualdpt"}
 
 
 VARIANTS = {c.name: c for c in PRESETS + MINIS}
@@ -153,8 +171,18 @@ def detect_config(state, path, *, variant: str | None = None, max_depth: float |
     otherwise the error lists the variants that fit the keys. `max_depth` (metres) overrides a
     metric variant's.
     """
-    arch = _architecture_of_keys(state, path)
-    fitting = [c for c in VARIANTS.values() if _architecture_of_config(c) == arch]
+    layout = layout_of(state) or DA2_LAYOUT
+    if layout == DA3_LAYOUT:
+        if any(k.startswith("model.da3.") for k in state):
+            raise ConversionError(path, "a nested Depth Anything 3 model (DA3NESTED-GIANT-LARGE): out of scope; "
+                                  "dpt-jax implements DA3MONO/METRIC-LARGE and DA3-SMALL/BASE/LARGE")
+        if "model.backbone.pretrained.blocks.0.mlp.w12.weight" in state:
+            raise ConversionError(path, "Depth Anything 3 with a ViT-g encoder (DA3-GIANT, SwiGLU feed-forward): "
+                                  "not implemented; dpt-jax implements DA3MONO/METRIC-LARGE and DA3-SMALL/BASE/LARGE")
+        variant = variant or da3_release_name(path)
+    arch = _architecture_of_keys(state, path, layout)
+    fitting = [c for c in VARIANTS.values() if _architecture_of_config(c) == arch
+               and _is_da3(c) == (layout == DA3_LAYOUT)]
     if variant is None and (hooks is not None or metric is not None):
         said = [c for c in fitting if (hooks is None or c.encoder.hooks == tuple(hooks))
                 and (metric is None or c.is_metric == metric)]
@@ -181,6 +209,9 @@ def detect_config(state, path, *, variant: str | None = None, max_depth: float |
     if variant not in VARIANTS:
         raise ConversionError(path, f"{variant!r} is not a Depth Anything variant; known: {', '.join(VARIANTS)}")
     config = VARIANTS[variant]
+    if _is_da3(config) != (layout == DA3_LAYOUT):
+        raise ConversionError(path, f"holds a Depth Anything {'3' if layout == DA3_LAYOUT else 'V1/V2'} model "
+                              f"(by its key names), not the variant {variant}")
     want = _architecture_of_config(config)
     if want != arch:
         diffs = "; ".join(f"{k} {arch[k]} (the variant has {want[k]})" for k in arch if arch[k] != want[k])
@@ -263,18 +294,107 @@ def temporal_key_table(source: str = "head") -> list[Entry]:
 
 
 def key_table(config: DPTConfig) -> list[Entry]:
-    """The whole model's table: encoder then neck and head (and a video model's temporal modules)."""
-    head = head_prefix(config)
-    table = encoder_key_table(config.encoder) + head_key_table(config, head)
-    return table + (temporal_key_table(head) if config.is_temporal else [])
+    """The whole model's table: encoder then neck and head (a video model's temporal modules; Depth Anything 3:
+    its names, and the sky branch)."""
+    if not _is_da3(config):
+        head = head_prefix(config)
+        table = encoder_key_table(config.encoder) + head_key_table(config, head)
+        return table + (temporal_key_table(head) if config.is_temporal else [])
+    enc, head = DA3_LAYOUT
+    if config.head == "dualdpt":
+        return any_view_encoder_table(config.encoder, enc) + dualdpt_key_table(config, head)
+    return (encoder_key_table(config.encoder, enc) + head_key_table(config, head)
+            + _conv(f"{head}.scratch.sky_output_conv2.0", "head/sky/conv1")
+            + _conv(f"{head}.scratch.sky_output_conv2.2", "head/sky/conv2"))
+
+
+def any_view_encoder_table(config: Dinov2Config, source: str) -> list[Entry]:
+    """The DINOv2 table plus DA3's camera token and the QK-norm LayerNorms."""
+    t = encoder_key_table(config, source) + [Entry(f"{source}.camera_token", "encoder/camera_token", "copy")]
+    if config.qknorm_start != -1:
+        for i in range(config.qknorm_start, max(config.hooks) + 1):
+            for n in ("q_norm", "k_norm"):
+                t += _norm(f"{source}.blocks.{i}.attn.{n}", f"encoder/blocks_{i}/attn/{n}")
+    return t
+
+
+#: DualDPT's ray head: the last of its four levels is the only one any output uses
+RAY_LEVEL = 3
+#: the other names of the ray head's shared LayerNorm (in a state dict; a safetensors file stores it once)
+SHARED_RAY_NORM = r"model\.head\.scratch\.output_conv2_aux\.[1-3]\.2\.(weight|bias)"
+
+
+def dualdpt_key_table(config: DPTConfig, head: str = "model.head") -> list[Entry]:
+    """DA3's DualDPT head and camera decoder (dualdpt.py), all under `head/`.
+
+    norm -> reassemble/norm; projects, resize_layers, layerK_rn as in the DPT; refinenetK and
+    refinenetK_aux -> fusion/block_K and fusion_aux/block_K; output_conv1, output_conv2.{0,2} ->
+    conv1..3; the last ray level: output_conv1_aux.3.{0..4} -> ray_conv1_{0..4},
+    output_conv2_aux.3.{0,5} -> ray_conv2, ray_conv3 and the LayerNorm the four levels share
+    (stored once, as output_conv2_aux.0.2) -> ray_norm; cam_dec -> camera.
+    """
+    t = []
+    for i in range(1, 5):
+        t += _conv(f"{head}.projects.{i - 1}", f"head/reassemble/project_{i}")
+        t += _conv(f"{head}.scratch.layer{i}_rn", f"head/reassemble/to_fusion_{i}", bias=False)
+    for i, factor in enumerate(config.reassemble_factors):
+        if factor != 1:
+            layout = "conv_transpose" if factor > 1 else "conv"
+            t += _conv(f"{head}.resize_layers.{i}", f"head/reassemble/resample_{i + 1}", layout=layout)
+    t += _norm(f"{head}.norm", "head/reassemble/norm")
+    for suffix, target in (("", "fusion"), ("_aux", "fusion_aux")):
+        t += [Entry(e.source, f"head/{target}/{e.target.split('/', 1)[1]}", e.layout)
+              for e in fusion_table(config, f"{head}.scratch.refinenet{{i}}{suffix}")]
+    t += _conv(f"{head}.scratch.output_conv1", "head/conv1")
+    t += _conv(f"{head}.scratch.output_conv2.0", "head/conv2") + _conv(f"{head}.scratch.output_conv2.2", "head/conv3")
+    for j in range(5):
+        t += _conv(f"{head}.scratch.output_conv1_aux.{RAY_LEVEL}.{j}", f"head/ray_conv1_{j}")
+    t += _conv(f"{head}.scratch.output_conv2_aux.{RAY_LEVEL}.0", "head/ray_conv2")
+    t += _norm(f"{head}.scratch.output_conv2_aux.0.2", "head/ray_norm")
+    t += _conv(f"{head}.scratch.output_conv2_aux.{RAY_LEVEL}.5", "head/ray_conv3")
+    cam = "model.cam_dec"
+    for src, dst in (("backbone.0", "fc1"), ("backbone.2", "fc2"), ("fc_t", "translation"), ("fc_qvec", "quaternion"),
+                     ("fc_fov.0", "fov")):
+        t += _linear(f"{cam}.{src}", f"head/camera/{dst}")
+    return t
 
 
 def skipped(config: DPTConfig) -> list[Skip]:
-    """Keys present in every released file that the forward never uses, with the reason."""
+    """Keys present in released files that the forward never uses, with the reason."""
+    if config.head == "dualdpt":
+        return [
+            Skip(r"model\.head\.scratch\.(output_conv1_aux\.[0-2]\.\d|output_conv2_aux\.[0-2]\.[05])\.(weight|bias)",
+                 "DualDPT's coarser ray levels: computed by the original, used by no output"),
+            Skip(SHARED_RAY_NORM, "the ray head's LayerNorm, one module shared by the four levels (files store it "
+                 "once, as output_conv2_aux.0.2)"),
+            Skip(r"model\.cam_enc\..*", "the camera encoder: known camera poses of several views, not implemented"),
+        ]
+    if _is_da3(config):  # no mask token, and no first residual unit in the deepest fusion block
+        return []
     prompt = [Skip(r"_(mean|std)", "Prompt Depth Anything's input normalisation buffers: ImageNet's mean and std, "
                    "which the config holds (input_mean, input_std)")] if config.prompt else []
     return [Skip(r"pretrained\.mask_token", "DINOv2's masked-image-modelling token; the depth forward never masks")
             ] + unused_fusion_units(config, f"{head_prefix(config)}.scratch.refinenet{{i}}") + prompt
+
+
+#: Depth Anything 3's model names (config.json "model_name", as its registry spells them) -> presets
+DA3_MODEL_NAMES = {"da3mono-large": "da3_mono_large", "da3metric-large": "da3_metric_large",
+                   "da3-small": "da3_small", "da3-base": "da3_base", "da3-large": "da3_large",
+                   "mini_da3_mono": "mini_da3_mono", "mini_da3_metric": "mini_da3_metric",
+                   "mini_da3_anyview": "mini_da3_anyview"}
+
+
+def da3_release_name(path) -> str | None:
+    """The preset a Depth Anything 3 release file is, from the config.json beside it ({"model_name": ...}), or None.
+
+    The released repositories hold `model.safetensors` and that config.json (what the original's
+    `save_pretrained` writes); the weights of the monocular and the metric model have the same keys.
+    """
+    config_json = os.path.join(os.path.dirname(os.path.abspath(os.fspath(path))), "config.json")
+    if not os.path.isfile(config_json):
+        return None
+    name = load_json(config_json, 1 << 16).get("model_name")
+    return DA3_MODEL_NAMES.get(name) if isinstance(name, str) else None
 
 # ---------------------------------------------------------------------------------------------
 # Hugging Face: transformers' DepthAnythingForDepthEstimation (a Dinov2Backbone)
@@ -428,6 +548,17 @@ _VIDEO_SIZES = {"vits": 116_140_548 + 4 * 32 * 2 * (192 + 384 + 64 + 64),
                 "vitb": 457_765_636 + 4 * 32 * 2 * (384 + 768 + 128 + 128),
                 "vitl": 1_537_561_348 + 4 * 32 * 2 * (1024 + 1024 + 256 + 256)}
 
+#: Depth Anything 3 (monocular, metric): `model.safetensors` + config.json in each repository, Apache-2.0
+#: (the DA3 README's model table); sizes from the reference manifests (334,171,394 float32 parameters).
+#: Any-view: DA3-SMALL and DA3-BASE Apache-2.0, DA3-LARGE CC-BY-NC-4.0 (its 1.1 retrain, the default).
+DA3_RELEASES = tuple(Release(name, "model.safetensors", size, licence, repo=f"depth-anything/{repo}")
+                     for name, repo, size, licence in (
+                         ("da3_mono_large", "DA3MONO-LARGE", 1_336_685_576, "Apache-2.0"),
+                         ("da3_metric_large", "DA3METRIC-LARGE", 1_336_685_576, "Apache-2.0"),
+                         ("da3_small", "DA3-SMALL", 137_197_852, "Apache-2.0"),
+                         ("da3_base", "DA3-BASE", 541_466_396, "Apache-2.0"),
+                         ("da3_large", "DA3-LARGE-1.1", 1_643_767_068, _CC_BY_NC)))
+
 # Prompt Depth Anything (DepthAnything/PromptDA README): model.ckpt in one Hub repo per model; the code
 # and the Hub repositories are Apache-2.0. Sizes: the parameters of the full-size key check of the
 # reference fixture (tests/fixtures/prompt_depth_anything) plus the two buffers, float32.
@@ -440,14 +571,15 @@ _PROMPT = {"pda_vits": ("prompt-depth-anything-vits", 100_332_316),
 _DISTILLED = {"dad_vits": ("small", "vits"), "dad_vitb": ("base", "vitb"), "dad_vitl": ("large", "vitl"),
               "dad_da2_teacher_vitl": ("Distill-Any-Depth-Dav2-Teacher-Large-2w-iter", "vitl")}
 _DAD_LICENCE = "Apache-2.0 (the Hub repository's licence tag; the code is MIT, the weights state none of their own)"
-RELEASES = _releases() + _video_releases() + tuple(
+RELEASES = _releases() + _video_releases() + DA3_RELEASES + tuple(
     Release(name, "model.ckpt", size, "Apache-2.0", repo=f"depth-anything/{repo}")
     for name, (repo, size) in _PROMPT.items()) + tuple(
     Release(name, "model.safetensors", _SIZES[s][1], _DAD_LICENCE, repo="xingyang1/Distill-Any-Depth", subfolder=folder)
     for name, (folder, s) in _DISTILLED.items())
-#: The official release files, by name: the only way a file tells its variant (its keys cannot). The
-#: Prompt Depth Anything and Distill-Any-Depth files all have one name each (model.ckpt, model.safetensors).
-RELEASE_FILES = {r.file: r.name for r in RELEASES if r.file not in ("model.ckpt", "model.safetensors")}
+#: The official release files, by name: the only way a file tells its variant (its keys cannot). The Prompt
+#: Depth Anything, Distill-Any-Depth and Depth Anything 3 files all have one name each (model.ckpt,
+#: model.safetensors; DA3's config.json tells, `da3_release_name`).
+RELEASE_FILES = {r.file: r.name for r in _releases() + _video_releases()}
 
 #: The transformers-layout conversions on the Hub (transformers' own names: indoor, outdoor).
 HF_REPOS = {
@@ -483,7 +615,8 @@ FAMILY = EncoderFamily(
     # DepthAnythingForDepthEstimation refuses attn_implementation="sdpa" (transformers 5.23), though its Dinov2 has it
     hf=HFLayout(model_type="depth_anything", backbone_type="dinov2", architecture="DepthAnythingForDepthEstimation",
                 rules=hf_rules(), parse=parse_hf, config_json=hf_config_json, extra_tensors=hf_extra_tensors,
-                default_attention="eager", fits=lambda config: not (config.prompt or config.is_temporal),
+                default_attention="eager",
+                fits=lambda config: not (config.prompt or config.is_temporal or _is_da3(config)),
                 unused_prefixes=("neck.fusion_stage.layers.0.residual_layer1.", "backbone.embeddings.mask_token")),
     hf_more=(HFLayout(model_type="prompt_depth_anything", backbone_type="dinov2",
                       architecture="PromptDepthAnythingForDepthEstimation", rules=prompt_hf_rules(),

@@ -154,6 +154,8 @@ def read_checkpoint(path, *, variant: str | None = None, max_depth: float | None
         raise TypeError(f"unknown option {', '.join(unknown)}; the options are variant, max_depth and "
                         f"{', '.join(registry.options())}")
     options = {k: v for k, v in options.items() if v is not None}
+    if (weights := original_release_folder(path)) is not None:  # the file inside; its config.json names the model
+        return read_checkpoint(weights, variant=variant, max_depth=max_depth, **options)
     if hf.is_hf_folder(path):
         checkpoint = read_hf(path, variant=variant, **options)
     elif not os.path.isfile(path):
@@ -165,6 +167,18 @@ def read_checkpoint(path, *, variant: str | None = None, max_depth: float | None
         state = registry.source_keys(read_state_dict(path))
         checkpoint = convert_state_dict(state, registry.detect_config(state, path, variant=variant, **options), path)
     return _with_max_depth(checkpoint, max_depth)
+
+
+def original_release_folder(path) -> str | None:
+    """The weights file of a folder as an original PyTorchModelHubMixin release holds it (Depth Anything 3's Hub
+    repositories: model.safetensors and a config.json of the constructor's arguments, no transformers
+    "model_type"), or None for any other path."""
+    folder = Path(os.fspath(path))
+    weights, config = folder / hf.WEIGHTS_NAME, folder / hf.CONFIG_NAME
+    if not (folder.is_dir() and weights.is_file() and config.is_file()):
+        return None
+    d = hf.load_json(config, hf.MAX_CONFIG_BYTES)
+    return os.fspath(weights) if "model_type" not in d and "model_name" in d else None
 
 
 def _with_max_depth(checkpoint: Checkpoint, max_depth: float | None) -> Checkpoint:

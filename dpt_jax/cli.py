@@ -53,6 +53,8 @@ def cmd_info(args) -> int:
     if c.resize_rule == "at_most":
         print(f"input:      larger pictures shrink to at most {max(h, w)} px, sides multiples of {c.input_multiple}, "
               "keeping the aspect ratio")
+    elif c.resize_rule == "upper_bound":
+        print(f"input:      the longer side {max(h, w)}, sides to the nearest multiple of {c.input_multiple}")
     else:
         print(f"input:      native {h}x{w} (HxW), sides multiples of {c.input_multiple}, "
               f"{'keeps' if c.keep_aspect_ratio else 'ignores'} the aspect ratio by default")
@@ -62,11 +64,18 @@ def cmd_info(args) -> int:
 
 
 def output_kind(config) -> str:
-    """What the model's numbers are: relative inverse depth, or metres."""
+    """What the model's numbers are: relative inverse depth, relative depth, or metres."""
     if config.prompt:
         return "metric depth in metres, within the depth prompt's range (--prompt-depth)"
+    if config.focal_metric_divisor:
+        return (f"metric depth in metres (focal length in pixels x output / {config.focal_metric_divisor:g}; "
+                "the focal length from --focal, --fov, the picture's EXIF, else a 60 degree field of view)")
+    if config.depth_activation == "relu_metres":
+        return "metric depth in metres (a video model's frames together)"
     if config.is_metric:
         return f"metric depth in metres (max {config.max_depth:g} m)"
+    if config.predicts_depth:
+        return "relative depth (larger is farther; unknown scale)"
     return "relative inverse depth (larger is nearer; unknown scale and shift)"
 
 
@@ -219,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="snap network input sizes to multiples of 64, so pictures of near sizes share one "
                         "compiled program (fewer compiles for mixed folders); the picture is resized to the "
                         "bucket, which changes the depth slightly (see README)")
+    p.add_argument("--views", action="store_true",
+                   help="the pictures are views of one scene (Depth Anything 3 any-view models: da3_small, "
+                        "da3_base, da3_large): one run over all of them; depth per view at the network's size, "
+                        "<first>-cameras.json (poses, intrinsics) and with -f ply one merged point cloud "
+                        "in the first view's camera frame")
     p.add_argument("--batch-size", type=_positive, default=4, help="pictures per model call (default 4)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="float32 (exact; default) or bfloat16 matmuls (faster on GPU/TPU and bf16 CPUs)")
@@ -259,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Prompt Depth Anything models: the picture's coarse metric depth (a phone's LiDAR map), a "
                         "16-bit PNG in millimetres or .npy/.npz in metres, of the picture's aspect ratio; one picture "
                         "per run; the depth (and -f ply) is then in metres")
-    g = p.add_argument_group("point clouds", "-f ply: a coloured binary PLY of each picture, camera coordinates")
+    g = p.add_argument_group("point clouds", "-f ply: a coloured binary PLY of each picture, camera coordinates; "
+                             "--fov / --focal also give Depth Anything 3 metric its metres (else the picture's EXIF, "
+                             "else 60 degrees)")
     g.add_argument("--fov", type=_degrees, metavar="DEG",
                    help="horizontal field of view of the camera in degrees (default 60)")
     g.add_argument("--focal", type=_positive_float, metavar="PX",

@@ -118,8 +118,10 @@ class DPTConfig:
     through a residual unit (the deepest block has none: its map is its input).
     Head: `head` names the layout ("midas": 3x3 conv, x2 upsampling, 3x3 conv, ReLU, 1x1 conv;
     "depth_anything": the same convs, the upsampling to the input's size); `depth_activation` is
-    "relu" (relative inverse depth), "sigmoid" (times `max_depth`: metric depth in metres) or
-    "relu_metres" (a ReLU head trained on metres: Video Depth Anything's metric models).
+    "relu" (relative inverse depth), "sigmoid" (times `max_depth`: metric depth in metres),
+    "relu_metres" (a ReLU head trained on metres: Video Depth Anything's metric models) or "exp"
+    (depth, Depth Anything 3; in metres as focal * depth / `focal_metric_divisor` where that is set);
+    `sky_head` adds Depth Anything 3's sky branch (sky pixels get the depth of the far background).
     `temporal_frames` > 0: a video model whose neck attends across up to that many frames.
     Around the network: `resize_rule` ("minimal": native size, sides to the nearest multiple;
     "lower_bound": at least the native size; "at_most": only pictures larger than the native
@@ -138,15 +140,22 @@ class DPTConfig:
     keep_aspect_ratio: bool = True  # MiDaS: BEiT keeps the aspect ratio, SwinV2 resizes to a square
     fusion_features: int = bounded(1, MAX_WIDTH, default=256)
     fusion_residual: tuple[bool, bool, bool, bool] = (True, True, True, False)
-    head: str = choice("midas", "depth_anything", default="midas")
+    head: str = choice("midas", "depth_anything", "dualdpt", default="midas")  # dualdpt: dualdpt.py (DA3 any-view)
     head_features: int = bounded(1, MAX_WIDTH, default=32)
-    depth_activation: str = choice("relu", "sigmoid", "relu_metres", default="relu")
+    depth_activation: str = choice("relu", "sigmoid", "relu_metres", "exp", default="relu")
     max_depth: float = bounded(0.0, 1e6, default=0.0)  # metres, for depth_activation="sigmoid"
     #: Video Depth Anything: > 0 puts a temporal module (frames attending to each other, a position
     #: table of this many frames) on reassembled maps 3 and 4 and after fusion blocks 4 and 3
     temporal_frames: int = bounded(0, 256, default=0)
+    #: a second head branch on the same upsampled features: the sky map (Depth Anything 3 monocular)
+    sky_head: bool = False
+    #: > 0: metric depth in metres is focal (pixels, at the network input) * output / this (DA3 metric: 300)
+    focal_metric_divisor: float = bounded(0.0, 1e6, default=0.0)
     # Pre- and postprocessing (preprocess.py): the size rule, the input normalisation, the output resize.
-    resize_rule: str = choice("minimal", "lower_bound", "at_most", default="minimal")  # MiDaS Resize's resize_method
+    #: MiDaS Resize's resize_method ("minimal", "lower_bound"), "at_most" (Prompt Depth Anything: only
+    #: larger pictures shrink) or "upper_bound" (Depth Anything 3: the longer side to the native size,
+    #: two OpenCV resizes of the uint8 picture)
+    resize_rule: str = choice("minimal", "lower_bound", "at_most", "upper_bound", default="minimal")
     resize_multiple: int = bounded(1, 1024, default=32)  # its ensure_multiple_of (MiDaS: 32 for every encoder)
     input_mean: tuple[float, float, float] = bounded(-10.0, 10.0, default=(0.5, 0.5, 0.5))  # RGB in [0, 1]
     input_std: tuple[float, float, float] = bounded(1e-6, 10.0, default=(0.5, 0.5, 0.5))
@@ -168,7 +177,9 @@ class DPTConfig:
                 f"max_depth applies to depth_activation 'sigmoid'; this model's is {self.depth_activation!r}")
         require(not self.prompt or (self.depth_activation == "sigmoid" and self.max_depth == 0),
                 "a prompted model takes its depth range from the prompt: depth_activation 'sigmoid', max_depth 0")
-        require(all(s % self.resize_multiple == 0 for s in self.native_size) or self.resize_rule == "minimal",
+        require(self.focal_metric_divisor == 0 or self.depth_activation == "exp",
+                "focal_metric_divisor applies to depth_activation 'exp' (Depth Anything 3)")
+        require(all(s % self.resize_multiple == 0 for s in self.native_size) or self.resize_rule != "lower_bound",
                 "with resize_rule 'lower_bound' the native size must be a multiple of resize_multiple")
         family = getattr(type(self.encoder), "family", None)
         if family is not None:  # sizes the preprocessing makes must be sizes the encoder takes
@@ -188,7 +199,12 @@ class DPTConfig:
 
     @property
     def is_metric(self) -> bool:
-        """Metric depth in metres (True) or relative inverse depth (False)."""
+        """Metric depth in metres (True) or relative depth / inverse depth (False)."""
+        return self.depth_activation in ("sigmoid", "relu_metres") or self.focal_metric_divisor > 0
+
+    @property
+    def predicts_depth(self) -> bool:
+        """Larger is farther (depth, metric or relative) rather than relative inverse depth."""
         return self.depth_activation != "relu"
 
     @property

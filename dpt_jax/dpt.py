@@ -24,6 +24,11 @@ from .prompt import PromptBranch, prompt_range, to_prompt_range
 from .resize import resize_bilinear
 from .temporal import TemporalModule
 
+#: Neck-and-head layouts other than the DPT paper's, by `DPTConfig.head`: a Flax module class
+#: Module(config, dtype_mm, name="head")(encoder outputs, patch grid, image size) -> dict of outputs
+#: with "depth". Their modules register them (dualdpt.py: Depth Anything 3's any-view head).
+NECKS: dict[str, type] = {}
+
 
 class ConvTransposeNonOverlapping(nn.Module):
     """ConvTranspose2d with kernel == stride and no padding: every input pixel becomes a k x k block.
@@ -176,7 +181,9 @@ class DepthHead(nn.Module):
     """3x3 conv (F -> F/2) -> bilinear resize -> 3x3 conv (-> 32) -> ReLU -> 1x1 conv (-> 1) -> activation.
 
     The resize (align_corners=True) goes to `size`: x2 in MiDaS, the input's size in Depth Anything.
-    Activation: ReLU (relative inverse depth; metres for "relu_metres") or max_depth * sigmoid (metres).
+    Activation: ReLU (relative inverse depth; metres for "relu_metres"), max_depth * sigmoid (metric
+    depth, metres) or exp (depth, Depth Anything 3). With `config.sky_head` it returns (depth, sky):
+    see `SkyBranch`.
     """
 
     config: DPTConfig
@@ -187,28 +194,83 @@ class DepthHead(nn.Module):
         c, mm = self.config, self.dtype_mm
         x = Conv(c.fusion_features // 2, (3, 3), padding=((1, 1), (1, 1)), dtype=mm, name="conv1")(x)
         self.sow("intermediates", "head_conv1", x)
-        x = resize_bilinear(x, size, align_corners=True)
-        x = nn.relu(Conv(c.head_features, (3, 3), padding=((1, 1), (1, 1)), dtype=mm, name="conv2")(x))
+        features = resize_bilinear(x, size, align_corners=True)  # (B, H, W, F/2)
+        x = nn.relu(Conv(c.head_features, (3, 3), padding=((1, 1), (1, 1)), dtype=mm, name="conv2")(features))
         x = Conv(1, (1, 1), dtype=mm, name="conv3")(x)  # (B, H, W, 1)
         self.sow("intermediates", "head_preact", x)
         if c.depth_activation == "sigmoid" and c.prompt:
-            return jax.nn.sigmoid(x[..., 0])  # (B, H, W) in (0, 1): the prompt's range maps it to metres
-        if c.depth_activation == "sigmoid":
-            return c.max_depth * jax.nn.sigmoid(x[..., 0])  # (B, H, W): metric depth
-        return nn.relu(x)[..., 0]  # (B, H, W): relative inverse depth, or metres ("relu_metres")
+            depth = jax.nn.sigmoid(x[..., 0])  # (B, H, W) in (0, 1): the prompt's range maps it to metres
+        elif c.depth_activation == "sigmoid":
+            depth = c.max_depth * jax.nn.sigmoid(x[..., 0])  # (B, H, W): metric depth
+        elif c.depth_activation == "exp":
+            depth = jnp.exp(x[..., 0])  # (B, H, W): depth
+        else:
+            depth = nn.relu(x)[..., 0]  # (B, H, W): relative inverse depth, or metres ("relu_metres")
+        if c.sky_head:
+            return depth, SkyBranch(c.head_features, mm, name="sky")(features)  # (B, H, W) each
+        return depth
+
+
+class SkyBranch(nn.Module):
+    """Depth Anything 3's sky branch on the head's upsampled features: 3x3 conv -> ReLU -> 1x1 conv -> ReLU.
+
+    The result is a score >= 0, not a probability: the original calls a pixel sky from 0.3 on
+    (for the depth fill, `fill_sky`) and from 0.5 on (the sky mask it returns).
+    """
+
+    features: int
+    dtype_mm: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):  # (B, H, W, F/2)
+        x = nn.relu(Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype_mm, name="conv1")(x))
+        x = Conv(1, (1, 1), dtype=self.dtype_mm, name="conv2")(x)  # (B, H, W, 1)
+        self.sow("intermediates", "sky_preact", x)
+        return nn.relu(x[..., 0])  # (B, H, W)
+
+
+#: Depth Anything 3's sky thresholds: a pixel is not sky below the first (depth fill), sky from the second (mask).
+SKY_FILL_BELOW = 0.3
+SKY_MASK_FROM = 0.5
+
+
+def fill_sky(depth, sky):
+    """Depth (B, H, W) with sky pixels set to the 0.99 quantile of the other pixels' depth, per picture.
+
+    As Depth Anything 3's `_process_mono_sky_estimation`: not sky is sky < 0.3; only where both
+    parts have more than 10 pixels; the quantile interpolates linearly (torch.quantile). The
+    original pools the pixels of every picture of its batch (one picture per call in its API)
+    and, above 100,000 pixels, takes the quantile of a random sample; here each picture is
+    filled on its own from all of its pixels.
+    """
+    b = depth.shape[0]
+    flat, not_sky = depth.reshape(b, -1), (sky < SKY_FILL_BELOW).reshape(b, -1)  # (B, H*W)
+    n = not_sky.sum(axis=1)  # (B,)
+    ordered = jnp.sort(jnp.where(not_sky, flat, jnp.inf), axis=1)  # (B, H*W): the non-sky depths first
+    rank = jnp.float32(0.99) * (n - 1).astype(jnp.float32)  # (B,)
+    lo = jnp.floor(rank)
+    below = jnp.take_along_axis(ordered, lo.astype(jnp.int32)[:, None], axis=1)[:, 0]  # (B,)
+    above = jnp.take_along_axis(ordered, jnp.ceil(rank).astype(jnp.int32)[:, None], axis=1)[:, 0]
+    q = below + (rank - lo) * (above - below)  # (B,)
+    fill = (n > 10) & (flat.shape[1] - n > 10)  # (B,)
+    return jnp.where(fill[:, None, None] & (sky >= SKY_FILL_BELOW), q[:, None, None], depth)  # (B, H, W)
 
 
 class DPT(nn.Module):
     """The whole model: normalized NHWC images (B, H, W, 3) -> depth (B, H, W): relative inverse, or metres.
 
     A prompted model (`config.prompt`) also takes `prompt`, metric depth (B, h, w, 1) of any size (prompt.py).
+    `outputs=True`: a dict of every output instead, "depth" and, with a sky branch, "sky" (the
+    score; the depth has its sky pixels filled, `fill_sky`). `views`: the batch holds scenes of
+    this many consecutive pictures (encoders that attend across views: DA3 any-view).
     """
 
     config: DPTConfig
     dtype_mm: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, images, frames: int = 1, context=None, prompt=None):
+    def __call__(self, images, *, frames: int = 1, context=None, prompt=None, outputs: bool = False,
+                 views: int = 1):
         """`images` (B*T, H, W, 3), T = `frames` per clip, b-major; `context`: see `TemporalModule` (streaming);
         `prompt`: a prompted model's metric depth prompt (B, h, w, 1)."""
         c, mm = self.config, self.dtype_mm
@@ -219,24 +281,33 @@ class DPT(nn.Module):
             prompt, lo, hi = prompt_range(prompt)  # (B, h, w, 1), (B, 1, 1, 1), (B, 1, 1, 1)
             self.sow("intermediates", "prompt_norm", prompt)
         family = c.family
-        features = family.encoder(c.encoder, mm, name="encoder")(images)  # 4 x (B, 1 + h*w, C) or (B, h_i, w_i, C_i)
+        encoder = family.encoder(c.encoder, mm, name="encoder")
+        # 4 x (B, 1 + h*w, C) or (B, h_i, w_i, C_i); `views` > 1: consecutive pictures of one scene (DA3 any-view)
+        features = encoder(images, views=views) if views > 1 else encoder(images)
         for i, f in enumerate(features, start=1):
             self.sow("intermediates", f"hook{i}", f)
         grid = None
         if family.outputs_tokens:
             p = c.encoder.patch_size
             grid = (images.shape[1] // p, images.shape[2] // p)
+        if c.head in NECKS:  # a neck and head of their own (dualdpt.py)
+            result = NECKS[c.head](c, mm, name="head")(features, grid, images.shape[1:3])
+            return result if outputs else result["depth"]
         maps = Reassemble(c, mm, name="reassemble")(features, grid, frames, context[:2])  # 4 x (B, h_i, w_i, F)
         fused = Fusion(c, mm, name="fusion")(maps, frames, context[2:], prompt)  # (B, 2 h_1, 2 w_1, F)
         if c.head == "midas":
             size = (2 * fused.shape[1], 2 * fused.shape[2])
         else:  # Depth Anything: straight to the input's size
             size = images.shape[1:3]
-        depth = DepthHead(c, mm, name="head")(fused, size)  # (B, H, W)
+        depth = DepthHead(c, mm, name="head")(fused, size)  # (B, H, W), or (depth, sky)
         if prompt is not None:
             self.sow("intermediates", "head_out", depth)
             depth = to_prompt_range(depth, lo, hi)  # (B, H, W) metres
-        return depth
+        result = {"depth": depth}
+        if c.sky_head:
+            depth, sky = depth
+            result = {"depth": fill_sky(depth, sky), "sky": sky}
+        return result if outputs else result["depth"]
 
 
 def param_shapes(config: DPTConfig) -> dict[str, tuple[int, ...]]:
@@ -249,7 +320,8 @@ def param_shapes(config: DPTConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in flat.items()}
 
 
-def forward(config: DPTConfig, params, images, dtype: str = "float32", frames: int = 1, prompt=None):
+def forward(config: DPTConfig, params, images, dtype: str = "float32", *, frames: int = 1, prompt=None,
+            outputs: bool = False, views: int = 1):
     """Depth of normalized images (B, H, W, 3) -> (B, H, W): the whole model as a pure function.
 
     `prompt`: a prompted model's metric depth prompt (B, h, w, 1), any h and w; None for the others.
@@ -257,10 +329,12 @@ def forward(config: DPTConfig, params, images, dtype: str = "float32", frames: i
     everything else runs in float32, `params` are float32. Float32 products run at full float32
     precision (no TF32/bf16 passes on accelerators: they cost ~1e-3 relative error).
     Temporal models take clips: B = clips * `frames`, each clip's frames consecutive.
+    `outputs=True`: the dict of every output (`DPT`); `views`: pictures per scene (`DPT`).
     """
     module = DPT(config, COMPUTE_DTYPES[dtype])
     with jax.default_matmul_precision("highest"):
-        return module.apply({"params": params}, images.astype(jnp.float32), frames, prompt=prompt)
+        return module.apply({"params": params}, images.astype(jnp.float32), frames=frames, prompt=prompt,
+                            outputs=outputs, views=views)
 
 
 #: A temporal model's four temporal modules, in the original's order (its motion_modules.0..3)
@@ -277,7 +351,7 @@ def forward_stream(config: DPTConfig, params, image, context=None, dtype: str = 
     """
     module = DPT(config, COMPUTE_DTYPES[dtype])
     with jax.default_matmul_precision("highest"):
-        depth, state = module.apply({"params": params}, image.astype(jnp.float32), 1, context,
+        depth, state = module.apply({"params": params}, image.astype(jnp.float32), frames=1, context=context,
                                     mutable=["temporal_states"])
     states = state["temporal_states"]
     return depth, tuple(tuple(states[stage][name][f"normed_{j}"][0] for j in (0, 1))

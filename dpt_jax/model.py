@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from . import pipeline
 from .checkpoint import count_params, load_checkpoint, write_converted
 from .config import DPTConfig
-from .dpt import cast_params, forward, forward_stream
+from .dpt import SKY_MASK_FROM, cast_params, forward, forward_stream
 from .errors import ImageError
 from .layers import COMPUTE_DTYPES
 
@@ -29,7 +29,7 @@ def _program(config: DPTConfig, dtype: str, kind: str = "pictures", out_sharding
     """jit of one config's forward on pictures, on whole clips ("clip") or one stream step ("stream"): models of
     one config (loaded twice, from two files) share compiled programs."""
     if kind == "clip":  # frames attend to each other: clips are not split across devices
-        return jax.jit(lambda params, images, frames: forward(config, params, images, dtype, frames),
+        return jax.jit(lambda params, images, frames: forward(config, params, images, dtype, frames=frames),
                        static_argnums=2)
     if kind == "stream":
         return jax.jit(lambda params, image, context: forward_stream(config, params, image, context, dtype))
@@ -72,9 +72,11 @@ class DepthModel:
     def num_params(self) -> int:
         return count_params(self.params)
 
-    def apply(self, images, prompt=None) -> jax.Array:
-        """Depth (B, H, W) of normalized images (B, H, W, 3); a prompted model also takes `prompt`, metric
-        depth (B, h, w, 1) or one (h, w) map for every image (`prompt_input.checked_prompt` rules)."""
+    def apply(self, images, prompt=None, *, program=None) -> jax.Array:
+        """Depth (B, H, W) of normalized images (B, H, W, 3), split across the devices; a prompted model also
+        takes `prompt`, metric depth (B, h, w, 1) or one (h, w) map for every image
+        (`prompt_input.checked_prompt` rules); `program`: another jitted function of (params, images),
+        e.g. the sky branch's."""
         images = jnp.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"apply takes normalized images of shape (B, H, W, 3); got {tuple(images.shape)}")
@@ -99,8 +101,15 @@ class DepthModel:
                 prompt = jnp.concatenate([prompt, jnp.repeat(prompt[-1:], pad, axis=0)])
         if prompt is not None:
             prompt = jax.device_put(prompt, self._batch_sharding)
-        depth = self._apply(self.params, jax.device_put(images, self._batch_sharding), prompt)
+        images = jax.device_put(images, self._batch_sharding)
+        depth = program(self.params, images) if program is not None else self._apply(self.params, images, prompt)
         return depth[:n] if pad else depth
+
+    def sky_score(self) -> "SkyScore":
+        """The model's sky branch as a model of its own (`apply` gives the sky score); models with one only."""
+        if not self.config.sky_head:
+            raise ValueError(f"{self.config.name} has no sky output")
+        return SkyScore(self)
 
     def apply_clip(self, images, frames: int) -> jax.Array:
         """A temporal model on normalized (n * frames, H, W, 3), a clip's frames in a row -> (n * frames, H, W)."""
@@ -147,7 +156,8 @@ class DepthModel:
         return np.stack(depth).astype(np.float32)
 
     def predict(self, images, *, batch_size: int = 4, keep_aspect_ratio: bool | None = None, size=None,
-                bucket: bool = False, output: str = "array", prompt_depth=None):
+                bucket: bool = False, output: str = "array", prompt_depth=None, focal: float | None = None,
+                fov: float | None = None):
         """Depth for pictures, each at its own size, through the original's preprocessing.
 
         What the numbers are: relative inverse depth (larger is nearer, unknown scale and shift)
@@ -172,6 +182,9 @@ class DepthModel:
         prompt of the picture (a path: 16-bit PNG in millimetres, .npy / .npz in metres; or an (h, w)
         array in metres), a list of them for several pictures; the depth is then in metres, between the
         prompt's min and max. A prompt that cannot be used raises PromptError naming it.
+        "sky" (models with a sky branch, Depth Anything 3 monocular): the bool (h, w) sky mask, the
+        original's `sky >= 0.5` on the score resized to the picture.
+        `focal` (pixels) / `fov` (degrees): the camera, for Depth Anything 3 metric (see `pipeline.run`).
         """
         from . import output as _output
 
@@ -179,26 +192,32 @@ class DepthModel:
             raise ValueError(f"{self.config.name} is a video model (its frames attend to each other): give it "
                              "a video or frames with predict_video")
         kinds = (output,) if isinstance(output, str) else tuple(output)
-        if not kinds or any(k not in ("array", "pil", "color") for k in kinds):
-            raise ValueError(f"output must be 'array', 'pil' or 'color', or a tuple of them; got {output!r}")
+        if not kinds or any(k not in ("array", "pil", "color", "sky") for k in kinds):
+            raise ValueError(f"output must be 'array', 'pil', 'color' or 'sky', or a tuple of them; got {output!r}")
+        if "sky" in kinds and not self.config.sky_head:
+            raise ValueError(f"output 'sky': {self.config.name} has no sky output")
         single, items = _as_items(images)
         options = dict(batch_size=batch_size, keep_aspect_ratio=keep_aspect_ratio, size=size, bucket=bucket)
         if self.config.prompt or prompt_depth is not None:
             results = self._predict_prompted(single, items, prompt_depth, options)
         else:
-            results = pipeline.run(self, items, **options)
-        for r in results:
+            results = pipeline.run(self, items, focal=focal, fov=fov, **options) if kinds != ("sky",) else None
+        skies = pipeline.run(self.sky_score(), items, **options) if "sky" in kinds else None
+        for r in (results or []) + (skies or []):
             if r.error is not None:
                 raise ImageError(r.name, r.error)
 
-        def shaped(depth, kind):
+        def shaped(i, kind):
+            if kind == "sky":
+                return skies[i].depth >= SKY_MASK_FROM
+            depth = results[i].depth
             if kind == "array":
                 return depth
             mode = "gray16" if kind == "pil" else "color"  # as the png16 / color files hold them
             return _output.to_pil(depth, mode, metric=self.config.is_metric)
 
-        out = [shaped(r.depth, kinds[0]) if isinstance(output, str) else tuple(shaped(r.depth, k) for k in kinds)
-               for r in results]
+        out = [shaped(i, kinds[0]) if isinstance(output, str) else tuple(shaped(i, k) for k in kinds)
+               for i in range(len(results or skies))]
         return out[0] if single else out
 
     def _predict_prompted(self, single: bool, items: list, prompt_depth, options: dict) -> list:
@@ -259,6 +278,25 @@ class PromptedModel:
 
     def apply(self, images) -> jax.Array:
         return self.model.apply(images, self.prompt)
+
+
+class SkyScore:
+    """A model's sky branch, run as the model runs (what `pipeline.run` asks of a model: config, apply,
+    num_devices): `apply` gives the sky score (B, H, W) >= 0, the original calls sky from SKY_MASK_FROM."""
+
+    def __init__(self, model: DepthModel):
+        self.model = model
+        self.config = model.config.replace(focal_metric_divisor=0.0)  # a score, never turned into metres
+        config, dtype = model.config, model.dtype
+        self._apply = jax.jit(lambda params, images: forward(config, params, images, dtype, outputs=True)["sky"],
+                              out_shardings=model._batch_sharding)
+
+    @property
+    def num_devices(self) -> int:
+        return self.model.num_devices
+
+    def apply(self, images) -> jax.Array:
+        return self.model.apply(images, program=self._apply)
 
 
 def _as_items(images) -> tuple[bool, list]:

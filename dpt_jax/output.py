@@ -126,7 +126,7 @@ def to_pil(depth: np.ndarray, mode: str = "gray16", *, metric: bool = False, cma
     from PIL import Image
 
     if mode == "gray16":
-        return Image.fromarray(metric_png16(depth) if metric else gray16(depth))
+        return Image.fromarray(metric_png16(depth) if metric is True else gray16(depth))
     if mode == "gray8":
         return Image.fromarray(gray8(_shown(depth, metric)))
     if mode == "color":
@@ -274,9 +274,19 @@ class Format:
     uses_colormap: bool = False  # encode takes cmap= as well
 
 
-def _shown(depth, metric: bool):
-    """What pictures show, near bright: inverse depth as it is, metric depth negated."""
+def _shown(depth, metric):
+    """What pictures show, near bright: inverse depth as it is, depth (metric, or RELATIVE_DEPTH) negated."""
     return -np.asarray(depth) if metric else depth
+
+
+#: The `metric` value of a relative depth map (larger is farther, unknown scale: Depth Anything 3 monocular):
+#: pictures show it negated as metric depth, png16 scales it to its own range as inverse depth.
+RELATIVE_DEPTH = "relative depth"
+
+
+def units_of(config):
+    """The `metric` value the writers take for a model's output: True (metres), RELATIVE_DEPTH or False."""
+    return True if config.is_metric else RELATIVE_DEPTH if config.predicts_depth else False
 
 
 def _png(f, array: np.ndarray) -> None:
@@ -285,8 +295,8 @@ def _png(f, array: np.ndarray) -> None:
     Image.fromarray(array).save(f, format="PNG")
 
 
-def _png16(f, depth, picture, metric: bool) -> None:
-    _png(f, metric_png16(depth) if metric else gray16(depth))
+def _png16(f, depth, picture, metric) -> None:
+    _png(f, metric_png16(depth) if metric is True else gray16(depth))
 
 
 FORMATS: dict[str, Format] = {}
@@ -315,17 +325,19 @@ for _fmt in (
            lambda f, d, p, m, cmap="inferno": _png(f, side_by_side(p, _shown(d, m), cmap)), needs_picture=True,
            uses_colormap=True),
     Format("ply", "-points.ply", "coloured point cloud (see the point cloud options)", None, needs_picture=True),
+    Format("sky", "-sky.png", "sky mask PNG, sky white (models with a sky output: Depth Anything 3 monocular)", None),
 ):
     register_format(_fmt)
 
 
 def write_depth(path, depth: np.ndarray, fmt: str, *, picture: np.ndarray | None = None,
-                replace: bool = True, metric: bool = False, cmap: str = "inferno") -> Path:
+                replace: bool = True, metric=False, cmap: str = "inferno") -> Path:
     """Write `depth` as `fmt` (a key of FORMATS) to `path`, via a temporary file and a rename.
 
     A format that `needs_picture` takes the `picture`. `replace=False` refuses (FileExistsError)
     to replace a file that is at `path` when the write completes.
-    `metric`: `depth` is in metres (see the module's docstring for what each format then holds).
+    `metric`: `depth` is in metres (see the module's docstring for what each format then holds), or
+    RELATIVE_DEPTH: depth of unknown scale (`units_of` says which for a model).
     """
     entry = FORMATS.get(fmt)
     if entry is None or entry.encode is None:
@@ -336,4 +348,11 @@ def write_depth(path, depth: np.ndarray, fmt: str, *, picture: np.ndarray | None
     colour = {"cmap": cmap} if entry.uses_colormap else {}
     with atomic_write(path, Path(entry.ending).suffix, replace=replace) as f:
         entry.encode(f, depth, picture, metric, **colour)
+    return Path(path)
+
+
+def write_sky(path, sky: np.ndarray, *, replace: bool = True) -> Path:
+    """Write a bool (h, w) sky mask as an 8-bit PNG (sky 255, the rest 0), via a temporary file and a rename."""
+    with atomic_write(path, ".png", replace=replace) as f:
+        _png(f, np.where(np.asarray(sky, bool), 255, 0).astype(np.uint8))
     return Path(path)

@@ -42,6 +42,8 @@ class Result:
     depth: np.ndarray | None = None  # (h, w) float32 inverse depth
     error: str | None = None
     index: int = 0  # position of the picture in the input list
+    focal: float | None = None  # focal-metric models (Depth Anything 3 metric): the focal length used, pixels
+    focal_source: str | None = None  # and where it came from
 
 
 def as_target(size) -> tuple[int, int]:
@@ -104,7 +106,8 @@ def batches_by_shape(sources: Sequence[Source], target_of: Callable[[tuple[int, 
 def run(model, items: Iterable[ImageLike | Source], *, batch_size: int = 4, keep_aspect_ratio: bool | None = None,
         size=None, bucket: bool = False, on_result: Callable[[Result], None] | None = None,
         keep_depth: bool = True, pixel_budget: int | None = None,
-        on_status: Callable[[str], None] | None = None, workers: int | None = None) -> list[Result]:
+        on_status: Callable[[str], None] | None = None, workers: int | None = None, focal: float | None = None,
+        fov: float | None = None) -> list[Result]:
     """Predict every picture of `items`; a picture that fails is reported in its Result and the rest go on.
 
     `size`: network input target instead of the model's native size, as MiDaS's --height (an
@@ -123,6 +126,10 @@ def run(model, items: Iterable[ImageLike | Source], *, batch_size: int = 4, keep
     runs, one batch ahead (default `default_workers()`); 0 decodes in this thread when a batch
     needs its pictures. Either way the batches, chunks and programs are the same, so the depth
     is identical, and `on_result` sees the pictures in the same order (see `overlap.Overlapped`).
+    `focal` (pixels at the picture's size) or `fov` (horizontal, degrees): the camera of every
+    picture, for models whose metres need the focal length (`config.focal_metric_divisor`,
+    Depth Anything 3 metric); otherwise each picture's EXIF, else `focal.DEFAULT_FOV`
+    (`focal.focal_pixels`). `Result.focal` says which was used.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1; got {batch_size}")
@@ -157,6 +164,8 @@ def run(model, items: Iterable[ImageLike | Source], *, batch_size: int = 4, keep
             if on_status is not None:
                 on_status(f"batch size {batch_size}: larger batches would need more memory than the budget "
                           f"(memory.py; DPT_JAX_MEMORY_BUDGET sets it)")
+    if config.focal_metric_divisor > 0:
+        on_result = _in_metres(config, sources, slot, target_of, on_result, focal, fov)
     engine = Overlapped(model, sources, slot, results, batches_by_shape(sources, target_of, batch_size),
                          batch_size=batch_size, budget=budget,
                          workers=default_workers() if workers is None else workers,
@@ -165,3 +174,25 @@ def run(model, items: Iterable[ImageLike | Source], *, batch_size: int = 4, keep
     return results
 
 
+
+
+def _in_metres(config, sources, slot, target_of, on_result, focal, fov):
+    """`on_result` behind a step that turns a focal-metric model's depth into metres (`focal.metric_scale`).
+
+    A picture read from a file (its Source is named by its path) may carry its focal length in its EXIF.
+    """
+    from .focal import focal_pixels, metric_scale
+
+    scales = {}
+    for i, src in zip(slot, sources):
+        px, how = focal_pixels(src.size, focal=focal, fov=fov, path=src.name if os.path.isfile(src.name) else None)
+        scales[i] = (metric_scale(config, src.size, target_of(src.size), px), px, how)
+
+    def scaled(result: Result):
+        if result.depth is not None and result.index in scales:
+            factor, result.focal, result.focal_source = scales[result.index]
+            result.depth = (result.depth * np.float32(factor)).astype(np.float32)
+        if on_result is not None:
+            on_result(result)
+
+    return scaled

@@ -156,7 +156,8 @@ def camera_options(args) -> dict:
 def _check_3d_options(args, pictures: list[Input]) -> None:
     """--fov, --align, --robust and --far belong to --format ply; --align to exactly one picture."""
     camera_options(args)  # a valid camera choice
-    options = [("--fov", args.fov), ("--focal", args.focal), ("--fx", args.fx), ("--fy", args.fy), ("--cx", args.cx),
+    # --fov and --focal also give Depth Anything 3 metric its metres: checked once the model is known
+    options = [("--fx", args.fx), ("--fy", args.fy), ("--cx", args.cx),
                ("--cy", args.cy), ("--align", args.align), ("--robust", args.robust), ("--far", args.far)]
     given = [name for name, value in options if value not in (None, False)]
     if given and "ply" not in args.format:
@@ -235,6 +236,9 @@ def _run(args, process: int, processes: int) -> int:
                          f"{' '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))}"
                          f"{'; sub-folders need --recursive' if not args.recursive else ''})")
     _check_3d_options(args, [i for i in found if not is_video(i.path)])
+    if args.views and (processes > 1 or any(is_video(i.path) for i in found) or len(found) < 2):
+        raise ValueError("--views: the pictures of one scene, at least two, in one process (no videos, no "
+                         "--distributed)")
     if process == 0:
         for note in unused_options(args, [is_video(i.path) for i in found]):
             status.info(f"note: {note}")
@@ -332,7 +336,9 @@ def _run(args, process: int, processes: int) -> int:
         if prompt is not None and not model.config.prompt:
             raise ValueError(f"--prompt-depth: {model.config.name} takes no depth prompt (Prompt Depth Anything "
                              "models do)")
-        if todo:
+        if todo and args.views:
+            written, done = _predict_scene(args, model, todo, plan, outdir, status)
+        elif todo:
             written, done = _predict(args, model, todo, plan, status, prompt)
         if video_todo:
             video_written, videos_done = _predict_videos(args, model, video_todo, status)
@@ -398,7 +404,91 @@ def _load_model(args, status: Status):
                 f"on {devices if args.verbose else devices.split(' (')[0]}; loaded in {time.perf_counter() - t0:.1f} s")
     if args.align is not None and c.is_metric:
         raise ValueError(f"--align: {c.name} is a metric model; its point clouds are in metres without alignment")
+    _check_model_options(args, c)
     return model
+
+
+def _predict_scene(args, model, todo, plan, outdir: Path, status: Status) -> tuple[list[Path], int]:
+    """--views: the pictures as one scene (views.py); each view's depth formats at the network's size, the
+    cameras as JSON beside the first view's outputs and, with -f ply, one merged point cloud there."""
+    import json
+
+    from . import geometry, output, views
+    from .atomic import atomic_write
+
+    scene = views.predict_views(model, [src.name for src in todo])
+    written: list[Path] = []
+    first = plan[todo[0].name]
+    anchor = next(iter(first.values()))
+    stem = anchor.name[:-len(FORMATS[next(iter(first))].ending)]
+    cameras = anchor.with_name(f"{stem}-cameras.json")
+    record = {"views": [{"picture": name, "network_size": list(scene.depth.shape[1:]),
+                         "world_to_camera": e.tolist(), "intrinsics": k.tolist()}
+                        for name, e, k in zip(scene.names, scene.extrinsics.astype(float),
+                                              scene.intrinsics.astype(float))],
+              "frame": "world_to_camera (3x4) as the model estimates the poses, OpenCV camera axes; intrinsics "
+                       "in pixels of the network's size; depth and translations share one unknown scale"}
+    try:
+        with atomic_write(cameras, ".json", replace=args.overwrite) as f:
+            f.write((json.dumps(record, indent=1) + "\n").encode())
+    except FileExistsError:
+        raise ValueError(f"{cameras} exists; not replaced (--overwrite replaces it)") from None
+    written.append(cameras)
+    for i, src in enumerate(todo):
+        for fmt, path in plan[src.name].items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if fmt == "ply":
+                if i == 0:
+                    points, colours, threshold = views.scene_points(scene)
+                    comments = [f"dpt-jax point cloud of a scene of {len(todo)} views (see {cameras.name})",
+                                "axes: the first view's camera, x right, y down, z forward (OpenCV); units: the "
+                                "scene's relative depth", f"confidence threshold {threshold:.6g}"]
+                    written.append(geometry.write_ply(path, points, colours, comments, replace=args.overwrite))
+                continue
+            written.append(output.write_depth(path, scene.depth[i], fmt, picture=scene.images[i],
+                                              replace=args.overwrite, metric=output.units_of(model.config),
+                                              cmap=args.cmap))
+        status.info(f"[{i + 1}/{len(todo)}] {src.name}: view {i + 1} of the scene")
+    return written, len(todo)
+
+
+def _scene_ply(model, name: str, path: Path, args) -> Path:
+    """-f ply of one picture with a DA3 any-view model: the picture as a scene of one view (views.py), so the point
+    cloud takes the field of view the model estimates; points at the network's size, in relative depth."""
+    from . import geometry, views
+
+    scene = views.predict_views(model, [name])
+    points, colours, threshold = views.scene_points(scene)
+    k = scene.intrinsics[0]
+    comments = ["dpt-jax point cloud of one view, with the camera the model estimates",
+                "axes: camera coordinates, x right, y down, z forward (OpenCV); units: relative depth",
+                f"intrinsics: fx {k[0, 0]:.9g} fy {k[1, 1]:.9g} cx {k[0, 2]:.9g} cy {k[1, 2]:.9g} pixels of the "
+                f"{scene.depth.shape[2]}x{scene.depth.shape[1]} network input", f"confidence threshold {threshold:.6g}"]
+    return geometry.write_ply(path, points, colours, comments, replace=args.overwrite)
+
+
+def _check_model_options(args, c) -> None:
+    """The options that depend on the model: the sky mask, the focal length, point clouds of relative depth."""
+    camera = [name for name, value in (("--fov", args.fov), ("--focal", args.focal)) if value is not None]
+    if camera and "ply" not in args.format and not c.focal_metric_divisor:
+        raise ValueError(f"{' and '.join(camera)} {'applies' if len(camera) == 1 else 'apply'} to point clouds "
+                         f"(-f ply) and to models whose metres need the focal length (da3_metric_large); "
+                         f"{c.name} is neither")
+    if "sky" in args.format and not c.sky_head:
+        raise ValueError(f"-f sky: {c.name} has no sky output (Depth Anything 3 monocular and metric have)")
+    if args.views and c.head != "dualdpt":
+        raise ValueError(f"--views: {c.name} sees one picture at a time; a scene needs a Depth Anything 3 any-view "
+                         "model (da3_small, da3_base, da3_large)")
+    if "ply" in args.format and c.sky_head and not c.is_metric:
+        raise ValueError(f"-f ply: {c.name} gives depth of unknown scale; its metric sibling gives metres "
+                         "(da3_metric_large)")
+
+
+def _focal_given(args) -> float | None:
+    """The focal length (pixels) the user gave: --focal, or the mean of --fx and --fy."""
+    if args.focal is not None:
+        return args.focal
+    return (args.fx + args.fy) / 2 if args.fx is not None and args.fy is not None else None
 
 
 def _predict(args, model, todo, plan, status: Status, prompt=None) -> tuple[list[Path], int]:
@@ -420,15 +510,19 @@ def _predict(args, model, todo, plan, status: Status, prompt=None) -> tuple[list
     by_name = {src.name: src for src in todo}
 
     def write_all(r: pipeline.Result) -> list[Path]:
-        targets = plan[r.name]
+        targets = {fmt: path for fmt, path in plan[r.name].items() if fmt != "sky"}  # the sky: its own pass
         needs_picture = any(FORMATS[fmt].needs_picture for fmt in targets)
         picture = by_name[r.name].load() if needs_picture else None  # decoded again (a URL is not fetched again)
         paths = []
         for fmt, path in targets.items():
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                if fmt == "ply":  # metric models: metres; relative: metres with --align, else arbitrary units
+                if fmt == "ply" and c.head == "dualdpt" and not (args.fov or args.focal or args.fx):
+                    _scene_ply(model, r.name, path, args)  # any-view: the camera it estimates (a second pass)
+                elif fmt == "ply":  # metric models: metres; relative: metres with --align, else arbitrary units
                     camera = camera_options(args)
+                    if r.focal is not None and not camera:  # the focal length that gave the metres (EXIF, default)
+                        camera = {"intrinsics": (r.focal, r.focal, r.depth.shape[1] / 2, r.depth.shape[0] / 2)}
                     if callable(camera.get("intrinsics")):
                         camera["intrinsics"] = camera["intrinsics"](*r.depth.shape)
                     geometry.save_point_cloud(path, r.depth, picture, **camera, known=args.align,
@@ -436,7 +530,7 @@ def _predict(args, model, todo, plan, status: Status, prompt=None) -> tuple[list
                                               source=r.name, replace=args.overwrite, stride=args.ply_stride)
                 else:
                     output.write_depth(path, r.depth, fmt, picture=picture, replace=args.overwrite,
-                                       metric=c.is_metric, cmap=args.cmap)
+                                       metric=output.units_of(c), cmap=args.cmap)
             except FileExistsError:
                 raise ValueError(f"{path} appeared meanwhile; not replaced (--overwrite replaces it)") from None
             except OSError as e:
@@ -456,21 +550,60 @@ def _predict(args, model, todo, plan, status: Status, prompt=None) -> tuple[list
                 r.error = getattr(e, "message", str(e))
         if r.error is not None:
             status.error(f"{r.name}: {r.error}")
-        elif not tty:
-            status.info(f"[{count}/{total}] {r.name} -> {', '.join(map(str, paths))}")
+            failed_names.add(r.name)
+        else:
+            if r.focal is not None:  # always said: the metres depend on it
+                status.info(f"{r.name}: focal length {r.focal:.1f} px ({r.focal_source})")
+            if not tty:
+                status.info(f"[{count}/{total}] {r.name} -> {', '.join(map(str, paths))}")
         if status.bar is not None:
             status.bar.update(1)
 
+    options = dict(batch_size=args.batch_size, keep_aspect_ratio=args.keep_aspect_ratio, size=args.size,
+                   bucket=args.bucket, keep_depth=False, on_status=status.info)
+    sky_only = all(set(plan[src.name]) == {"sky"} for src in todo)
+    failed_names: set[str] = set()
     try:
-        runner = model if prompt is None else PromptedModel(model, prompt)  # the one picture's prompt with it
-        pipeline.run(runner, todo, batch_size=args.batch_size, keep_aspect_ratio=args.keep_aspect_ratio,
-                     size=args.size, bucket=args.bucket, on_result=on_result, keep_depth=False,
-                     on_status=status.info)
+        if sky_only:
+            done = total
+        else:
+            runner = model if prompt is None else PromptedModel(model, prompt)  # the one picture's prompt with it
+            pipeline.run(runner, todo, on_result=on_result, focal=_focal_given(args), fov=args.fov, **options)
+        if any("sky" in plan[src.name] for src in todo):
+            skies = [src for src in todo if "sky" in plan[src.name]]
+            done -= len(_write_skies(model, skies, plan, args, written, status, options) - failed_names)
     finally:
         if status.bar is not None:
             status.bar.close()
             status.bar = None
     return written, done
+
+
+def _write_skies(model, todo, plan, args, written: list[Path], status: Status, options) -> set[str]:
+    """The sky masks (-f sky) of `todo`, a second pass through the sky branch; returns the names that failed."""
+    from . import output, pipeline
+    from .dpt import SKY_MASK_FROM
+
+    failed: set[str] = set()
+
+    def on_result(r: pipeline.Result):
+        path = plan[r.name]["sky"]
+        if r.error is None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                output.write_sky(path, r.depth >= SKY_MASK_FROM, replace=args.overwrite)
+                written.append(path)
+                status.detail(f"{r.name} -> {path}")
+                return
+            except FileExistsError:
+                r.error = f"{path} appeared meanwhile; not replaced (--overwrite replaces it)"
+            except OSError as e:
+                r.error = f"cannot write {path}: {e.strerror or e}"
+        failed.add(r.name)
+        status.error(f"{r.name}: {r.error}")
+
+    pipeline.run(model.sky_score(), todo, on_result=on_result, **options)
+    return failed
 
 
 def _predict_videos(args, model, todo, status: Status) -> tuple[list[Path], int]:

@@ -62,6 +62,9 @@ def processed_size(
     drifts slightly), a picture that fits keeps its size (the original refuses sides that are not
     multiples; here they are floored too). 1440 x 1920 for 1008 -> 756 x 1008.
 
+    rule="upper_bound" (Depth Anything 3): the longer side to the larger target side, then each side
+    to the nearest multiple (`upper_bound_sizes`).
+
     Raises ValueError where MiDaS would produce a zero side (a side under multiple_of / 2 after
     scaling, e.g. a very thin strip), which cv2.resize then rejects in MiDaS too.
     """
@@ -70,8 +73,11 @@ def processed_size(
     target_h, target_w = (target, target) if isinstance(target, int) else target
     scale_h = target_h / height
     scale_w = target_w / width
+    if rule == "upper_bound":
+        return upper_bound_sizes(height, width, max(target_h, target_w), multiple_of)[1]
     if rule not in ("minimal", "lower_bound", "at_most"):
-        raise ValueError(f"unknown resize rule {rule!r}; expected 'minimal', 'lower_bound' or 'at_most'")
+        raise ValueError(f"unknown resize rule {rule!r}; expected 'minimal', 'lower_bound', 'at_most' or "
+                         "'upper_bound'")
     if rule == "at_most":
         limit = max(target_h, target_w) // multiple_of * multiple_of
         scale = limit / max(height, width) if max(height, width, 3) > limit else 1.0  # 3: the original counts channels
@@ -97,6 +103,67 @@ def processed_size(
             "too thin to process at this size"
         )
     return new_h, new_w
+
+
+def upper_bound_sizes(height: int, width: int, longest: int, multiple_of: int) -> tuple[tuple[int, int], ...]:
+    """((h1, w1), (H, W)): Depth Anything 3's two resizes of a height x width picture (api.py InputProcessor).
+
+    First the longer side to `longest` (skipped when it is already), each side int(round(side * scale))
+    with Python's round (half to even), at least 1; then each side to the nearest multiple of
+    `multiple_of`, ties rounded up (63 -> 70). E.g. 80 x 640 -> (63, 504) -> (70, 504).
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"picture size must be positive, got {height} x {width}")
+    first = (height, width)
+    if max(height, width) != longest:
+        scale = longest / float(max(height, width))
+        first = (max(1, int(round(height * scale))), max(1, int(round(width * scale))))
+
+    def nearest(x: int) -> int:
+        down = x // multiple_of * multiple_of
+        return down + multiple_of if x - down >= multiple_of - (x - down) else down
+
+    final = (nearest(first[0]), nearest(first[1]))
+    if 0 in final:
+        raise ValueError(f"a {height} x {width} picture maps to {final[0]} x {final[1]} for the longer side "
+                         f"{longest}: too thin to process at this size")
+    return first, final
+
+
+def _cv2_resize_uint8(x: jnp.ndarray, size: tuple[int, int], cubic: bool) -> jnp.ndarray:
+    """cv2.resize of uint8 levels (float, (B, h, w, 3)): INTER_CUBIC or INTER_AREA, rounded and saturated."""
+    if tuple(x.shape[1:3]) == tuple(size):
+        return x
+    x = (resize_bicubic(x, size, convention="opencv", axes=(1, 2), rounded_products=True) if cubic
+         else resize_area(x, size, axes=(1, 2)))
+    return jnp.clip(jnp.round(x), 0, 255)
+
+
+@functools.partial(jax.jit, static_argnames=("first", "size"))
+def upper_bound_levels(images: jnp.ndarray, first: tuple[int, int], size: tuple[int, int]) -> jnp.ndarray:
+    """(B, h, w, 3) RGB pictures -> (B, H, W, 3) float32 uint8 levels, as Depth Anything 3's api.py resizes them.
+
+    The picture as uint8 levels (uint16 and float pictures are rounded to them, as PIL's RGB
+    conversion would), then `upper_bound_sizes`' two cv2.resize calls, each INTER_CUBIC where a
+    side grows and INTER_AREA otherwise, each rounded to uint8. OpenCV's cubic resize of uint8
+    works in fixed point: levels may differ by one here and there.
+    """
+    x = images.astype(jnp.float32)
+    if images.dtype == jnp.uint16:
+        x = jnp.round(x / 257.0)
+    elif images.dtype != jnp.uint8:
+        x = jnp.clip(jnp.round(x * 255.0), 0, 255)
+    h, w = images.shape[1:3]
+    x = _cv2_resize_uint8(x, first, cubic=max(first) > max(h, w))  # (B, h1, w1, 3)
+    return _cv2_resize_uint8(x, size, cubic=size[0] > first[0] or size[1] > first[1])  # (B, H, W, 3)
+
+
+@functools.partial(jax.jit, static_argnames=("first", "size", "mean", "std"))
+def normalize_and_resize_upper_bound(images: jnp.ndarray, first: tuple[int, int], size: tuple[int, int], mean,
+                                     std) -> jnp.ndarray:
+    """(B, h, w, 3) RGB pictures -> (B, H, W, 3) network input: `upper_bound_levels`, /255, (x - mean) / std."""
+    x = upper_bound_levels(images, first, size)
+    return (x / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("size", "mean", "std", "method"))
@@ -155,7 +222,14 @@ def network_size(config, picture_size, *, target=None, keep_aspect_ratio: bool |
 
 
 def to_network(config, pictures, size) -> jnp.ndarray:
-    """(B, h, w, 3) pictures -> (B, H, W, 3) network input, normalised as the config says."""
+    """(B, h, w, 3) pictures -> (B, H, W, 3) network input, normalised as the config says.
+
+    Depth Anything 3 ("upper_bound"): its two resizes, the first to the longer side of `size`.
+    """
+    if config.resize_rule == "upper_bound":
+        first = upper_bound_sizes(*pictures.shape[1:3], max(size), config.resize_multiple)[0]
+        return normalize_and_resize_upper_bound(pictures, first, tuple(size), tuple(config.input_mean),
+                                                tuple(config.input_std))
     return normalize_and_resize(pictures, tuple(size), tuple(config.input_mean), tuple(config.input_std),
                                 config.input_resize)
 

@@ -132,27 +132,36 @@ def cubic_taps(in_size: int, out_size: int, convention: str) -> tuple[np.ndarray
     return idx.astype(np.int32), np.stack([w0, w1, w2, w3], axis=1).astype(np.float32)
 
 
-def resample_axis(x: jnp.ndarray, axis: int, idx: np.ndarray, w: np.ndarray) -> jnp.ndarray:
-    """out[..., o, ...] = sum_t w[o, t] * x[..., idx[o, t], ...] along `axis`."""
+def resample_axis(x: jnp.ndarray, axis: int, idx: np.ndarray, w: np.ndarray, *,
+                  rounded_products: bool = False) -> jnp.ndarray:
+    """out[..., o, ...] = sum_t w[o, t] * x[..., idx[o, t], ...] along `axis`.
+
+    `rounded_products`: each product rounded to float32 before it is added, as OpenCV's loops do;
+    XLA's CPU code generator otherwise fuses a product and the sum it feeds into one multiply-add
+    (one rounding), which moves results by an ulp and uint8 results by a level now and then.
+    min(p, float32 max) is p itself, but no multiply-add can take it.
+    """
     axis = axis % x.ndim
     bshape = [1] * x.ndim
     bshape[axis] = idx.shape[0]
     out = None
     for t in range(idx.shape[1]):
         term = jnp.take(x, jnp.asarray(idx[:, t]), axis=axis) * jnp.asarray(w[:, t], x.dtype).reshape(bshape)
+        if rounded_products:
+            term = jnp.minimum(term, jnp.finfo(term.dtype).max)
         out = term if out is None else out + term
     return out
 
 
-def _resize_separable(x: jnp.ndarray, size, axes,
-                      taps: Callable[[int, int], tuple[np.ndarray, np.ndarray]]) -> jnp.ndarray:
+def _resize_separable(x: jnp.ndarray, size, axes, taps: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
+                      rounded_products: bool = False) -> jnp.ndarray:
     """Resamples each of `axes` to the matching entry of `size` with the tap tables `taps(in, out)`."""
     out = x
     for axis, n in zip(axes, size):
         if x.shape[axis] == n:
             continue  # every convention here is the identity at equal size
         idx, w = taps(x.shape[axis], n)
-        out = resample_axis(out, axis, idx, w)
+        out = resample_axis(out, axis, idx, w, rounded_products=rounded_products)
     return out
 
 
@@ -161,29 +170,30 @@ def resize_bilinear(x: jnp.ndarray, size: tuple[int, int], *, align_corners: boo
     return _resize_separable(x, size, axes, lambda n_in, n_out: linear_taps(n_in, n_out, align_corners))
 
 
-def resize_bicubic(x: jnp.ndarray, size: tuple[int, int], *, convention: str, axes=(1, 2)) -> jnp.ndarray:
+def resize_bicubic(x: jnp.ndarray, size: tuple[int, int], *, convention: str, axes=(1, 2),
+                   rounded_products: bool = False) -> jnp.ndarray:
     """Bicubic resize (a = -0.75, no antialiasing) of the two `axes` of `x` (NHWC by default) to `size`.
 
     convention="opencv" matches cv2.resize(INTER_CUBIC) (MiDaS's input resize), "torch" matches
-    F.interpolate(mode="bicubic", align_corners=False) (run.py's output resize); see `cubic_taps`.
+    F.interpolate(mode="bicubic", align_corners=False) (run.py's output resize); see `cubic_taps`;
+    `rounded_products`: see `resample_axis`.
     """
-    return _resize_separable(x, size, axes, lambda n_in, n_out: cubic_taps(n_in, n_out, convention))
+    return _resize_separable(x, size, axes, lambda n_in, n_out: cubic_taps(n_in, n_out, convention),
+                             rounded_products)
 
 
 @functools.lru_cache(maxsize=None)
 def area_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(out, k) indices and weights of cv2.resize(INTER_AREA) shrinking one axis from `in_size` to `out_size`.
+    """(out, k) indices and weights of OpenCV's INTER_AREA shrinking along one axis (out_size <= in_size).
 
-    As OpenCV's computeResizeAreaTab: scale = in / out (float64); output pixel d covers the
-    source interval [d * scale, d * scale + scale), and each source pixel it touches weighs its
-    overlap with that interval divided by the cell width min(scale, in - d * scale) (partial
-    overlaps under 1e-3 are dropped); weights are rounded to float32. Rows are padded with
-    zero-weight taps to the widest row. Enlarging is not an area average in OpenCV (it falls
-    back to bilinear) and is refused here.
+    As cv2's computeResizeAreaTab: output pixel d covers the source interval [d s, (d + 1) s)
+    with s = 1 / (out / in) in float64; whole source pixels weigh 1 / cell, the partly covered
+    ones at either end their covered fraction / cell (ignored below 1e-3), cell = min(s, in - d s);
+    the weights are rounded to float32. Rows with fewer taps are padded with weight 0.
     """
-    if out_size > in_size or out_size < 1:
-        raise ValueError(f"area resampling shrinks: {in_size} -> {out_size} is not a reduction")
-    scale = 1.0 / (out_size / in_size)  # cv::resize takes scale_x = 1 / inv_scale_x
+    if not 0 < out_size <= in_size:
+        raise ValueError(f"area resampling shrinks: {in_size} -> {out_size}")
+    scale = 1.0 / (out_size / in_size)
     rows = []
     for d in range(out_size):
         f1 = d * scale
@@ -191,25 +201,26 @@ def area_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
         cell = min(scale, in_size - f1)
         s2 = min(int(np.floor(f2)), in_size - 1)
         s1 = min(int(np.ceil(f1)), s2)
-        row = []
+        taps = []
         if s1 - f1 > 1e-3:
-            row.append((s1 - 1, (s1 - f1) / cell))
-        row += [(s, 1.0 / cell) for s in range(s1, s2)]
+            taps.append((s1 - 1, (s1 - f1) / cell))
+        taps += [(s, 1.0 / cell) for s in range(s1, s2)]
         if f2 - s2 > 1e-3:
-            row.append((s2, min(min(f2 - s2, 1.0), cell) / cell))
-        rows.append(row)
-    width = max(len(r) for r in rows)
-    idx = np.zeros((out_size, width), np.int32)
-    w = np.zeros((out_size, width), np.float32)
-    for d, row in enumerate(rows):
-        for t, (s, a) in enumerate(row):
-            idx[d, t], w[d, t] = s, _F32(a)
+            taps.append((s2, min(min(f2 - s2, 1.0), cell) / cell))
+        rows.append(taps)
+    k = max(len(r) for r in rows)
+    idx = np.zeros((out_size, k), np.int32)
+    w = np.zeros((out_size, k), np.float32)
+    for d, taps in enumerate(rows):
+        for t, (s, a) in enumerate(taps):
+            idx[d, t], w[d, t] = s, a
     return idx, w
 
 
 def resize_area(x: jnp.ndarray, size: tuple[int, int], *, axes=(1, 2)) -> jnp.ndarray:
-    """Area-average shrink of the two `axes` of `x` (NHWC by default) to `size`, as cv2.resize(INTER_AREA).
+    """Shrinks the two `axes` of `x` (NHWC by default) to `size` as cv2.resize(INTER_AREA) (see `area_taps`).
 
-    Columns first, then rows, as OpenCV sums each source row across before it sums the rows.
+    The second axis first (OpenCV sums each source row, then the rows), each product rounded before
+    it is added (`resample_axis`): in that order the float32 sums are OpenCV's.
     """
-    return _resize_separable(x, tuple(size)[::-1], tuple(axes)[::-1], area_taps)
+    return _resize_separable(x, tuple(size)[::-1], tuple(axes)[::-1], area_taps, rounded_products=True)

@@ -10,6 +10,7 @@ for Depth Anything): a new family adds such a file, made from its own fixtures.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -24,8 +25,13 @@ FAMILIES = sorted(registry.FAMILIES)
 def configs_of(family):
     """The family's minis and its smallest preset (parameter tables are traced, not allocated); the minis stand
     for every layout of the family (a family with several Hugging Face layouts has a mini for each)."""
-    smallest = min(family.presets, key=lambda c: sum(map(_size, param_shapes(c).values())))
-    return list(family.minis) + [smallest]
+    return list(family.minis) + [_smallest(family.name)]
+
+
+@functools.lru_cache(maxsize=None)
+def _smallest(name: str):
+    """A family's smallest preset, found once per run (tracing every preset's parameters costs seconds)."""
+    return min(registry.FAMILIES[name].presets, key=lambda c: sum(map(_size, param_shapes(c).values())))
 
 
 def _size(shape) -> int:

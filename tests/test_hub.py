@@ -66,8 +66,9 @@ def test_registry_holds_the_depth_anything_releases():
     from dpt_jax.convert.dinov2 import RELEASE_FILES
 
     entries = {n: e for n, e in hub.REGISTRY.items() if PRESETS[n].family.name == "dinov2"}
-    assert len(entries) == 12 + 6 + 3 + 4  # Depth Anything V1, V2; Video Depth Anything; PromptDA; Distill-Any-Depth
-    assert len(RELEASE_FILES) == 18  # PromptDA's and Distill-Any-Depth's files all share one name each
+    # Depth Anything V1, V2; Video Depth Anything; PromptDA; Distill-Any-Depth; Depth Anything 3 (test_da3.py)
+    assert len(entries) == 12 + 6 + 3 + 4 + 5
+    assert len(RELEASE_FILES) == 18  # PromptDA's, Distill-Any-Depth's and DA3's files share one name each
     for file, name in RELEASE_FILES.items():
         entry = entries[name]
         assert entry.file == file and entry.url is None and entry.repo  # a Hub repository's file: huggingface_hub

@@ -64,7 +64,7 @@ def run_stages(model, images, prompt, params=None):
     key = (model.config, images.shape, prompt.shape)
     if key not in _PROGRAMS:
         module = DPT(model.config)
-        _PROGRAMS[key] = jax.jit(lambda p, x, q: module.apply({"params": p}, x, q, mutable=["intermediates"]))
+        _PROGRAMS[key] = jax.jit(lambda p, x, q: module.apply({"params": p}, x, prompt=q, mutable=["intermediates"]))
     depth, state = _PROGRAMS[key](model.params if params is None else params, images, prompt)
     out = {"depth": np.asarray(depth)}
     for path, value in traverse_util.flatten_dict(state["intermediates"]).items():

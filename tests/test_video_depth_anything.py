@@ -45,7 +45,7 @@ def _stages(model, clip):
     images = np.ascontiguousarray(clip.reshape(b * t, *clip.shape[2:]).transpose(0, 2, 3, 1))  # (B*T, H, W, 3)
     key = (model.config, t)
     if key not in _PROGRAMS:  # one program per clip shape, whichever file the parameters came from
-        _PROGRAMS[key] = jax.jit(lambda p, x: DPT(model.config).apply({"params": p}, x, t,
+        _PROGRAMS[key] = jax.jit(lambda p, x: DPT(model.config).apply({"params": p}, x, frames=t,
                                                                       mutable=["intermediates", "temporal_states"]))
     depth, state = _PROGRAMS[key](model.params, images)
     flat = {}
