@@ -151,7 +151,7 @@ class DualDPTHead(nn.Module):
         maps = DualReassemble(c, mm, name="reassemble")(features, grid, image_size)  # 4 x (B, h_i, w_i, F)
         half = c.fusion_features // 2
         # main: depth and confidence at the input's size
-        x = Fusion(c.fusion_residual, mm, name="fusion")(maps)  # (B, 2 h_1, 2 w_1, F)
+        x = Fusion(c, mm, name="fusion")(maps)  # (B, 2 h_1, 2 w_1, F)
         x = conv3(half, mm, "conv1")(x)
         self.sow("intermediates", "head_conv1", x)
         x = with_uv(resize_bilinear(x, image_size, align_corners=True), image_size)  # (B, H, W, F/2)
@@ -159,7 +159,7 @@ class DualDPTHead(nn.Module):
         self.sow("intermediates", "head_preact", x)  # (B, H, W, 2)
         out = {"depth": jnp.exp(x[..., 0]), "confidence": jnp.exp(x[..., 1]) + 1}
         # rays: the second fusion chain's finest level only (8x the patch grid)
-        a = Fusion(c.fusion_residual, mm, name="fusion_aux")(maps)  # (B, 2 h_1, 2 w_1, F)
+        a = Fusion(c, mm, name="fusion_aux")(maps)  # (B, 2 h_1, 2 w_1, F)
         for j, width in enumerate((half, c.fusion_features, half, c.fusion_features, half)):
             a = conv3(width, mm, f"ray_conv1_{j}")(a)  # five plain convs, no activation between them
         a = conv3(c.head_features, mm, "ray_conv2")(with_uv(a, image_size))  # (B, 8h, 8w, 32)

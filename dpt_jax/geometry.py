@@ -226,7 +226,7 @@ def _robust_fit(x, y, s, t, max_iterations):
 def depth_from_inverse(inverse_depth: np.ndarray, scale: float, shift: float) -> np.ndarray:
     """depth = 1 / (scale * inverse_depth + shift), inf where that is not positive: a known (s, t) applied."""
     fitted = scale * np.asarray(inverse_depth, np.float64) + shift
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):  # depths beyond float32 become inf, as non-positive ones
         return np.where(fitted > 0, 1.0 / np.where(fitted > 0, fitted, 1.0), np.inf).astype(np.float32)
 
 
