@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, bounded, checked_fields, require
-from .layers import Conv, Dense, LayerScaleBlock, attend, layer_norm, merge_heads, patch_grid
+from .layers import Conv, Dense, LayerScaleBlock, attend, layer_norm, merge_heads, patch_grid, rematerialised
 from .resize import _keys_far, _keys_near, resample_axis
 
 Pair = tuple[int, int]
@@ -142,6 +142,7 @@ class Dinov2Encoder(nn.Module):
 
     config: Dinov2Config
     dtype_mm: Any = jnp.float32
+    remat: bool = False  # recompute each block's activations in the backward pass (training memory)
 
     @nn.compact
     def __call__(self, images):
@@ -164,7 +165,8 @@ class Dinov2Encoder(nn.Module):
         final_norm = layer_norm(c.layer_norm_eps, "norm")
         outputs = []
         for i in range(max(c.hooks) + 1):  # blocks after the last hook do not contribute
-            x = LayerScaleBlock(functools.partial(Attention, c.num_heads, self.dtype_mm), c.embed_dim, c.mlp_hidden,
+            Block = rematerialised(LayerScaleBlock, self.remat)
+            x = Block(functools.partial(Attention, c.num_heads, self.dtype_mm), c.embed_dim, c.mlp_hidden,
                                 c.layer_norm_eps, self.dtype_mm, name=f"blocks_{i}")(x)  # (B, 1 + h*w, C)
             if i in c.hooks:
                 self.sow("intermediates", f"block{i}_raw", x)

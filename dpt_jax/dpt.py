@@ -196,6 +196,7 @@ class DPT(nn.Module):
 
     config: DPTConfig
     dtype_mm: Any = jnp.float32
+    remat: bool = False  # recompute the encoder blocks' activations in the backward pass (training memory)
 
     @nn.compact
     def __call__(self, images, frames: int = 1, context=None):
@@ -203,7 +204,8 @@ class DPT(nn.Module):
         c, mm = self.config, self.dtype_mm
         context = context or (None,) * 4  # the four temporal modules' cached states, in the original's order
         family = c.family
-        features = family.encoder(c.encoder, mm, name="encoder")(images)  # 4 x (B, 1 + h*w, C) or (B, h_i, w_i, C_i)
+        encoder = family.encoder(c.encoder, mm, remat=self.remat, name="encoder")
+        features = encoder(images)  # 4 x (B, 1 + h*w, C) or (B, h_i, w_i, C_i)
         for i, f in enumerate(features, start=1):
             self.sow("intermediates", f"hook{i}", f)
         grid = None
@@ -228,15 +230,16 @@ def param_shapes(config: DPTConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in flat.items()}
 
 
-def forward(config: DPTConfig, params, images, dtype: str = "float32", frames: int = 1):
+def forward(config: DPTConfig, params, images, dtype: str = "float32", frames: int = 1, remat: bool = False):
     """Depth of normalized images (B, H, W, 3) -> (B, H, W): the whole model as a pure function.
 
     `dtype` ("float32" or "bfloat16") is the dtype of the matrix products (`DPT.dtype_mm`);
     everything else runs in float32, `params` are float32. Float32 products run at full float32
     precision (no TF32/bf16 passes on accelerators: they cost ~1e-3 relative error).
     Temporal models take clips: B = clips * `frames`, each clip's frames consecutive.
+    `remat`: the encoder blocks' activations are recomputed when differentiated (training memory; same numbers).
     """
-    module = DPT(config, COMPUTE_DTYPES[dtype])
+    module = DPT(config, COMPUTE_DTYPES[dtype], remat)
     with jax.default_matmul_precision("highest"):
         return module.apply({"params": params}, images.astype(jnp.float32), frames)
 
