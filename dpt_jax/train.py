@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -32,7 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from . import losses
 from .config import DPTConfig, bounded, checked_fields, choice, require
 from .dpt import cast_params, forward
-from .errors import ConfigError, DatasetError, DptJaxError
+from .errors import ConfigError, DatasetError
 from .resize import cubic_taps
 
 
@@ -110,8 +111,36 @@ def batch_loss(config: DPTConfig, recipe: Recipe, params, images, depth, valid):
     return losses.trimmed_ssi_loss(pred, inverse, valid)
 
 
+def step_recipe(recipe: Recipe) -> Recipe:
+    """The recipe with the fields the train step does not read set to their defaults: one compilation serves
+    runs that differ only in seed, validation or checkpoint intervals."""
+    return recipe.replace(seed=0, val_every=0, save_every=0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def loss_and_grads(config: DPTConfig, recipe: Recipe, params, images, depth, valid):
+    """(batch_loss, its gradients with respect to params)."""
+    return jax.value_and_grad(batch_loss, argnums=2)(config, recipe, params, images, depth, valid)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=2)
+def train_step(config: DPTConfig, recipe: Recipe, state, images, depth, valid):
+    """One micro-batch: (new state, its loss); the optimizer updates the params every recipe.accumulate calls."""
+    import optax
+
+    loss, grads = jax.value_and_grad(batch_loss, argnums=2)(config, recipe, state["params"], images, depth, valid)
+    updates, opt_state = optimizer(recipe).update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, loss
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _predict(config: DPTConfig, params, dtype: str, images):
+    return forward(config, params, images, dtype)
+
+
 class Trainer:
-    """The optimizer and the jitted train step of one model and recipe, over every local device (batch split)."""
+    """One model and recipe over every local device (the batch split across them, the state replicated)."""
 
     def __init__(self, config: DPTConfig, recipe: Recipe, devices=None):
         if config.is_temporal:
@@ -119,40 +148,27 @@ class Trainer:
                               "built yet")
         require(recipe.size % config.input_multiple == 0,
                 f"size {recipe.size} must be a multiple of {config.input_multiple} for {config.name}")
-        self.config, self.recipe = config, recipe
-        self.tx = optimizer(recipe)
         devices = list(devices or jax.local_devices())
         require(recipe.batch_size % len(devices) == 0,
                 f"batch_size {recipe.batch_size} must be a multiple of the {len(devices)} devices")
+        self.config, self.recipe = config, recipe
         mesh = Mesh(np.array(devices), ("batch",))
         self.replicated = NamedSharding(mesh, PartitionSpec())
         self.batch_sharding = NamedSharding(mesh, PartitionSpec("batch"))
-        self.loss = jax.jit(lambda params, *batch: batch_loss(config, recipe, params, *batch))
-        self._step = jax.jit(self._update, donate_argnums=0)
-        self._predict = jax.jit(lambda params, images: forward(config, params, images, recipe.dtype))
-
-    def _update(self, state, images, depth, valid):
-        import optax
-
-        loss, grads = jax.value_and_grad(batch_loss, argnums=2)(self.config, self.recipe, state["params"],
-                                                                images, depth, valid)
-        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, loss
 
     def init(self, params) -> dict:
         """The train state: float32 params, optimizer state, micro-step count; replicated over the devices."""
         params = cast_params(params)
-        state = {"params": params, "opt_state": self.tx.init(params), "step": np.int32(0)}
+        state = {"params": params, "opt_state": optimizer(self.recipe).init(params), "step": np.int32(0)}
         return jax.device_put(state, self.replicated)
 
     def step(self, state, batch):
-        """One micro-batch (images, depth, valid) -> (new state, its loss); an update every `accumulate` calls."""
-        batch = jax.device_put(tuple(jnp.asarray(b) for b in batch), self.batch_sharding)
-        return self._step(state, *batch)
+        """One micro-batch (images, depth, valid) -> (new state, its loss); `state` is consumed (donated)."""
+        batch = jax.device_put(tuple(np.asarray(b) for b in batch), self.batch_sharding)
+        return train_step(self.config, step_recipe(self.recipe), state, *batch)
 
     def predict(self, params, images):
-        return self._predict(params, images)
+        return _predict(self.config, params, self.recipe.dtype, images)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,7 +352,7 @@ def finetune(model, data, output, *, recipe: Recipe | None = None, val_data=None
                 state, loss = trainer.step(state, batch)
                 loss = float(loss)
                 if not np.isfinite(loss):
-                    raise DptJaxError(f"step {position + 1}: the loss is {loss}; lower the learning rate")
+                    raise ConfigError(f"step {position + 1}: the loss is {loss}; lower the learning rate (lr)")
                 update = (position + 1) // recipe.accumulate
                 lr = float(lr_schedule(recipe.lr, recipe.steps, recipe.power)(update))
                 record({"step": position + 1, "update": update, "loss": loss, "lr": lr})
@@ -358,3 +374,25 @@ def finetune(model, data, output, *, recipe: Recipe | None = None, val_data=None
         manager.close()
     write_converted(output, config, jax.device_get(state["params"]))
     return result
+
+
+#: `dpt-jax finetune` flags -> Recipe fields (a flag left out keeps the recipe's default)
+_FLAGS = {"steps": "steps", "batch_size": "batch_size", "accumulate": "accumulate", "lr": "lr", "size": "size",
+          "loss": "loss", "dtype": "dtype", "seed": "seed", "val_every": "val_every",
+          "save_every": "save_every"}
+
+
+def run(args) -> int:
+    """`dpt-jax finetune`: the recipe from the flags, then `finetune`."""
+    from .options import model_options
+
+    given = {field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag) is not None}
+    recipe = Recipe(**given, remat=args.remat, flip=not args.no_flip)
+    result = finetune(args.model, args.data, args.output, recipe=recipe, val_data=args.val_data,
+                      checkpoint_dir=args.checkpoints, resume=args.resume, progress=not args.no_progress,
+                      **model_options(args))
+    print(f"updates:    {result['step']}, last loss {result['loss']:.6g}")
+    for k, v in (result["val"] or {}).items():
+        print(f"val {k + ':':<11}{v:.4f}")
+    print(f"wrote       {args.output}")
+    return 0
