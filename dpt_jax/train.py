@@ -264,7 +264,7 @@ def evaluate(trainer: Trainer, params, samples, size: int) -> dict[str, float]:
     return metrics.combine({k: np.concatenate([t[k] for t in terms]) for k in terms[0]})  # as depth_metrics
 
 
-def checkpoints(folder, save_every: int = 0):
+def checkpoints(folder):
     """An Orbax CheckpointManager on `folder` (kept: the last two; written whole or not at all)."""
     import orbax.checkpoint as ocp
 
