@@ -204,7 +204,8 @@ class DPT(nn.Module):
         c, mm = self.config, self.dtype_mm
         context = context or (None,) * 4  # the four temporal modules' cached states, in the original's order
         family = c.family
-        encoder = family.encoder(c.encoder, mm, remat=self.remat, name="encoder")
+        remat = {"remat": True} if self.remat else {}  # a family registered elsewhere may not take remat
+        encoder = family.encoder(c.encoder, mm, name="encoder", **remat)
         features = encoder(images)  # 4 x (B, 1 + h*w, C) or (B, h_i, w_i, C_i)
         for i, f in enumerate(features, start=1):
             self.sow("intermediates", f"hook{i}", f)
