@@ -18,7 +18,7 @@ import numpy as np
 
 from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, Pair, bounded, checked_fields, require
 from .family import vit_encoder_peak_bytes
-from .layers import QKV, Conv, Dense, LayerScaleBlock, attend, merge_heads, patch_grid
+from .layers import QKV, Conv, Dense, LayerScaleBlock, attend, merge_heads, patch_grid, rematerialised
 from .resize import resize_bilinear
 
 
@@ -107,6 +107,7 @@ class BeitEncoder(nn.Module):
 
     config: BeitConfig
     dtype_mm: Any = jnp.float32
+    remat: bool = False  # recompute each block's activations in the backward pass (training memory)
 
     @nn.compact
     def __call__(self, images):
@@ -119,7 +120,8 @@ class BeitEncoder(nn.Module):
         x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, c.embed_dim)), x], axis=1)  # (B, 1 + h*w, C)
         hooks = []
         for i in range(c.depth):
-            block = LayerScaleBlock(functools.partial(Attention, c, self.dtype_mm), c.embed_dim, c.mlp_hidden,
+            Block = rematerialised(LayerScaleBlock, self.remat, (2,))  # argument 2: the grid (static)
+            block = Block(functools.partial(Attention, c, self.dtype_mm), c.embed_dim, c.mlp_hidden,
                                     c.layer_norm_eps, self.dtype_mm, gamma_init=0.1, name=f"blocks_{i}")
             x = block(x, grid)  # (B, 1 + h*w, C)
             if i in c.hooks:

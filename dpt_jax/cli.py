@@ -367,6 +367,34 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p)
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("finetune", help="fine-tune a model on pictures with depth (the original recipe), resumable",
+                       description="Depth Anything V2's training recipe (AdamW, encoder lr and 10x for the rest, "
+                                   "polynomial decay, flips, 518 crops; SiLog for metric models, the trimmed "
+                                   "scale-and-shift-invariant loss for relative ones) on every local device; "
+                                   "Orbax checkpoints; the result as a dpt-jax .safetensors. See README, Fine-tune.")
+    p.add_argument("model", help="checkpoint path, Hugging Face folder, name or repo id to start from")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="images/NAME.jpg|png, depth/NAME.npy|png (metres; PNG: x 256), optional mask/NAME.png")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the fine-tuned model (.safetensors)")
+    p.add_argument("--val-data", metavar="DIR", help="a folder of the same layout, scored with the depth metrics")
+    p.add_argument("--steps", type=_positive, help="optimizer updates (default 1000)")
+    p.add_argument("--batch-size", type=_positive, help="pictures per micro-batch, over all devices (default 2)")
+    p.add_argument("--accumulate", type=_positive, help="micro-batches per update (default 1)")
+    p.add_argument("--lr", type=float, help="the encoder's learning rate; the rest learns 10x (default 5e-6)")
+    p.add_argument("--size", type=_positive, help="the square training crop (default 518)")
+    p.add_argument("--loss", choices=["auto", "silog", "ssi"], help="default: silog (metric), ssi (relative)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="matrix products (default float32)")
+    p.add_argument("--remat", action="store_true", help="recompute the encoder blocks in the backward pass")
+    p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    p.add_argument("--seed", type=int, help="the run's random seed (default 0)")
+    p.add_argument("--val-every", type=_positive, metavar="N", help="score --val-data every N updates")
+    p.add_argument("--save-every", type=_positive, metavar="N", help="Orbax checkpoint every N updates")
+    p.add_argument("--checkpoints", metavar="DIR", help="the checkpoint folder (default OUTPUT.ckpt)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_options(p)
+    p.set_defaults(func=cmd_finetune)
+
     p = sub.add_parser("bench", help="time dpt-jax on a model with random weights (no checkpoint needed)",
                        description="Compile time, median/min latency and images/s of a model with random weights. "
                                    "The side-by-side comparison with PyTorch is benchmarks/ in the repository.")
@@ -414,6 +442,12 @@ def cmd_eval(args) -> int:
     from . import evaluate
 
     return evaluate.run(args)
+
+
+def cmd_finetune(args) -> int:
+    from . import train
+
+    return train.run(args)
 
 
 def cmd_predict(args) -> int:

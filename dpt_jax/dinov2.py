@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, bounded, checked_fields, require
-from .layers import Conv, Dense, LayerScaleBlock, attend, layer_norm, merge_heads, patch_grid
+from .layers import Conv, Dense, LayerScaleBlock, attend, layer_norm, merge_heads, patch_grid, rematerialised
 from .resize import _keys_far, _keys_near, resample_axis
 
 Pair = tuple[int, int]
@@ -208,6 +208,7 @@ class Dinov2Encoder(nn.Module):
 
     config: Dinov2Config
     dtype_mm: Any = jnp.float32
+    remat: bool = False  # recompute each block's activations in the backward pass (training memory)
 
     @nn.compact
     def __call__(self, images, views: int = 1):
@@ -246,8 +247,8 @@ class Dinov2Encoder(nn.Module):
             rope = None if c.rope_start == -1 or i < c.rope_start else global_rope if is_global else local_rope
             attention = functools.partial(Attention, c.num_heads, self.dtype_mm,
                                           qk_norm=c.qknorm_start != -1 and i >= c.qknorm_start)
-            block = LayerScaleBlock(attention, c.embed_dim, c.mlp_hidden, c.layer_norm_eps, self.dtype_mm,
-                                    name=f"blocks_{i}")
+            block = rematerialised(LayerScaleBlock, self.remat)(attention, c.embed_dim, c.mlp_hidden, c.layer_norm_eps,
+                                                                self.dtype_mm, name=f"blocks_{i}")
             if is_global:  # the views of a scene as one sequence
                 n = x.shape[1]
                 scenes = x.reshape(x.shape[0] // views, views * n, c.embed_dim)  # (B / S, S (1 + h*w), C)

@@ -267,6 +267,7 @@ class DPT(nn.Module):
 
     config: DPTConfig
     dtype_mm: Any = jnp.float32
+    remat: bool = False  # recompute the encoder blocks' activations in the backward pass (training memory)
 
     @nn.compact
     def __call__(self, images, *, frames: int = 1, context=None, prompt=None, outputs: bool = False,
@@ -281,7 +282,8 @@ class DPT(nn.Module):
             prompt, lo, hi = prompt_range(prompt)  # (B, h, w, 1), (B, 1, 1, 1), (B, 1, 1, 1)
             self.sow("intermediates", "prompt_norm", prompt)
         family = c.family
-        encoder = family.encoder(c.encoder, mm, name="encoder")
+        remat = {"remat": True} if self.remat else {}  # a family registered elsewhere may not take remat
+        encoder = family.encoder(c.encoder, mm, name="encoder", **remat)
         # 4 x (B, 1 + h*w, C) or (B, h_i, w_i, C_i); `views` > 1: consecutive pictures of one scene (DA3 any-view)
         features = encoder(images, views=views) if views > 1 else encoder(images)
         for i, f in enumerate(features, start=1):
@@ -321,7 +323,7 @@ def param_shapes(config: DPTConfig) -> dict[str, tuple[int, ...]]:
 
 
 def forward(config: DPTConfig, params, images, dtype: str = "float32", *, frames: int = 1, prompt=None,
-            outputs: bool = False, views: int = 1):
+            outputs: bool = False, views: int = 1, remat: bool = False):
     """Depth of normalized images (B, H, W, 3) -> (B, H, W): the whole model as a pure function.
 
     `prompt`: a prompted model's metric depth prompt (B, h, w, 1), any h and w; None for the others.
@@ -330,8 +332,9 @@ def forward(config: DPTConfig, params, images, dtype: str = "float32", *, frames
     precision (no TF32/bf16 passes on accelerators: they cost ~1e-3 relative error).
     Temporal models take clips: B = clips * `frames`, each clip's frames consecutive.
     `outputs=True`: the dict of every output (`DPT`); `views`: pictures per scene (`DPT`).
+    `remat`: the encoder blocks' activations are recomputed when differentiated (training memory; same numbers).
     """
-    module = DPT(config, COMPUTE_DTYPES[dtype])
+    module = DPT(config, COMPUTE_DTYPES[dtype], remat)
     with jax.default_matmul_precision("highest"):
         return module.apply({"params": params}, images.astype(jnp.float32), frames=frames, prompt=prompt,
                             outputs=outputs, views=views)

@@ -71,7 +71,7 @@ class EncoderFamily:
     name: str  # recorded in converted files
     title: str  # how messages name its models, e.g. "MiDaS v3.1 DPT-BEiT"
     config_class: type  # the frozen encoder config dataclass
-    encoder: type  # Flax module: Encoder(config, dtype_mm)(images (B, H, W, 3)) -> four features
+    encoder: type  # Flax module: Encoder(config, dtype_mm[, remat=True])(images (B, H, W, 3)) -> four features
     #: True: the features are token sequences (B, 1 + h*w, C) on the patch grid, cls token first, and
     #: the neck reassembles them into maps; False: they are maps (B, h_i, w_i, C_i) at four scales already.
     outputs_tokens: bool

@@ -67,6 +67,12 @@ class Mlp(nn.Module):
         return Dense(dim, dtype=self.dtype_mm, name="fc2")(hidden)
 
 
+def rematerialised(block: type, remat: bool, static_argnums: tuple = ()) -> type:
+    """`block` (a module class) whose activations are recomputed in the backward pass when `remat` (training
+    memory: only each block's input is kept); the same class otherwise. Argument 0 of `static_argnums` is the module."""
+    return nn.remat(block, static_argnums=static_argnums) if remat else block
+
+
 class LayerScaleBlock(nn.Module):
     """x + g1 * attn(LN1(x)), then x + g2 * mlp(LN2(x)): the pre-norm ViT block with layer scale (BEiT, DINOv2).
 

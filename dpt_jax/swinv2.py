@@ -68,7 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, Pair, bounded, checked_fields, require
-from .layers import QKV, Conv, Dense, Mlp, attend, layer_norm, merge_heads
+from .layers import QKV, Conv, Dense, Mlp, attend, layer_norm, merge_heads, rematerialised
 
 
 @dataclass(frozen=True)
@@ -377,6 +377,7 @@ class SwinV2Stage(nn.Module):
     stage: int
     window_rule: WindowRule = window_layout
     dtype_mm: Any = jnp.float32
+    remat: bool = False  # recompute each block's activations in the backward pass (training memory)
 
     @nn.compact
     def __call__(self, x):  # (B, h, w, C)
@@ -384,7 +385,8 @@ class SwinV2Stage(nn.Module):
         divisor = position_divisor(c, self.stage)
         for b in range(c.depths[self.stage]):
             shifted = b % 2 == 1
-            x = SwinV2Block(c, c.num_heads[self.stage], shifted, divisor, self.window_rule, self.dtype_mm,
+            Block = rematerialised(SwinV2Block, self.remat)
+            x = Block(c, c.num_heads[self.stage], shifted, divisor, self.window_rule, self.dtype_mm,
                             name=f"blocks_{b}")(x)
         merged = PatchMerging(c, self.dtype_mm, name="downsample")(x) if self.stage < len(c.depths) - 1 else None
         return x, merged  # (B, h, w, C), (B, h/2, w/2, 2C)
@@ -401,6 +403,7 @@ class SwinV2Encoder(nn.Module):
     config: SwinV2Config
     dtype_mm: Any = jnp.float32
     window_rule: WindowRule = window_layout
+    remat: bool = False  # recompute each block's activations in the backward pass (training memory)
 
     @nn.compact
     def __call__(self, images):
@@ -415,7 +418,7 @@ class SwinV2Encoder(nn.Module):
         x = PatchEmbed(c, self.dtype_mm, name="patch_embed")(images)  # (B, H/4, W/4, C)
         hooks = []
         for s in range(len(c.depths)):
-            hook, x = SwinV2Stage(c, s, self.window_rule, self.dtype_mm, name=f"layers_{s}")(x)
+            hook, x = SwinV2Stage(c, s, self.window_rule, self.dtype_mm, self.remat, name=f"layers_{s}")(x)
             hooks.append(hook)  # (B, h_s, w_s, C_s)
         return hooks
 
