@@ -1,6 +1,10 @@
-"""Fine-tuning on the Depth Anything mini (random weights) and a tiny generated folder: it learns, accumulation
-and rematerialisation change nothing, a resumed run equals an uninterrupted one, the CLI writes a loadable model."""
+"""Fine-tuning on a Depth Anything mini (random weights) and a tiny generated folder: it learns, accumulation
+and rematerialisation change nothing, a resumed run equals an uninterrupted one, the CLI writes a loadable model.
 
+The mini is the metric reference mini cut to its first four blocks (hooks 0-3): the mechanics are the same, and
+each compiled gradient costs a third less."""
+
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -12,19 +16,31 @@ import pytest
 from PIL import Image
 
 from dpt_jax import train
-from dpt_jax.checkpoint import load_checkpoint
+from dpt_jax.checkpoint import load_checkpoint, write_converted
 from dpt_jax.cli import main
 from dpt_jax.datasets import open_dataset
 from dpt_jax.errors import ConfigError, DatasetError
 
-MINI = Path(__file__).parent / "fixtures" / "depth_anything" / "mini_da2_metric.safetensors"
-VARIANT = "mini_da2_metric"
+REFERENCE_MINI = Path(__file__).parent / "fixtures" / "depth_anything" / "mini_da2_metric.safetensors"
 RECIPE = train.Recipe(steps=4, batch_size=2, size=28, lr=2e-4, seed=3)
 
 
 @pytest.fixture(scope="module")
-def mini():
-    return load_checkpoint(MINI, variant=VARIANT)
+def mini_file(tmp_path_factory):
+    """The four-block mini as a converted file (its config inside)."""
+    full = load_checkpoint(REFERENCE_MINI, variant="mini_da2_metric")
+    encoder = dataclasses.replace(full.config.encoder, depth=4, hooks=(0, 1, 2, 3))
+    params = dict(full.params)
+    params["encoder"] = {k: v for k, v in params["encoder"].items()
+                         if not (k.startswith("blocks_") and int(k.split("_")[1]) >= 4)}
+    path = tmp_path_factory.mktemp("mini") / "mini4.safetensors"
+    write_converted(path, full.config.replace(name="mini4", encoder=encoder), params)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mini(mini_file):
+    return load_checkpoint(mini_file)
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +101,15 @@ def test_accumulating_two_micro_batches_is_one_update_on_their_mean_gradient(min
     single = recipe.replace(accumulate=1)
     params = train.cast_params(mini.params)
     grads = [train.loss_and_grads(mini.config, single, params, *h)[1] for h in halves]
-    mean = jax.tree_util.tree_map(lambda a, b: (a + b) / 2, *grads)
     tx = train.optimizer(single)
-    ref_state = tx.init(params)
-    updates, ref_state = tx.update(mean, ref_state, params)
-    want = optax.apply_updates(params, updates)
+
+    @jax.jit
+    def one_update(a, b, params):  # the reference: one plain update on the mean of the two gradients
+        mean = jax.tree_util.tree_map(lambda x, y: (x + y) / 2, a, b)
+        updates, state = tx.update(mean, tx.init(params), params)
+        return optax.apply_updates(params, updates), state, mean
+
+    want, ref_state, mean = one_update(*grads, params)
     # Adam's first moment after one update is 0.1 x the gradient it was given: the mean of the two, exactly
     got_mu = optax.tree_utils.tree_get_all_with_path(state["opt_state"], "mu")
     ref_mu = optax.tree_utils.tree_get_all_with_path(ref_state, "mu")
@@ -97,14 +117,19 @@ def test_accumulating_two_micro_batches_is_one_update_on_their_mean_gradient(min
     for (_, g), (_, r) in zip(got_mu, ref_mu):
         for x, y in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(r)):
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6 * np.abs(y).max())
-    # and the parameters moved as that one update moves them (Adam divides by |g| + 1e-8, so gradients near 1e-8
-    # carry float rounding into a few updates; a wrong mix of the micro-batches flips whole updates)
-    moved = 0
-    for got, ref, before in zip(*(jax.tree_util.tree_leaves(t) for t in (state["params"], want, params))):
+    # and the parameters moved as that one update moves them. Adam's first step is lr * g / (|g| + 1e-8): where
+    # the two halves' gradients cancel to within 1e-7 of each other, float rounding of the mean decides the step,
+    # so those elements (checked through the first moment above) are left out; a wrong mix flips whole updates.
+    moved = compared = total = 0
+    leaves = (jax.tree_util.tree_leaves(t) for t in (state["params"], want, params, mean))
+    for got, ref, before, g in zip(*leaves):
         step_got, step_ref = np.asarray(got) - before, np.asarray(ref) - before
-        np.testing.assert_allclose(step_got, step_ref, rtol=1e-6, atol=1e-3 * np.abs(step_ref).max())
+        clear = np.abs(np.asarray(g)) > 1e-7
+        # atol: a step is a difference of parameters, each rounded to float32 (a few ulps of |params| ~ 1)
+        np.testing.assert_allclose(step_got[clear], step_ref[clear], rtol=1e-6, atol=1e-3 * np.abs(step_ref).max())
         moved += np.abs(step_ref).max() > 0
-    assert moved > 10
+        compared, total = compared + clear.sum(), total + clear.size
+    assert moved > 10 and compared > 0.8 * total
 
 
 def test_remat_gives_the_same_gradients(mini, folder):
@@ -125,10 +150,10 @@ def _losses(log):
     return {e["step"]: e["loss"] for e in map(json.loads, Path(log).read_text().splitlines()) if "loss" in e}
 
 
-def test_resumed_run_equals_uninterrupted_and_cli_writes_a_loadable_model(mini, folder, tmp_path):
+def test_resumed_run_equals_uninterrupted_and_cli_writes_a_loadable_model(mini, mini_file, folder, tmp_path):
     recipe = RECIPE.replace(save_every=2)
     out = tmp_path / "a.safetensors"
-    result = train.finetune(MINI, folder, out, recipe=recipe, val_data=folder, variant=VARIANT, progress=False)
+    result = train.finetune(mini_file, folder, out, recipe=recipe, val_data=folder, progress=False)
     assert result["step"] == 4 and set(result["val"]) >= {"abs_rel", "delta1", "rmse"}
     assert all(np.isfinite(v) for v in result["val"].values())
     uninterrupted = _losses(f"{out}.log.jsonl")
@@ -136,11 +161,11 @@ def test_resumed_run_equals_uninterrupted_and_cli_writes_a_loadable_model(mini, 
     ckpt = Path(f"{out}.ckpt")
     assert sorted(p.name for p in ckpt.iterdir() if p.name.isdigit()) == ["2", "4"]
     with pytest.raises(ConfigError, match="resume"):  # never a silent restart over an earlier run
-        train.finetune(MINI, folder, tmp_path / "x.safetensors", recipe=recipe, checkpoint_dir=ckpt,
-                       variant=VARIANT, progress=False)
+        train.finetune(mini_file, folder, tmp_path / "x.safetensors", recipe=recipe, checkpoint_dir=ckpt,
+                       progress=False)
     shutil.rmtree(ckpt / "4")  # as if killed after the checkpoint of update 2
     resumed = tmp_path / "b.safetensors"
-    code = main(["finetune", str(MINI), "--variant", VARIANT, "--data", str(folder), "-o", str(resumed),
+    code = main(["finetune", str(mini_file), "--data", str(folder), "-o", str(resumed),
                  "--steps", "4", "--batch-size", "2", "--size", "28", "--lr", "2e-4", "--seed", "3",
                  "--save-every", "2", "--checkpoints", str(ckpt), "--resume", "--no-progress"])
     assert code == 0
@@ -154,9 +179,9 @@ def test_resumed_run_equals_uninterrupted_and_cli_writes_a_loadable_model(mini, 
     assert any(not np.array_equal(x, z) for x, z in zip(*(jax.tree_util.tree_leaves(c.params) for c in (a, mini))))
 
 
-def test_bad_data_is_named(tmp_path):
+def test_bad_data_is_named(mini, mini_file, tmp_path):
     (tmp_path / "images").mkdir()
     with pytest.raises(DatasetError, match="depth"):
-        train.finetune(MINI, tmp_path, tmp_path / "o.safetensors", recipe=RECIPE, variant=VARIANT, progress=False)
+        train.finetune(mini_file, tmp_path, tmp_path / "o.safetensors", recipe=RECIPE, progress=False)
     with pytest.raises(ConfigError, match="multiple of 14"):
-        train.Trainer(load_checkpoint(MINI, variant=VARIANT).config, RECIPE.replace(size=30))
+        train.Trainer(mini.config, RECIPE.replace(size=30))
