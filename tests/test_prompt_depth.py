@@ -249,6 +249,23 @@ def test_transformers_layout_round_trip(models, ref, tmp_path):
         dpt_jax.load(tmp_path / "hf")
 
 
+def test_transformers_runs_the_folder_dpt_jax_writes_as_the_original(models, ref, tmp_path):
+    """transformers' PromptDepthAnythingForDepthEstimation, run on the folder save_pretrained writes
+    (make_transformers_fixture.py: every weight loaded, none left over), gives the original's depth at the
+    native 98x98, and so does dpt-jax reading that folder back; dpt-jax still writes the bytes it read."""
+    import hashlib
+
+    hf = np.load(PDA / "mini_pda_transformers.npz")
+    models["ckpt"].save_pretrained(tmp_path / "hf")
+    written = hashlib.sha256((tmp_path / "hf" / "model.safetensors").read_bytes()).hexdigest()
+    assert written == str(hf["safetensors_sha256"])
+    assert rel_err(hf["sq__depth"][:, None], ref["sq__depth"]) < TOL
+    assert rel_err(hf["wide__depth"][:, None], ref["wide__depth"]) > 0.05  # its position-table rule (README: 13 %)
+    back = dpt_jax.load(tmp_path / "hf")
+    got = run_stages(back, nchw_to_nhwc(ref["sq__input"]), nchw_to_nhwc(ref["sq__prompt"]))["depth"]
+    assert rel_err(got, hf["sq__depth"][:, None]) < TOL
+
+
 def test_prompt_models_refuse_what_does_not_apply(models, monkeypatch, tmp_path):
     """max_depth (the range is the prompt's), exports (images only); "<name>_hf" loads that model (the variant)."""
     from dpt_jax import export, hub
