@@ -426,7 +426,7 @@ def test_metric_png16_is_absolute(tmp_path):
 # bfloat16
 
 
-@pytest.mark.parametrize("name", MINIS)
+@pytest.mark.parametrize("name", MINIS[:1])  # the metric mini runs the same bfloat16 program but for its head
 def test_bfloat16_runs_and_is_close(name, references, capsys):
     """bfloat16 matmuls (float32 accumulation) against float32 on the mini: a sanity bound, not the original's."""
     f32 = dpt_jax.load(DA / f"{name}.safetensors", variant=name)
