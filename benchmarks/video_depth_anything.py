@@ -37,16 +37,6 @@ src, weights, clip, out, encoder, features, channels, repeats, threads = sys.arg
 sys.path.insert(0, src)
 torch.set_num_threads(int(threads))
 from safetensors.torch import load_file
-try:
-    import torchvision  # the original imports it for Compose only
-except RuntimeError as e:  # a torchvision wheel whose C ops do not load with this torch: declare the two it asks
-    if "torchvision::" not in str(e):
-        raise
-    for name in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
-        del sys.modules[name]
-    library = torch.library.Library("torchvision", "DEF")
-    library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
 from video_depth_anything.video_depth import VideoDepthAnything
 model = VideoDepthAnything(encoder=encoder, features=int(features), out_channels=json.loads(channels)).eval()
 missing, unexpected = model.load_state_dict(load_file(weights), strict=False)

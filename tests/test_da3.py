@@ -60,21 +60,27 @@ def compiled(fn, params, images):
     return jax.jit(fn).lower(params, images).compile(compiler_options={"xla_backend_optimization_level": 0})
 
 
-def run(model, images):
-    """Outputs and sown intermediates ({name: array}, maps as NCHW like the fixtures), one program per shape."""
+def _stages(config, params, images, key, full_paths: bool) -> dict:
+    """Outputs and sown intermediates of one compiled program per key (maps as NCHW like the fixtures), named by
+    their last path part, or by the whole "/"-joined path (`full_paths`: two fusion chains sow the same names)."""
     from flax import traverse_util
 
-    key = images.shape  # mono and metric: one network (the focal rule is outside it)
     if key not in _RUNS:
-        module = DPT(model.config.replace(name="mini_da3", focal_metric_divisor=0.0))
+        module = DPT(config)
         _RUNS[key] = compiled(lambda p, x: module.apply({"params": p}, x, outputs=True, mutable=["intermediates"]),
-                              model.params, images)
-    outputs, state = _RUNS[key](model.params, images)
+                              params, images)
+    outputs, state = _RUNS[key](params, images)
     out = {f"out.{k}": np.asarray(v) for k, v in outputs.items()}
     for path, value in traverse_util.flatten_dict(state["intermediates"]).items():
         x = np.asarray(value[0])
-        out[path[-1]] = x.transpose(0, 3, 1, 2) if x.ndim == 4 else x
+        out["/".join(path) if full_paths else path[-1]] = x.transpose(0, 3, 1, 2) if x.ndim == 4 else x
     return out
+
+
+def run(model, images):
+    """Mono and metric: one network (the focal rule is outside it), one program per shape."""
+    config = model.config.replace(name="mini_da3", focal_metric_divisor=0.0)
+    return _stages(config, model.params, images, images.shape, full_paths=False)
 
 
 #: our sown name -> the fixture's stage name
@@ -263,20 +269,8 @@ def any_view():
 
 
 def run_paths(model, images):
-    """Outputs and intermediates keyed by their full "/"-joined path (two fusion chains sow the same names)."""
-    from flax import traverse_util
-
-    key = ("paths", model.config.name, images.shape)
-    if key not in _RUNS:
-        module = DPT(model.config)
-        _RUNS[key] = compiled(lambda p, x: module.apply({"params": p}, x, outputs=True, mutable=["intermediates"]),
-                              model.params, images)
-    outputs, state = _RUNS[key](model.params, images)
-    out = {f"out.{k}": np.asarray(v) for k, v in outputs.items()}
-    for path, value in traverse_util.flatten_dict(state["intermediates"]).items():
-        x = np.asarray(value[0])
-        out["/".join(path)] = x.transpose(0, 3, 1, 2) if x.ndim == 4 else x
-    return out
+    """Outputs and intermediates keyed by their full path."""
+    return _stages(model.config, model.params, images, ("paths", model.config.name, images.shape), full_paths=True)
 
 
 ANY_VIEW_STAGES = {
