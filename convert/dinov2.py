@@ -515,17 +515,55 @@ _CC_BY_NC = "CC-BY-NC-4.0 (non-commercial use only)"
 _METRIC = {"hypersim": ("Hypersim", "Indoor"), "vkitti": ("VKITTI", "Outdoor")}
 
 
+#: The SHA-256 of each release file whose published hash was found (the Hub's LFS object id, as stated
+#: by public projects that pin these files; each was found stated for that exact file in at least one
+#: pinned manifest, most in two). A release without one is checked against the Hub's own content hash
+#: (hub.py). MiDaS's GitHub assets, DA3MONO-LARGE, Prompt Depth Anything and Distill-Any-Depth: none found.
+SHA256 = {
+    # Depth Anything V2 (depth-anything/Depth-Anything-V2-*): LFS sha256 as pinned by downloaders that read
+    # it from the Hub's API, with the files' sizes (99,218,434 / 389,961,218 / 1,341,395,338 bytes, Small..Large)
+    "da2_vits": "715fade13be8f229f8a70cc02066f656f2423a59effd0579197bbf57860e1378",
+    "da2_vitb": "0d2b7002e62d39d655571c371333340bd88f67ab95050c03591555aa05645328",
+    "da2_vitl": "a7ea19fa0ed99244e67b624c72b8580b7e9553043245905be58796a608eb9345",
+    "da2_metric_hypersim_vits": "b782898d8a3e8be1f639de33837ed85e9b4b73e40f8f5e5cd99067588d722545",
+    "da2_metric_hypersim_vitb": "9dc9e274c5eff55c6daf27b660c0ced0eca4e8593a6da90cdcb04d2b4d3f3fa2",
+    "da2_metric_hypersim_vitl": "6f82ff2bc543ac02ddff4aa31fa363676a8305dd3ccf04e80e2af115a044cb6d",
+    "da2_metric_vkitti_vits": "9203e538d35255c90dda4b7fedb47ff33fe725497bcca3b1e53b3a65ee63f0cb",
+    "da2_metric_vkitti_vitb": "4dad67a7cc10b462bca48e6b8569c762b8eb3c1adada170a3851a6d3ba37bb3e",
+    "da2_metric_vkitti_vitl": "239b1054a369e66da2576e9a118d6d7c12d90dc8ebe609579a9a09cd8e05fe38",
+    # Depth Anything V1 (the LiheYoung/Depth-Anything Space's checkpoints/): the sha256 a Nix fetchurl pins
+    # (vitb's is also the object id in the LFS download URL the Hub redirects to)
+    "da1_vits": "59afe57cfd9f4284deaf5b753d954723d7136ae842fba3e068ba03537ca1e60e",
+    "da1_vitb": "64ae214ae4e27424b644c49464c0aa243016f6f753d95097c8eb9ad0b9cb2d9b",
+    "da1_vitl": "6c6a383e33e51c5fdfbf31e7ebcda943973a9e6a1cbef1564afe58d7f2e8fe63",
+    # Video Depth Anything (depth-anything/[Metric-]Video-Depth-Anything-*): LFS sha256 of each file
+    "vda_vits": "13379300b739e659f076a59d52e9801bd8d38c541a7e71f73bbca4dcfb013609",
+    "vda_vitb": "775e578e8f9431ec0496514aa466bd0a1f67c28d0f518267809f35a43c04329b",
+    "vda_vitl": "43df27c6b396042ba34ff7b798ab279f64d204d2e86d7a373968f8fa36d0e6fa",
+    "vda_metric_vits": "3c28432b4e1f0d7bb31cad5151b6313b49457db5aa58d82e85bfb0f8b1311b33",
+    "vda_metric_vitb": "f6f58576b9680a112f2428d4f39aff92656d3ae85745b0164675ace8d5b1fade",
+    "vda_metric_vitl": "24eba25342e7ee0f054be25da6a852ebd7cfa40cd6bf41a353ecb6abfe24e620",
+    # Depth Anything 3 (depth-anything/DA3-*/model.safetensors): the LFS object id (SMALL 137,248,940 bytes,
+    # BASE 541,518,028, METRIC-LARGE 1,336,734,448, LARGE-1.1 1,643,843,860)
+    "da3_small": "364492e38a3a06d221ac75da7f6621ada3f2361cd24fde11ba79091e9f40efcf",
+    "da3_base": "e01067dc1659613083d9145a9a2547ccdbe6ccbbf83c4fe7b3e8a4e2bdae78b5",
+    "da3_metric_large": "bbea5b0b3ee389849cffa7ddae89de064a90abd2b055fc5aa99aac68db324776",
+    "da3_large": "739905c423cf0d6ccaf9e61a8401d82ba1ac32d7f4d3ee6dca8f92b377633f64",
+}
+
+
 def _releases() -> tuple[Release, ...]:
     out = []
     for s, (word, size) in _SIZES.items():
         licence = "Apache-2.0" if s == "vits" else _CC_BY_NC
         out.append(Release(f"da2_{s}", f"depth_anything_v2_{s}.pth", size, licence,
-                           repo=f"depth-anything/Depth-Anything-V2-{word}"))
+                           repo=f"depth-anything/Depth-Anything-V2-{word}", sha256=SHA256[f"da2_{s}"]))
         for data, (repo, _) in _METRIC.items():
-            out.append(Release(f"da2_metric_{data}_{s}", f"depth_anything_v2_metric_{data}_{s}.pth", size, licence,
-                               repo=f"depth-anything/Depth-Anything-V2-Metric-{repo}-{word}"))
-        out.append(Release(f"da1_{s}", f"depth_anything_{s}14.pth", size, "Apache-2.0",
-                           repo="LiheYoung/Depth-Anything", repo_type="space", subfolder="checkpoints"))
+            name = f"da2_metric_{data}_{s}"
+            out.append(Release(name, f"depth_anything_v2_metric_{data}_{s}.pth", size, licence,
+                               repo=f"depth-anything/Depth-Anything-V2-Metric-{repo}-{word}", sha256=SHA256[name]))
+        out.append(Release(f"da1_{s}", f"depth_anything_{s}14.pth", size, "Apache-2.0", repo="LiheYoung/Depth-Anything",
+                           repo_type="space", subfolder="checkpoints", sha256=SHA256[f"da1_{s}"]))
     return tuple(out)
 
 
@@ -537,9 +575,9 @@ def _video_releases() -> tuple[Release, ...]:
         licence = "Apache-2.0" if s == "vits" else _CC_BY_NC
         size = _VIDEO_SIZES[s]
         out.append(Release(f"vda_{s}", f"video_depth_anything_{s}.pth", size, licence,
-                           repo=f"depth-anything/Video-Depth-Anything-{word}"))
+                           repo=f"depth-anything/Video-Depth-Anything-{word}", sha256=SHA256[f"vda_{s}"]))
         out.append(Release(f"vda_metric_{s}", f"metric_video_depth_anything_{s}.pth", size, licence,
-                           repo=f"depth-anything/Metric-Video-Depth-Anything-{word}"))
+                           repo=f"depth-anything/Metric-Video-Depth-Anything-{word}", sha256=SHA256[f"vda_metric_{s}"]))
     return tuple(out)
 
 
@@ -551,7 +589,8 @@ _VIDEO_SIZES = {"vits": 116_140_548 + 4 * 32 * 2 * (192 + 384 + 64 + 64),
 #: Depth Anything 3 (monocular, metric): `model.safetensors` + config.json in each repository, Apache-2.0
 #: (the DA3 README's model table); sizes from the reference manifests (334,171,394 float32 parameters).
 #: Any-view: DA3-SMALL and DA3-BASE Apache-2.0, DA3-LARGE CC-BY-NC-4.0 (its 1.1 retrain, the default).
-DA3_RELEASES = tuple(Release(name, "model.safetensors", size, licence, repo=f"depth-anything/{repo}")
+DA3_RELEASES = tuple(Release(name, "model.safetensors", size, licence, repo=f"depth-anything/{repo}",
+                             sha256=SHA256.get(name))
                      for name, repo, size, licence in (
                          ("da3_mono_large", "DA3MONO-LARGE", 1_336_685_576, "Apache-2.0"),
                          ("da3_metric_large", "DA3METRIC-LARGE", 1_336_685_576, "Apache-2.0"),

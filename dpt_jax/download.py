@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import http.client
 import json
 import os
@@ -58,6 +59,15 @@ def _synced(f, url: str, partial: Path) -> None:
 def max_bytes_unknown(approx: int | None) -> int:
     """The most a transfer of unannounced size may send: twice the expected size, else 8 GB."""
     return 2 * approx if approx else 8 * 10**9
+
+
+def file_digest(path, algorithm: str = "sha256", prefix: bytes = b"") -> str:
+    """The hex digest of `prefix` followed by the bytes of `path`, read in chunks (a file of any size)."""
+    digest = hashlib.new(algorithm, prefix)
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def human_size(n: int | None) -> str:

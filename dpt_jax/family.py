@@ -37,6 +37,11 @@ class Release:
     repo_type: str = "model"  # ("model" or "space")
     subfolder: str = ""  # the file's folder in the repository
     holds: str | None = None  # the preset the file holds, when not `name` (a mirror under another name)
+    sha256: str | None = None  # the published file's SHA-256 (64 lowercase hex digits); None: not pinned
+
+    def __post_init__(self):
+        if self.sha256 is not None and not (len(self.sha256) == 64 and set(self.sha256) <= set("0123456789abcdef")):
+            raise ValueError(f"{self.name}: sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
 
 
 @dataclass(frozen=True)

@@ -33,15 +33,20 @@ Cache
 an absolute path), else ``~/.cache/dpt-jax``. It holds, per model:
 
 - ``<file>``: the checkpoint (the release's file name); only ever a complete file that passed
-  the archive check (CRC-32 of every member) and the caller's check;
-- ``<file>.verified``: a small stamp (size and modification time of the checked file), so
-  later uses skip the checks; a file that changed since is checked again;
+  the SHA-256 pin of its release (``Release.sha256``; else the archive check, CRC-32 of every
+  member) and the caller's check;
+- ``<file>.verified``: a small stamp (size and modification time of the checked file, and the
+  hash it was found to have), so later uses skip the checks; a file that changed since is
+  checked again;
+- ``hub/<name>.verified``: the same stamp for a release file in huggingface_hub's cache, whose
+  bytes were checked against the pin, else against the content hash its blob is named by;
 - while downloading, ``<file>.partial`` and ``<file>.partial.json`` (see ``download.fetch``),
   and ``<file>.lock``, which serialises the processes downloading one model (removed as it is let go).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -51,7 +56,17 @@ from pathlib import Path
 from typing import Callable
 
 from . import registry
-from .download import LOCK_TIMEOUT, STALL_BYTES, STALL_TIMEOUT, fetch, human_size, locked, unlink, write_text
+from .download import (
+    LOCK_TIMEOUT,
+    STALL_BYTES,
+    STALL_TIMEOUT,
+    fetch,
+    file_digest,
+    human_size,
+    locked,
+    unlink,
+    write_text,
+)
 from .errors import CheckpointError, DownloadError, UnknownModelError
 from .family import Release
 
@@ -148,10 +163,11 @@ def _stamp_path(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
 
 
-def _stamp_ok(path: Path, entry: Release) -> bool:
+def _stamp_ok(path: Path, entry: Release, *, digest: str | None = None, stamp_path: Path | None = None) -> bool:
+    """Whether `path` is unchanged since it was checked as `entry` (and, when `digest`, found to have that hash)."""
     try:
         st = path.stat()
-        stamp = json.loads(_stamp_path(path).read_text())
+        stamp = json.loads((stamp_path or _stamp_path(path)).read_text())
     except (OSError, ValueError):
         return False
     return (
@@ -159,20 +175,42 @@ def _stamp_ok(path: Path, entry: Release) -> bool:
         and stamp.get("model") == entry.name
         and stamp.get("size") == st.st_size
         and stamp.get("mtime_ns") == st.st_mtime_ns
+        and stamp.get("path", str(path)) == str(path)
+        and (digest is None or stamp.get("digest") == digest)
     )
 
 
-def _write_stamp(path: Path, entry: Release, url: str | None) -> None:
+def _write_stamp(path: Path, entry: Release, url: str | None, digest: str | None = None, *,
+                 stamp_path: Path | None = None) -> None:
     st = path.stat()
-    write_text(_stamp_path(path), json.dumps({"model": entry.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                                              "url": url}, indent=1))
+    stamp = {"model": entry.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "url": url, "digest": digest}
+    if stamp_path is not None:  # a stamp kept apart from its file (Hub files: their cache is huggingface_hub's)
+        stamp["path"] = str(path)
+    write_text(stamp_path or _stamp_path(path), json.dumps(stamp, indent=1))
+
+
+def _digest_of(path: Path, digest: str) -> str:
+    """The hash of `path` in the form of `digest`: "sha256:<hex>" or "git-sha1:<hex>" (a git blob's id)."""
+    kind = digest.split(":", 1)[0]
+    if kind == "git-sha1":
+        return "git-sha1:" + file_digest(path, "sha1", b"blob %d\0" % path.stat().st_size)
+    return "sha256:" + file_digest(path)
+
+
+def _pinned(entry: Release) -> str | None:
+    return None if entry.sha256 is None else f"sha256:{entry.sha256}"
+
+
+def _way_out(entry: Release, delete: str) -> str:
+    return (f"Delete {delete} to download {entry.name} again, or pass the file's path instead of the name "
+            "(-m PATH, dpt_jax.load(PATH)) to load it as your own file")
 
 
 def cached_path(name: str, *, cache=None) -> Path | None:
     """The cached file of model `name` if the cache holds a checked copy, else None (no network, no check run)."""
     entry = get_entry(name)
     path = (Path(cache) if cache is not None else cache_dir()) / entry.file
-    return path if _stamp_ok(path, entry) else None
+    return path if _stamp_ok(path, entry, digest=_pinned(entry)) else None
 
 
 def check_archive(path) -> None:
@@ -187,10 +225,24 @@ def check_archive(path) -> None:
             raise CheckpointError(path, f"damaged data: archive member {bad!r} does not match its CRC-32")
 
 
-def _checked(path: Path, check: Check | None) -> None:
-    check_archive(path)
+def _checked(path: Path, check: Check | None, *, hashed: bool = False) -> None:
+    """The archive's CRC-32s (unless `hashed`: its SHA-256 already covered every byte), then `check`."""
+    if not hashed:
+        check_archive(path)
     if check is not None:
         check(path)
+
+
+def _pin_mismatch(path: Path, entry: Release) -> str | None:
+    """The message for a file that is not the pinned one (its hash differs), else None; unpinned files pass."""
+    expected = _pinned(entry)
+    if expected is None:
+        return None
+    actual = _digest_of(path, expected)
+    if actual == expected:
+        return None
+    return (f"is not the published {entry.file} of {entry.name}: its SHA-256 is {actual.split(':')[1]}, the "
+            f"published file's is {entry.sha256}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,29 +264,37 @@ def download(name: str, *, check: Check | None = None, cache=None, progress: boo
     - `timeout`, `retries`, `stall_timeout`, `stall_bytes`, `lock_timeout`: see `download.fetch`
       and `download.locked`.
 
-    Releases published in a Hub repository are fetched with huggingface_hub into its cache
-    (`check` runs on every call there: its cache holds no stamps of ours).
+    A pinned release (`Release.sha256`) must have that SHA-256: checked once the file is complete
+    (a resumed download too) and on every new or changed cached file; a cached file that differs
+    is refused and kept (it may be the user's own file; the error says how to go on).
+    Releases published in a Hub repository are fetched with huggingface_hub into its cache; their
+    bytes are checked against the pin, else against the content hash huggingface_hub names the
+    cached blob by (`_hub_content_checked`), once per changed file; `check` runs on every call.
     Raises DownloadError (naming the URL) when the file cannot be fetched (partial bytes are
     kept for the next attempt to resume from), and CheckpointError when the fetched file is not
     the model's checkpoint (it is then deleted).
     """
     entry = get_entry(name)
-    if entry.repo is not None and url is None:
-        return _hub_file(entry, check, progress)
-    url = url or entry.url
     directory = Path(cache) if cache is not None else cache_dir()
+    if entry.repo is not None and url is None:
+        return _hub_file(entry, check, progress, directory)
+    url = url or entry.url
     dest = directory / entry.file
-    if _stamp_ok(dest, entry):
+    pin = _pinned(entry)
+    if _stamp_ok(dest, entry, digest=pin):
         return dest
     directory.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".partial")
     with locked(dest.with_name(dest.name + ".lock"), partial, url, progress, lock_timeout):
-        if _stamp_ok(dest, entry):  # another process finished it while we waited
+        if _stamp_ok(dest, entry, digest=pin):  # another process finished it while we waited
             return dest
         if dest.is_file():  # put there by hand, or the stamp is stale: check it instead of fetching
+            if (wrong := _pin_mismatch(dest, entry)) is not None:  # kept: it may be the user's own file
+                unlink(_stamp_path(dest))
+                raise CheckpointError(dest, f"{wrong}. {_way_out(entry, str(dest))}")
             try:
-                _checked(dest, check)
-                _write_stamp(dest, entry, None)
+                _checked(dest, check, hashed=pin is not None)
+                _write_stamp(dest, entry, None, pin)
                 return dest
             except CheckpointError as e:
                 if progress:
@@ -249,8 +309,14 @@ def download(name: str, *, check: Check | None = None, cache=None, progress: boo
                   file=sys.stderr)
         fetch(url, partial, desc=entry.name, approx=entry.approx_bytes, progress=progress,
               timeout=timeout, retries=retries, stall_timeout=stall_timeout, stall_bytes=stall_bytes)
+        if (wrong := _pin_mismatch(partial, entry)) is not None:  # complete now: resumed bytes are hashed too
+            unlink(partial)
+            raise CheckpointError(
+                dest, f"the file downloaded from {url} {wrong}; it was deleted. Run the download again; if it fails "
+                f"the same way, that URL now serves another file: download it yourself and pass its path instead "
+                f"of the name (-m PATH, dpt_jax.load(PATH)) to load it as your own file")
         try:
-            _checked(partial, check)
+            _checked(partial, check, hashed=pin is not None)
         except CheckpointError as e:
             unlink(partial)
             raise CheckpointError(
@@ -260,11 +326,11 @@ def download(name: str, *, check: Check | None = None, cache=None, progress: boo
                 f"the {entry.name} checkpoint.",
             ) from None
         os.replace(partial, dest)
-        _write_stamp(dest, entry, url)
+        _write_stamp(dest, entry, url, pin)
     return dest
 
 
-def _hub_file(entry: Release, check: Check | None, progress: bool) -> Path:
+def _hub_file(entry: Release, check: Check | None, progress: bool, directory: Path) -> Path:
     """A release file of a Hub repository, through huggingface_hub (its cache, offline mode, tokens)."""
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
@@ -285,8 +351,55 @@ def _hub_file(entry: Release, check: Check | None, progress: bool) -> Path:
                                  f"name (-m PATH)") from None
     except OSError as e:
         raise DownloadError(url, f"{type(e).__name__}: {str(e)[:300]}") from None
-    _checked(path, check)
+    hashed = _hub_content_checked(path, entry, directory, progress)
+    _checked(path, check, hashed=hashed)
     return path
+
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_GIT_SHA1_HEX = re.compile(r"[0-9a-f]{40}")
+
+
+def _hub_content_checked(path: Path, entry: Release, directory: Path, progress: bool) -> bool:
+    """Check the cached Hub file `path` against its pin, else against the content hash its cache entry is named by.
+
+    huggingface_hub keeps each file as `blobs/<etag>` with `snapshots/<revision>/<file>` a link to it; the
+    etag is the file's SHA-256 for LFS files (every checkpoint), the git blob id for small files. A file
+    whose bytes do not have that hash (replaced or damaged in the cache) is refused, offline too. The
+    result is remembered in `<cache>/hub/<name>.verified` (with the file's size and mtime). Returns
+    whether the content was checked (False: a cache without links, where no hash is known and only the
+    structure is checked).
+    """
+    blob = os.readlink(path) if path.is_symlink() else None
+    blob_name = os.path.basename(blob) if blob is not None else ""
+    where = os.path.normpath(os.path.join(path.parent, blob)) if blob is not None else str(path)
+    expected = _pinned(entry)
+    if expected is None and _SHA256_HEX.fullmatch(blob_name):
+        expected = f"sha256:{blob_name}"
+    elif expected is None and _GIT_SHA1_HEX.fullmatch(blob_name):
+        expected = f"git-sha1:{blob_name}"
+    if expected is None:
+        if progress:
+            print(f"dpt-jax: {path} is not a link to a blob named by its hash (a cache without symbolic links): "
+                  "only its structure is checked", file=sys.stderr)
+        return False
+    stamp = directory / "hub" / f"{entry.name}.verified"
+    if _stamp_ok(path, entry, digest=expected, stamp_path=stamp):
+        return True
+    actual = _digest_of(path, expected)
+    if actual != expected:
+        kind, want = expected.split(":")
+        whose = (f"the published file's is {want}" if entry.sha256 is not None else
+                 f"its Hugging Face cache entry {where} is named by the Hub's content hash {want} "
+                 "(replaced or damaged in the cache)")
+        what = "SHA-256" if kind == "sha256" else "git blob id"
+        files = f"{where} (and the link {path})" if blob is not None else str(path)
+        raise CheckpointError(path, f"is not the published {entry.file} of {entry.name}: its {what} is "
+                                    f"{actual.split(':')[1]}, {whose}. {_way_out(entry, files)}")
+    with contextlib.suppress(OSError):  # a read-only cache: checked again next time
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        _write_stamp(path, entry, None, expected, stamp_path=stamp)
+    return True
 
 
 def hf_snapshot(repo_id: str, *, revision: str | None = None, progress: bool = True) -> Path:
