@@ -5,7 +5,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import os
 import re
 import threading
 import time
@@ -29,9 +32,9 @@ BEIT_CONFIG = detect_config(read_state_dict(BEIT))
 
 def fetch(name, **kw):
     """hub.download with the check the checkpoint service passes: the file read as the model it must hold
-    (the "mini_beit" entry serves tests/fixtures/mini_beit.pt, whose architecture is its own, not a preset's)."""
+    (the "mini_beit*" entries serve tests/fixtures/mini_beit.pt, whose architecture is its own, not a preset's)."""
     release = hub.get_entry(name)
-    expected = BEIT_CONFIG if name == "mini_beit" else get_config(release.holds or release.name)
+    expected = BEIT_CONFIG if name.startswith("mini_beit") else get_config(release.holds or release.name)
     return hub.download(name, check=lambda p: read_release(p, expected), **kw)
 
 
@@ -60,6 +63,19 @@ def test_registry_holds_the_six_releases():
     assert str(e.value).count("da1_vits") == 1  # each name once, grouped by family
     with pytest.raises(ValueError, match="already registered"):
         hub.register(hub.REGISTRY["dpt_beit_base_384"])
+
+
+def test_release_files_are_pinned_where_a_published_hash_is_known():
+    """22 files pinned (as the README says); not the MiDaS assets, DA3MONO-LARGE, PromptDA, Distill-Any-Depth."""
+    pinned = {n for n, e in hub.REGISTRY.items() if e.sha256 is not None}
+    assert len(pinned) == 22
+    assert {n.split("_")[0] for n in pinned} == {"da1", "da2", "vda", "da3"}
+    assert {n for n in hub.REGISTRY if n.startswith(("da1_", "da2_", "vda_"))} <= pinned
+    assert not {n for n in hub.REGISTRY if n.startswith(("dpt_", "pda_", "dad_"))} & pinned
+    assert len({hub.REGISTRY[n].sha256 for n in pinned}) == 22  # no hash copied onto a second file
+    assert hub.REGISTRY["da2_vits"].sha256 == "715fade13be8f229f8a70cc02066f656f2423a59effd0579197bbf57860e1378"
+    with pytest.raises(ValueError, match="64 lowercase hex"):
+        Release("x", "x.pt", 1, "MIT", url="http://x", sha256="715FADE1")
 
 
 def test_registry_holds_the_depth_anything_releases():
@@ -467,3 +483,192 @@ def test_a_transfer_of_unannounced_size_is_capped(server, cache):
     finally:
         hub.unregister("mini_big")
     assert not (cache / "mini_big.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Pinned hashes: a release's SHA-256, checked once the file is complete, remembered in the stamp
+
+SHA_BEIT = hashlib.sha256(BEIT.read_bytes()).hexdigest()
+OTHER_SHA = hashlib.sha256(b"the published file").hexdigest()  # a pin the BEiT fixture does not match
+
+
+def pin(entry: Release, sha256: str) -> Release:
+    return hub.register(dataclasses.replace(entry, sha256=sha256), replace=True)
+
+
+def get(name, **kw):
+    """hub.download without the model check (the hash is what these tests are about; reading costs a second)."""
+    return hub.download(name, progress=False, **kw)
+
+
+@pytest.fixture
+def hashes(monkeypatch):
+    """The files hashed (hub's streamed SHA-256 / git-blob hashing), in order."""
+    seen = []
+    real = hub.file_digest
+    monkeypatch.setattr(hub, "file_digest", lambda path, *a, **k: seen.append(Path(path).name) or real(path, *a, **k))
+    return seen
+
+
+def test_pinned_download_is_hashed_once_and_stamped(server, mini, cache, hashes):
+    pin(mini, SHA_BEIT)
+    path = fetch("mini_beit", cache=cache, progress=False)  # the hash, then the model check
+    assert path.read_bytes() == BEIT.read_bytes() and hashes == ["mini_beit.pt.partial"]
+    assert json.loads((cache / "mini_beit.pt.verified").read_text())["digest"] == f"sha256:{SHA_BEIT}"
+    assert get("mini_beit", cache=cache) == path
+    assert hashes == ["mini_beit.pt.partial"] and len(server.requests) == 1  # stamped: neither hashed nor fetched
+
+
+def test_a_valid_checkpoint_that_is_not_the_pinned_file_is_refused(server, mini, cache):
+    """A file that passes every structural check (the BEiT fixture is a sound BEiT) but is not the published one."""
+    pin(mini, OTHER_SHA)
+    with pytest.raises(CheckpointError) as err:
+        fetch("mini_beit", cache=cache, progress=False)
+    message = str(err.value)
+    assert err.value.path == str(cache / "mini_beit.pt") and mini.url in message
+    assert f"SHA-256 is {SHA_BEIT}" in message and f"published file's is {OTHER_SHA}" in message
+    assert "deleted" in message and "-m PATH" in message
+    assert files_in(cache) == []  # not kept, not stamped
+    assert hub.cached_path("mini_beit", cache=cache) is None
+
+
+def test_a_file_placed_in_the_cache_is_refused_by_its_pin_and_kept(server, mini, cache):
+    """A structurally valid file put in the cache by hand is not stamped as the release; it is the user's to keep."""
+    pin(mini, OTHER_SHA)
+    cache.mkdir()
+    (cache / "mini_beit.pt").write_bytes(BEIT.read_bytes())
+    with pytest.raises(CheckpointError) as err:
+        fetch("mini_beit", cache=cache, progress=False)
+    message = str(err.value)
+    assert f"{cache / 'mini_beit.pt'}: is not the published mini_beit.pt of mini_beit" in message
+    assert SHA_BEIT in message and OTHER_SHA in message
+    assert f"Delete {cache / 'mini_beit.pt'} to download mini_beit again" in message
+    assert "pass the file's path instead of the name" in message
+    assert files_in(cache) == ["mini_beit.pt"] and server.requests == []
+
+
+def test_a_stamped_file_replaced_later_is_hashed_again(server, mini, cache, hashes):
+    pin(mini, SHA_BEIT)
+    path = get("mini_beit", cache=cache)
+    path.write_bytes(_flip_tensor_byte(BEIT.read_bytes()))  # same size, other bytes, a newer mtime
+    assert hub.cached_path("mini_beit", cache=cache) is None
+    with pytest.raises(CheckpointError, match=f"its SHA-256 is (?!{SHA_BEIT})[0-9a-f]{{64}}, the published file's is "
+                                              f"{SHA_BEIT}"):
+        get("mini_beit", cache=cache)
+    assert hashes == ["mini_beit.pt.partial", "mini_beit.pt"]
+    assert files_in(cache) == ["mini_beit.pt"]  # kept, its stamp removed
+    assert len(server.requests) == 1
+
+
+def test_a_release_pinned_after_its_download_has_its_cached_file_hashed_once(server, mini, cache, hashes):
+    get("mini_beit", cache=cache)  # unpinned: stamped without a hash
+    assert json.loads((cache / "mini_beit.pt.verified").read_text())["digest"] is None and hashes == []
+    pin(mini, SHA_BEIT)
+    assert hub.cached_path("mini_beit", cache=cache) is None  # the old stamp does not vouch for the pin
+    get("mini_beit", cache=cache)
+    get("mini_beit", cache=cache)
+    assert hashes == ["mini_beit.pt"] and len(server.requests) == 1
+
+
+def test_a_resumed_pinned_download_ends_in_a_checked_file(server, mini, cache):
+    pin(mini, SHA_BEIT)
+    server.cut_after, server.cuts = 500_000, 1
+    with pytest.raises(errors.DownloadError, match="resumes"):
+        get("mini_beit", cache=cache, retries=0)
+    path = get("mini_beit", cache=cache)
+    assert server.requests[1][1]["range"] == "bytes=500000-"
+    assert path.read_bytes() == BEIT.read_bytes()
+    assert json.loads((cache / "mini_beit.pt.verified").read_text())["digest"] == f"sha256:{SHA_BEIT}"
+
+
+def test_a_resume_onto_foreign_bytes_is_caught_by_the_hash(server, mini, cache):
+    """Partial bytes recorded as this URL's (same ETag) but not its start: the splice is complete, and refused."""
+    pin(mini, SHA_BEIT)
+    cache.mkdir()
+    (cache / "mini_beit.pt.partial").write_bytes(b"x" * 1000)
+    meta = {"url": mini.url, "total": BEIT.stat().st_size, "etag": server.etags["/mini_beit.pt"]}
+    (cache / "mini_beit.pt.partial.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=f"downloaded from {re.escape(mini.url)} is not the published"):
+        get("mini_beit", cache=cache)
+    assert server.requests[0][1]["range"] == "bytes=1000-"
+    assert files_in(cache) == []
+    assert get("mini_beit", cache=cache).read_bytes() == BEIT.read_bytes()  # the next try
+
+
+# Hub release files: checked against the pin, else against the hash their cached blob is named by
+
+HUB_REPO = "dpt-jax-tests/mini-beit"
+
+
+def git_blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """An offline huggingface_hub cache, and "mini_beit_hub": the BEiT fixture as a file of HUB_REPO."""
+    from huggingface_hub import constants
+
+    root = tmp_path / "hf"
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root))
+    hub.register(Release("mini_beit_hub", "mini_beit.pt", BEIT.stat().st_size, "MIT", repo=HUB_REPO))
+    try:
+        yield root
+    finally:
+        hub.unregister("mini_beit_hub")
+
+
+def cache_blob(root: Path, data: bytes, blob: str) -> Path:
+    """huggingface_hub's layout of one file: blobs/<etag>, snapshots/<revision>/<file> -> that blob, refs/main."""
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = root / f"models--{HUB_REPO.replace('/', '--')}"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / blob).write_bytes(data)
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    link = repo / "snapshots" / revision / "mini_beit.pt"
+    link.symlink_to(Path("..", "..", "blobs", blob))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return link
+
+
+@pytest.mark.parametrize("named_by", [hashlib.sha256, git_blob_id], ids=["lfs-sha256", "git-blob"])
+def test_hub_file_is_checked_against_its_blob_name_once(hf_cache, cache, hashes, named_by):
+    data = BEIT.read_bytes()
+    name = named_by(data) if named_by is git_blob_id else named_by(data).hexdigest()
+    link = cache_blob(hf_cache, data, name)
+    assert get("mini_beit_hub", cache=cache) == link
+    stamp = json.loads((cache / "hub" / "mini_beit_hub.verified").read_text())
+    assert stamp["digest"].endswith(name) and stamp["path"] == str(link)
+    get("mini_beit_hub", cache=cache)
+    assert hashes == ["mini_beit.pt"]  # once: the stamp remembers it
+
+
+@pytest.mark.parametrize("named_by", ["sha256", "git-blob"])
+def test_hub_blob_whose_content_does_not_match_its_name_is_refused(hf_cache, cache, named_by):
+    """A random-weight file put into huggingface_hub's cache under the release's blob name is refused, offline."""
+    data = BEIT.read_bytes()
+    name = SHA_BEIT if named_by == "sha256" else git_blob_id(data)
+    link = cache_blob(hf_cache, _flip_tensor_byte(data), name)
+    with pytest.raises(CheckpointError) as err:
+        get("mini_beit_hub", cache=cache)
+    message = str(err.value)
+    blob = os.path.normpath(link.parent / ".." / ".." / "blobs" / name)
+    assert err.value.path == str(link)
+    assert f"Hugging Face cache entry {blob} is named by the Hub's content hash {name}" in message
+    assert ("SHA-256 is" if named_by == "sha256" else "git blob id is") in message
+    assert f"Delete {blob} (and the link {link})" in message and "-m PATH" in message
+    assert not (cache / "hub" / "mini_beit_hub.verified").exists()
+
+
+def test_pinned_hub_file_is_checked_against_the_pin_and_rechecked_when_replaced(hf_cache, cache):
+    link = cache_blob(hf_cache, BEIT.read_bytes(), SHA_BEIT)  # a blob truthful to its name...
+    pin(hub.REGISTRY["mini_beit_hub"], OTHER_SHA)  # ...but not the published file
+    with pytest.raises(CheckpointError, match=f"SHA-256 is {SHA_BEIT}, the published file's is {OTHER_SHA}"):
+        get("mini_beit_hub", cache=cache)
+    pin(hub.REGISTRY["mini_beit_hub"], SHA_BEIT)
+    assert get("mini_beit_hub", cache=cache) == link
+    link.resolve().write_bytes(_flip_tensor_byte(BEIT.read_bytes()))  # replaced after its check
+    with pytest.raises(CheckpointError, match=f"the published file's is {SHA_BEIT}"):
+        get("mini_beit_hub", cache=cache)
