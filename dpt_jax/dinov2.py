@@ -250,6 +250,9 @@ class Dinov2Encoder(nn.Module):
                 tokens = (jnp.where(is_reference, camera[0, 0], camera[0, 1]) if camera_tokens is None
                           else camera_tokens.astype(x.dtype))  # (B, C)
                 x = x.at[:, 0].set(tokens)
+                # the original writes token 0 in place into the tensor its last local output also is (every block
+                # before alt_start is local): a hooked block right at alt_start carries the camera token there too
+                local_x = x
                 self.sow("intermediates", "cam_token", x[:, 0])
             is_global = c.is_global(i)
             rope = None if c.rope_start == -1 or i < c.rope_start else global_rope if is_global else local_rope

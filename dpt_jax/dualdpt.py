@@ -233,7 +233,10 @@ class CameraEncoder(nn.Module):
         x = pose_encoding(extrinsics.astype(jnp.float32), intrinsics.astype(jnp.float32), image_size)  # (B, 9)
         self.sow("intermediates", "pose_encoding", x)
         x = Dense(dim, name="pose_fc2")(gelu(Dense(dim // 2, name="pose_fc1")(x)))  # (B, C)
-        x = layer_norm(NORM_EPS, "token_norm")(x).reshape(-1, views, dim)  # (B / S, S, C)
+        self.sow("intermediates", "pose_branch", x)
+        x = layer_norm(NORM_EPS, "token_norm")(x)
+        self.sow("intermediates", "normed_tokens", x)
+        x = x.reshape(-1, views, dim)  # (B / S, S, C)
         attention = functools.partial(Attention, CAMERA_ENCODER_HEADS)
         for i in range(CAMERA_ENCODER_DEPTH):
             x = LayerScaleBlock(attention, dim, CAMERA_ENCODER_MLP_RATIO * dim, NORM_EPS, name=f"trunk_{i}")(x)

@@ -129,6 +129,61 @@ def check_cameras(extrinsics, intrinsics, views: int, source: str = "the cameras
     return e, k
 
 
+#: The keys of one view in a --cameras JSON file
+CAMERA_KEYS = {"picture", "world_to_camera", "intrinsics"}
+
+
+def load_cameras(path, pictures: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Known cameras from a file for the views `pictures` (their names, in order): (S, 4, 4) world-to-camera and
+    (S, 3, 3) intrinsics in pixels of the pictures, or a ValueError naming the file and what is wrong.
+
+    .json: {"views": [{"world_to_camera": 4x4 or 3x4 rows, "intrinsics": 3x3 rows, "picture": optional name}, ...]},
+    one entry per view in the pictures' order (a "picture" must be that view's file name). .npz: arrays
+    "extrinsics" (S, 4, 4) or (S, 3, 4) and "intrinsics" (S, 3, 3).
+    """
+    import json
+    import os
+
+    name = os.fspath(path)
+    try:
+        if name.lower().endswith(".npz"):
+            with np.load(name, allow_pickle=False) as f:
+                if set(f.files) != {"extrinsics", "intrinsics"}:
+                    raise ValueError(f"{name}: a cameras .npz holds exactly the arrays 'extrinsics' and 'intrinsics'; "
+                                     f"found {sorted(f.files)}")
+                e, k = f["extrinsics"], f["intrinsics"]
+        elif name.lower().endswith(".json"):
+            with open(name, "rb") as f:
+                data = json.loads(f.read(1 << 24))
+            entries = data.get("views") if isinstance(data, dict) else None
+            if not isinstance(entries, list) or not all(isinstance(v, dict) for v in entries):
+                raise ValueError(f'{name}: a cameras .json is {{"views": [{{"world_to_camera": ..., "intrinsics": '
+                                 '...}}, ...]}}, one entry per view')
+            for i, v in enumerate(entries):
+                if "network_size" in v:
+                    raise ValueError(f"{name}: view {i + 1} looks like dpt-jax's own cameras output (intrinsics at the "
+                                     "network's size); give intrinsics in pixels of the input pictures")
+                if set(v) - CAMERA_KEYS or not {"world_to_camera", "intrinsics"} <= set(v):
+                    raise ValueError(f"{name}: view {i + 1} must have 'world_to_camera' and 'intrinsics' (and may "
+                                     f"have 'picture'); it has {sorted(v)}")
+                if "picture" in v and i < len(pictures) and v["picture"] != os.path.basename(pictures[i]):
+                    raise ValueError(f"{name}: view {i + 1} is for {v['picture']!r}, but picture {i + 1} is "
+                                     f"{os.path.basename(pictures[i])!r} (give the views in the pictures' order)")
+            try:
+                e = np.array([v["world_to_camera"] for v in entries], dtype=np.float64)
+                k = np.array([v["intrinsics"] for v in entries], dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ValueError(f"{name}: each view's world_to_camera and intrinsics must be matrices of numbers "
+                                 "(lists of equal-length rows)") from None
+        else:
+            raise ValueError(f"{name}: known cameras are read from a .json or a .npz file")
+    except OSError as err:
+        raise ValueError(f"{name}: cannot read the cameras file ({err.strerror or err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{name}: not valid JSON ({err})") from None
+    return check_cameras(e, k, len(pictures), name)
+
+
 def predict_views(model, pictures, names: list[str] | None = None, *, extrinsics=None, intrinsics=None,
                   align_to_input_scale: bool = True) -> Scene:
     """One scene from several pictures (paths, PIL images or (h, w, 3) arrays) through an any-view model.
