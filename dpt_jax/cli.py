@@ -230,8 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "bucket, which changes the depth slightly (see README)")
     p.add_argument("--views", action="store_true",
                    help="the pictures are views of one scene (Depth Anything 3 any-view models: da3_small, "
-                        "da3_base, da3_large): one run over all of them; depth per view at the network's size, "
-                        "<first>-cameras.json (poses, intrinsics) and with -f ply one merged point cloud "
+                        "da3_base, da3_large, da3_giant): one run over all of them; depth per view at the network's "
+                        "size, <first>-cameras.json (poses, intrinsics) and with -f ply one merged point cloud "
                         "in the first view's camera frame")
     p.add_argument("--cameras", metavar="FILE",
                    help="with --views: the known cameras of the views, a .json ({\"views\": [{\"world_to_camera\": 4x4 "

@@ -495,7 +495,7 @@ def _check_model_options(args, c) -> None:
         raise ValueError(f"-f sky: {c.name} has no sky output (Depth Anything 3 monocular and metric have)")
     if args.views and c.head != "dualdpt":
         raise ValueError(f"--views: {c.name} sees one picture at a time; a scene needs a Depth Anything 3 any-view "
-                         "model (da3_small, da3_base, da3_large)")
+                         "model (da3_small, da3_base, da3_large, da3_giant)")
     if "ply" in args.format and c.sky_head and not c.is_metric:
         raise ValueError(f"-f ply: {c.name} gives depth of unknown scale; its metric sibling gives metres "
                          "(da3_metric_large)")

@@ -200,7 +200,7 @@ def predict_views(model, pictures, names: list[str] | None = None, *, extrinsics
     config = model.config
     if config.head != "dualdpt":
         raise ValueError(f"{config.name} sees one picture at a time; several views of a scene need a Depth Anything 3 "
-                         "any-view model (da3_small, da3_base, da3_large)")
+                         "any-view model (da3_small, da3_base, da3_large, da3_giant)")
     sources = [open_source(p, i) for i, p in enumerate(pictures)]
     if not sources:
         raise ValueError("a scene needs at least one picture")
