@@ -21,10 +21,10 @@ import math
 import os
 import re
 
-from .. import dualdpt  # noqa: F401 (registers the DualDPT head its Depth Anything 3 any-view models use)
 from ..config import DPTConfig
-from ..dinov2 import MINIS, PRESETS, Dinov2Config, Dinov2Encoder
+from ..dinov2 import MINIS, PRESETS, Dinov2Config, Dinov2Encoder, swiglu_hidden
 from ..dpt import TEMPORAL_MODULES
+from ..dualdpt import CAMERA_ENCODER_DEPTH  # (importing dualdpt registers the DA3 any-view head)
 from ..errors import ConversionError
 from ..family import EncoderFamily, HFLayout, Release, vit_encoder_flops, vit_encoder_peak_bytes
 from .hf import (
@@ -130,6 +130,7 @@ def _architecture_of_keys(state, path, layout=DA2_LAYOUT) -> dict:
     shape = lambda key, ndim: shape_of(state, key, path, ndim, "Depth Anything checkpoint")  # noqa: E731
     enc, head = layout
     rx = re.compile(re.escape(enc) + r"\.blocks\.(\d+)\..*")
+    swiglu = f"{enc}.blocks.0.mlp.w12.weight" in state  # DINOv2's ViT-g feed-forward
     tokens = shape(f"{enc}.pos_embed", 3)[1] - 1
     side = math.isqrt(max(tokens, 0))
     if tokens < 1 or side * side != tokens:
@@ -138,7 +139,9 @@ def _architecture_of_keys(state, path, layout=DA2_LAYOUT) -> dict:
         "temporal_frames": shape(_TEMPORAL_TABLE, 3)[1] if _TEMPORAL_TABLE in state else 0,
         "embed_dim": shape(f"{enc}.cls_token", 3)[-1],
         "depth": len({m.group(1) for k in state if (m := rx.fullmatch(k))}),
-        "mlp_hidden": shape(f"{enc}.blocks.0.mlp.fc1.weight", 2)[0],
+        "mlp_hidden": (shape(f"{enc}.blocks.0.mlp.w3.weight", 2)[1] if swiglu
+                       else shape(f"{enc}.blocks.0.mlp.fc1.weight", 2)[0]),
+        "ffn": "swiglu" if swiglu else "mlp",
         "patch_size": shape(f"{enc}.patch_embed.proj.weight", 4)[-1],
         "native_grid": (side, side),
         "reassembly_features": tuple(shape(f"{head}.projects.{i}.weight", 4)[0] for i in range(4)),
@@ -152,7 +155,8 @@ def _architecture_of_keys(state, path, layout=DA2_LAYOUT) -> dict:
 def _architecture_of_config(c: DPTConfig) -> dict:
     e = c.encoder
     return {"temporal_frames": c.temporal_frames,
-            "embed_dim": e.embed_dim, "depth": e.depth, "mlp_hidden": e.mlp_hidden, "patch_size": e.patch_size,
+            "embed_dim": e.embed_dim, "depth": e.depth, "mlp_hidden": e.mlp_hidden, "ffn": e.ffn,
+            "patch_size": e.patch_size,
             "native_grid": e.native_grid, "reassembly_features": c.reassembly_features,
             "fusion_features": c.fusion_features, "head_features": c.head_features, "prompt": c.prompt,
             "any_view": c.head == "dualdpt"}
@@ -175,10 +179,7 @@ def detect_config(state, path, *, variant: str | None = None, max_depth: float |
     if layout == DA3_LAYOUT:
         if any(k.startswith("model.da3.") for k in state):
             raise ConversionError(path, "a nested Depth Anything 3 model (DA3NESTED-GIANT-LARGE): out of scope; "
-                                  "dpt-jax implements DA3MONO/METRIC-LARGE and DA3-SMALL/BASE/LARGE")
-        if "model.backbone.pretrained.blocks.0.mlp.w12.weight" in state:
-            raise ConversionError(path, "Depth Anything 3 with a ViT-g encoder (DA3-GIANT, SwiGLU feed-forward): "
-                                  "not implemented; dpt-jax implements DA3MONO/METRIC-LARGE and DA3-SMALL/BASE/LARGE")
+                                  "dpt-jax implements DA3MONO/METRIC-LARGE and DA3-SMALL/BASE/LARGE/GIANT")
         variant = variant or da3_release_name(path)
     arch = _architecture_of_keys(state, path, layout)
     fitting = [c for c in VARIANTS.values() if _architecture_of_config(c) == arch
@@ -228,6 +229,10 @@ def detect_config(state, path, *, variant: str | None = None, max_depth: float |
     return config
 
 
+#: The feed-forward's Linear layers by kind (`Dinov2Config.ffn`), the same names in the original and in dpt-jax
+FFN_LAYERS = {"mlp": ("fc1", "fc2"), "swiglu": ("w12", "w3")}
+
+
 def encoder_key_table(config: Dinov2Config, source: str = "pretrained", target: str = "encoder") -> list[Entry]:
     """Every `pretrained.*` key the DINOv2 encoder uses, mapped onto `Dinov2Encoder`'s parameters."""
     t = [
@@ -241,7 +246,7 @@ def encoder_key_table(config: Dinov2Config, source: str = "pretrained", target: 
         t += _linear(f"{s}.attn.qkv", f"{d}/attn/qkv") + _linear(f"{s}.attn.proj", f"{d}/attn/proj")
         t.append(Entry(f"{s}.ls1.gamma", f"{d}/gamma_1", "copy"))
         t += _norm(f"{s}.norm2", f"{d}/norm2")
-        t += _linear(f"{s}.mlp.fc1", f"{d}/mlp/fc1") + _linear(f"{s}.mlp.fc2", f"{d}/mlp/fc2")
+        t += [e for n in FFN_LAYERS[config.ffn] for e in _linear(f"{s}.mlp.{n}", f"{d}/mlp/{n}")]
         t.append(Entry(f"{s}.ls2.gamma", f"{d}/gamma_2", "copy"))
     return t + _norm(f"{source}.norm", f"{target}/norm")
 
@@ -356,6 +361,21 @@ def dualdpt_key_table(config: DPTConfig, head: str = "model.head") -> list[Entry
     for src, dst in (("backbone.0", "fc1"), ("backbone.2", "fc2"), ("fc_t", "translation"), ("fc_qvec", "quaternion"),
                      ("fc_fov.0", "fov")):
         t += _linear(f"{cam}.{src}", f"head/camera/{dst}")
+    return t + camera_encoder_key_table()
+
+
+def camera_encoder_key_table(source: str = "model.cam_enc", target: str = "camera_encoder") -> list[Entry]:
+    """DA3's camera encoder (dualdpt.CameraEncoder): pose_branch.fc1/fc2, token_norm, the trunk's blocks (DINOv2's
+    block names), trunk_norm."""
+    t = _linear(f"{source}.pose_branch.fc1", f"{target}/pose_fc1") + _linear(f"{source}.pose_branch.fc2",
+                                                                             f"{target}/pose_fc2")
+    t += _norm(f"{source}.token_norm", f"{target}/token_norm") + _norm(f"{source}.trunk_norm", f"{target}/trunk_norm")
+    for i in range(CAMERA_ENCODER_DEPTH):
+        s, d = f"{source}.trunk.{i}", f"{target}/trunk_{i}"
+        t += _norm(f"{s}.norm1", f"{d}/norm1") + _norm(f"{s}.norm2", f"{d}/norm2")
+        t += _linear(f"{s}.attn.qkv", f"{d}/attn/qkv") + _linear(f"{s}.attn.proj", f"{d}/attn/proj")
+        t += _linear(f"{s}.mlp.fc1", f"{d}/mlp/fc1") + _linear(f"{s}.mlp.fc2", f"{d}/mlp/fc2")
+        t += [Entry(f"{s}.ls1.gamma", f"{d}/gamma_1", "copy"), Entry(f"{s}.ls2.gamma", f"{d}/gamma_2", "copy")]
     return t
 
 
@@ -367,7 +387,7 @@ def skipped(config: DPTConfig) -> list[Skip]:
                  "DualDPT's coarser ray levels: computed by the original, used by no output"),
             Skip(SHARED_RAY_NORM, "the ray head's LayerNorm, one module shared by the four levels (files store it "
                  "once, as output_conv2_aux.0.2)"),
-            Skip(r"model\.cam_enc\..*", "the camera encoder: known camera poses of several views, not implemented"),
+            Skip(r"model\.gs_head\..*", "DA3-GIANT's Gaussian-splatting head (infer_gs): out of scope"),
         ]
     if _is_da3(config):  # no mask token, and no first residual unit in the deepest fusion block
         return []
@@ -380,8 +400,8 @@ def skipped(config: DPTConfig) -> list[Skip]:
 #: Depth Anything 3's model names (config.json "model_name", as its registry spells them) -> presets
 DA3_MODEL_NAMES = {"da3mono-large": "da3_mono_large", "da3metric-large": "da3_metric_large",
                    "da3-small": "da3_small", "da3-base": "da3_base", "da3-large": "da3_large",
-                   "mini_da3_mono": "mini_da3_mono", "mini_da3_metric": "mini_da3_metric",
-                   "mini_da3_anyview": "mini_da3_anyview"}
+                   "da3-giant": "da3_giant", "mini_da3_mono": "mini_da3_mono", "mini_da3_metric": "mini_da3_metric",
+                   "mini_da3_anyview": "mini_da3_anyview", "mini_da3_giant": "mini_da3_giant"}
 
 
 def da3_release_name(path) -> str | None:
@@ -410,6 +430,7 @@ def hf_rules() -> tuple:
         same_names("pretrained.patch_embed.proj", "backbone.embeddings.patch_embeddings.projection"),
         same_names(f"{o}.norm1", f"{h}.norm1"), same_names(f"{o}.norm2", f"{h}.norm2"),
         same_names(f"{o}.mlp.fc1", f"{h}.mlp.fc1"), same_names(f"{o}.mlp.fc2", f"{h}.mlp.fc2"),
+        same_names(f"{o}.mlp.w12", f"{h}.mlp.weights_in"), same_names(f"{o}.mlp.w3", f"{h}.mlp.weights_out"),
         same_names(f"{o}.attn.proj", f"{h}.attention.output.dense"),
         Rename(f"{o}.ls1.gamma", f"{h}.layer_scale1.lambda1"), Rename(f"{o}.ls2.gamma", f"{h}.layer_scale2.lambda1"),
         same_names("pretrained.norm", "backbone.layernorm"),
@@ -425,8 +446,6 @@ def hf_rules() -> tuple:
 
 def parse_hf(top: Fields, b: Fields) -> HFModel:
     depth = b.int("num_hidden_layers", 12, lo=1, hi=64)
-    if b.d.get("use_swiglu_ffn"):
-        raise b.error("use_swiglu_ffn", "DINOv2 with a SwiGLU feed-forward (ViT-giant) is not supported")
     patch = b.int("patch_size", 14, lo=1, hi=64)
     h, w = b.side("image_size", 518)
     hooks = hooks_of(b, depth)
@@ -447,17 +466,18 @@ def parse_hf(top: Fields, b: Fields) -> HFModel:
 def hf_config_json(config: DPTConfig) -> dict:
     e = config.encoder
     n = e.depth
-    if e.mlp_hidden % e.embed_dim:
-        raise ValueError(f"{config.name}: transformers' DINOv2 needs an integer mlp_ratio; "
+    swiglu = e.ffn == "swiglu"  # transformers' SwiGLU hidden width follows DINOv2's rule from mlp_ratio
+    if (swiglu and e.mlp_hidden != swiglu_hidden(e.embed_dim)) or (not swiglu and e.mlp_hidden % e.embed_dim):
+        raise ValueError(f"{config.name}: transformers' DINOv2 needs an integer mlp_ratio (4 with SwiGLU); "
                          f"mlp_hidden {e.mlp_hidden} / embed_dim {e.embed_dim}")
     backbone = {**PRETRAINED_FIELDS, "apply_layernorm": True, "attention_probs_dropout_prob": 0.0,
                 "drop_path_rate": 0.0, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
                 "hidden_size": e.embed_dim, "image_size": e.native_grid[0] * e.patch_size,
                 "layer_norm_eps": e.layer_norm_eps, "layerscale_value": 1.0,
-                "mlp_ratio": e.mlp_hidden // e.embed_dim, "model_type": "dinov2",
+                "mlp_ratio": 4 if swiglu else e.mlp_hidden // e.embed_dim, "model_type": "dinov2",
                 "num_attention_heads": e.num_heads, "num_channels": 3, "num_hidden_layers": n,
                 "patch_size": e.patch_size, "qkv_bias": True, "reshape_hidden_states": False,
-                "use_mask_token": True, "use_swiglu_ffn": False, **stage_fields([h + 1 for h in e.hooks], n)}
+                "use_mask_token": True, "use_swiglu_ffn": swiglu, **stage_fields([h + 1 for h in e.hooks], n)}
     return {"architectures": ["DepthAnythingForDepthEstimation"], "backbone_config": backbone,
             "depth_estimation_type": "metric" if config.is_metric else "relative", "dtype": "float32",
             "fusion_hidden_size": config.fusion_features, "head_hidden_size": config.head_features,
@@ -588,7 +608,9 @@ _VIDEO_SIZES = {"vits": 116_140_548 + 4 * 32 * 2 * (192 + 384 + 64 + 64),
 
 #: Depth Anything 3 (monocular, metric): `model.safetensors` + config.json in each repository, Apache-2.0
 #: (the DA3 README's model table); sizes from the reference manifests (334,171,394 float32 parameters).
-#: Any-view: DA3-SMALL and DA3-BASE Apache-2.0, DA3-LARGE CC-BY-NC-4.0 (its 1.1 retrain, the default).
+#: Any-view: DA3-SMALL and DA3-BASE Apache-2.0, DA3-LARGE and DA3-GIANT CC-BY-NC-4.0 (their 1.1 retrains, the
+#: defaults; the README's "-1.1" repositories). DA3-GIANT's size: 4 bytes x the 1,355,674,125 parameters of its
+#: manifest (the Gaussian-splatting head included), as the others' (not a measured file).
 DA3_RELEASES = tuple(Release(name, "model.safetensors", size, licence, repo=f"depth-anything/{repo}",
                              sha256=SHA256.get(name))
                      for name, repo, size, licence in (
@@ -596,7 +618,8 @@ DA3_RELEASES = tuple(Release(name, "model.safetensors", size, licence, repo=f"de
                          ("da3_metric_large", "DA3METRIC-LARGE", 1_336_685_576, "Apache-2.0"),
                          ("da3_small", "DA3-SMALL", 137_197_852, "Apache-2.0"),
                          ("da3_base", "DA3-BASE", 541_466_396, "Apache-2.0"),
-                         ("da3_large", "DA3-LARGE-1.1", 1_643_767_068, _CC_BY_NC)))
+                         ("da3_large", "DA3-LARGE-1.1", 1_643_767_068, _CC_BY_NC),
+                         ("da3_giant", "DA3-GIANT-1.1", 5_422_696_500, _CC_BY_NC)))
 
 # Prompt Depth Anything (DepthAnything/PromptDA README): model.ckpt in one Hub repo per model; the code
 # and the Hub repositories are Apache-2.0. Sizes: the parameters of the full-size key check of the

@@ -230,9 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "bucket, which changes the depth slightly (see README)")
     p.add_argument("--views", action="store_true",
                    help="the pictures are views of one scene (Depth Anything 3 any-view models: da3_small, "
-                        "da3_base, da3_large): one run over all of them; depth per view at the network's size, "
-                        "<first>-cameras.json (poses, intrinsics) and with -f ply one merged point cloud "
+                        "da3_base, da3_large, da3_giant): one run over all of them; depth per view at the network's "
+                        "size, <first>-cameras.json (poses, intrinsics) and with -f ply one merged point cloud "
                         "in the first view's camera frame")
+    p.add_argument("--cameras", metavar="FILE",
+                   help="with --views: the known cameras of the views, a .json ({\"views\": [{\"world_to_camera\": 4x4 "
+                        "or 3x4, \"intrinsics\": 3x3 in pixels of the picture}, ...]}, in the pictures' order) or a "
+                        ".npz (arrays extrinsics (S, 4, 4) and intrinsics (S, 3, 3)); the depth comes in the poses' "
+                        "scale and the cameras written are these")
     p.add_argument("--batch-size", type=_positive, default=4, help="pictures per model call (default 4)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="float32 (exact; default) or bfloat16 matmuls (faster on GPU/TPU and bf16 CPUs)")

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, bounded, checked_fields, require
+from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, bounded, checked_fields, choice, require
 from .layers import Conv, Dense, LayerScaleBlock, attend, layer_norm, merge_heads, patch_grid, rematerialised
 from .resize import _keys_far, _keys_near, resample_axis
 
@@ -36,12 +36,12 @@ _F32 = np.float32
 
 @dataclass(frozen=True)
 class Dinov2Config:
-    """DINOv2 ViT as built by Depth Anything (no registers, MLP feed-forward, LayerScale)."""
+    """DINOv2 ViT as built by Depth Anything (no registers, LayerScale; an MLP or, ViT-g, a SwiGLU feed-forward)."""
 
     embed_dim: int = bounded(1, MAX_WIDTH)
     depth: int = bounded(1, 64)
     num_heads: int = bounded(1, 256)
-    mlp_hidden: int = bounded(1, 4 * MAX_WIDTH)
+    mlp_hidden: int = bounded(1, 4 * MAX_WIDTH)  # the feed-forward's hidden width (SwiGLU: of each of its two halves)
     hooks: tuple[int, int, int, int] = bounded(0, 63)  # 0-based blocks whose (normed) outputs feed the four DPT stages
     native_grid: Pair = bounded(1, MAX_SIDE // 14, default=(37, 37))  # grid of the stored position table (518 / 14)
     patch_size: int = bounded(1, 64, default=14)
@@ -57,10 +57,15 @@ class Dinov2Config:
     rope_start: int = bounded(-1, 63, default=-1)
     rope_frequency: float = bounded(1.0, 1e6, default=100.0)
     cat_token: bool = False
+    # the blocks' feed-forward (layers.FEED_FORWARDS): "mlp" Linear-GELU-Linear, or "swiglu" (DINOv2's ViT-g:
+    # w12 to two halves, silu(x1) * x2, w3)
+    ffn: str = choice("mlp", "swiglu", default="mlp")
 
     def __post_init__(self):
         checked_fields(self)
         require(self.embed_dim % self.num_heads == 0, "embed_dim must be a multiple of num_heads")
+        require(list(self.hooks) == sorted(set(self.hooks)) and max(self.hooks) < self.depth,
+                "hooks must be increasing block indices below depth")
         require(self.rope_start == -1 or (self.embed_dim // self.num_heads) % 4 == 0,
                 "2D RoPE needs a head width that is a multiple of 4")
         require(not self.cat_token or self.alt_start != -1, "cat_token needs alternating attention (alt_start)")
@@ -73,8 +78,6 @@ class Dinov2Config:
     def is_global(self, block: int) -> bool:
         """Whether `block` attends across the views (DA3: from alt_start on, the odd ones)."""
         return self.alt_start != -1 and block >= self.alt_start and block % 2 == 1
-        require(list(self.hooks) == sorted(set(self.hooks)) and max(self.hooks) < self.depth,
-                "hooks must be increasing block indices below depth")
 
 
 # The released encoders (pos table 37x37). V2 feeds the DPT from fixed blocks; V1 from the last four.
@@ -211,7 +214,9 @@ class Dinov2Encoder(nn.Module):
     remat: bool = False  # recompute each block's activations in the backward pass (training memory)
 
     @nn.compact
-    def __call__(self, images, views: int = 1):
+    def __call__(self, images, views: int = 1, camera_tokens=None):
+        """`camera_tokens` (B, C): known cameras (DA3's camera encoder) as each view's token 0 from block alt_start
+        on, in place of the learned camera tokens (and no reference view is chosen: the first stays it)."""
         c = self.config
         p = c.patch_size
         grid = patch_grid(images, p, "DINOv2")  # (h, w)
@@ -236,19 +241,25 @@ class Dinov2Encoder(nn.Module):
         local_x = x
         reference = jnp.zeros((x.shape[0] // views,), jnp.int32)  # the reference view of each scene: the first
         for i in range(max(c.hooks) + 1):  # blocks after the last hook do not contribute
-            if camera is not None and i == c.alt_start - 1 and views >= REFERENCE_SELECTION_VIEWS:
+            if (camera is not None and i == c.alt_start - 1 and views >= REFERENCE_SELECTION_VIEWS
+                    and camera_tokens is None):
                 reference = saddle_balanced(x[:, 0].reshape(-1, views, c.embed_dim))  # (B / S,)
                 self.sow("intermediates", "reference_view", reference)
             if camera is not None and i == c.alt_start:  # token 0: the reference view's camera token, or the others'
                 is_reference = (jnp.arange(x.shape[0]) % views == jnp.repeat(reference, views))[:, None]  # (B, 1)
-                x = x.at[:, 0].set(jnp.where(is_reference, camera[0, 0], camera[0, 1]))
+                tokens = (jnp.where(is_reference, camera[0, 0], camera[0, 1]) if camera_tokens is None
+                          else camera_tokens.astype(x.dtype))  # (B, C)
+                x = x.at[:, 0].set(tokens)
+                # the original writes token 0 in place into the tensor its last local output also is (every block
+                # before alt_start is local): a hooked block right at alt_start carries the camera token there too
+                local_x = x
                 self.sow("intermediates", "cam_token", x[:, 0])
             is_global = c.is_global(i)
             rope = None if c.rope_start == -1 or i < c.rope_start else global_rope if is_global else local_rope
             attention = functools.partial(Attention, c.num_heads, self.dtype_mm,
                                           qk_norm=c.qknorm_start != -1 and i >= c.qknorm_start)
             block = rematerialised(LayerScaleBlock, self.remat)(attention, c.embed_dim, c.mlp_hidden, c.layer_norm_eps,
-                                                                self.dtype_mm, name=f"blocks_{i}")
+                                                                self.dtype_mm, ffn=c.ffn, name=f"blocks_{i}")
             if is_global:  # the views of a scene as one sequence
                 n = x.shape[1]
                 scenes = x.reshape(x.shape[0] // views, views * n, c.embed_dim)  # (B / S, S (1 + h*w), C)
@@ -457,14 +468,20 @@ MINIS = MINIS + DA3_MINIS
 # ---------------------------------------------------------------------------------------------
 # Depth Anything 3 any-view (DA3-SMALL, DA3-BASE, DA3-LARGE): alternating per-view / cross-view
 # attention, QK-norm and 2D RoPE from the same block on, a camera token, [local, normed] outputs,
-# the DualDPT head (depth, confidence, rays) and the camera decoder (dualdpt.py). DA3-GIANT's ViT-g
-# uses a SwiGLU feed-forward, which this encoder does not implement.
+# the DualDPT head (depth, confidence, rays), the camera decoder and encoder (dualdpt.py). DA3-GIANT's
+# ViT-g (1536 wide, 40 blocks, 24 heads) has a SwiGLU feed-forward.
 
 
-def _any_view_encoder(embed_dim, depth, num_heads, hooks, start, native_grid=(37, 37)) -> Dinov2Config:
-    return Dinov2Config(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_hidden=4 * embed_dim, hooks=hooks,
+def swiglu_hidden(embed_dim: int, mlp_ratio: int = 4) -> int:
+    """DINOv2's SwiGLU hidden width: 2/3 of the MLP's, rounded up to a multiple of 8 (4096 for ViT-g's 1536)."""
+    return (int(embed_dim * mlp_ratio * 2 / 3) + 7) // 8 * 8
+
+
+def _any_view_encoder(embed_dim, depth, num_heads, hooks, start, native_grid=(37, 37), ffn="mlp") -> Dinov2Config:
+    hidden = swiglu_hidden(embed_dim) if ffn == "swiglu" else 4 * embed_dim
+    return Dinov2Config(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_hidden=hidden, hooks=hooks,
                         native_grid=native_grid, final_norm_eps=1e-5, alt_start=start, qknorm_start=start,
-                        rope_start=start, cat_token=True)
+                        rope_start=start, cat_token=True, ffn=ffn)
 
 
 def depth_anything_3_any_view(name: str, encoder: Dinov2Config, features: int, out_channels) -> DPTConfig:
@@ -482,10 +499,16 @@ DA3_ANY_VIEW_PRESETS = (
     depth_anything_3_any_view("da3_small", _any_view_encoder(384, 12, 6, (5, 7, 9, 11), 4), *_WIDTHS["vits"]),
     depth_anything_3_any_view("da3_base", _any_view_encoder(768, 12, 12, (5, 7, 9, 11), 4), *_WIDTHS["vitb"]),
     depth_anything_3_any_view("da3_large", _any_view_encoder(1024, 24, 16, (11, 15, 19, 23), 8), *_WIDTHS["vitl"]),
+    depth_anything_3_any_view("da3_giant", _any_view_encoder(1536, 40, 24, (19, 27, 33, 39), 13, ffn="swiglu"),
+                              *_WIDTHS["vitl"]),
 )
 DA3_ANY_VIEW_MINIS = (
     depth_anything_3_any_view("mini_da3_anyview", _any_view_encoder(32, 12, 2, (5, 7, 9, 11), 4, (7, 7)), 16,
                               (8, 12, 16, 24)),
+    # DA3-GIANT's wiring: SwiGLU, an odd alt_start (the first block with the camera token is a global one), a
+    # hooked local block (6)
+    depth_anything_3_any_view("mini_da3_giant", _any_view_encoder(32, 8, 2, (3, 5, 6, 7), 3, (7, 7), ffn="swiglu"),
+                              16, (8, 12, 16, 24)),
 )
 PRESETS = PRESETS + DA3_ANY_VIEW_PRESETS
 MINIS = MINIS + DA3_ANY_VIEW_MINIS

@@ -28,6 +28,9 @@ from .temporal import TemporalModule
 #: Module(config, dtype_mm, name="head")(encoder outputs, patch grid, image size) -> dict of outputs
 #: with "depth". Their modules register them (dualdpt.py: Depth Anything 3's any-view head).
 NECKS: dict[str, type] = {}
+#: Camera encoders of those layouts (known cameras -> the encoder's camera tokens), by `DPTConfig.head`:
+#: Module(config, name="camera_encoder")(world-to-camera (B, 4, 4), intrinsics (B, 3, 3), image size, views) -> (B, C)
+CAMERA_ENCODERS: dict[str, type] = {}
 
 
 class ConvTransposeNonOverlapping(nn.Module):
@@ -271,9 +274,10 @@ class DPT(nn.Module):
 
     @nn.compact
     def __call__(self, images, *, frames: int = 1, context=None, prompt=None, outputs: bool = False,
-                 views: int = 1):
+                 views: int = 1, cameras=None):
         """`images` (B*T, H, W, 3), T = `frames` per clip, b-major; `context`: see `TemporalModule` (streaming);
-        `prompt`: a prompted model's metric depth prompt (B, h, w, 1)."""
+        `prompt`: a prompted model's metric depth prompt (B, h, w, 1); `cameras`: known cameras of the views,
+        (world-to-camera (B, 4, 4), intrinsics (B, 3, 3) in network pixels), for a model with a camera encoder."""
         c, mm = self.config, self.dtype_mm
         context = context or (None,) * 4  # the four temporal modules' cached states, in the original's order
         if (prompt is not None) != c.prompt:
@@ -284,8 +288,16 @@ class DPT(nn.Module):
         family = c.family
         remat = {"remat": True} if self.remat else {}  # a family registered elsewhere may not take remat
         encoder = family.encoder(c.encoder, mm, name="encoder", **remat)
-        # 4 x (B, 1 + h*w, C) or (B, h_i, w_i, C_i); `views` > 1: consecutive pictures of one scene (DA3 any-view)
-        features = encoder(images, views=views) if views > 1 else encoder(images)
+        scene = {"views": views} if views > 1 else {}  # consecutive pictures of one scene (DA3 any-view)
+        if cameras is not None and c.head not in CAMERA_ENCODERS:
+            raise ValueError(f"{c.name} takes no cameras (Depth Anything 3 any-view models do)")
+        if c.head in CAMERA_ENCODERS:  # always float32, as the original runs it
+            camera_encoder = CAMERA_ENCODERS[c.head](c, name="camera_encoder")
+            if cameras is not None:
+                scene["camera_tokens"] = camera_encoder(*cameras, images.shape[1:3], views)  # (B, C)
+            elif self.is_initializing():  # its parameters exist whether or not cameras are given
+                camera_encoder(jnp.eye(4)[None], jnp.eye(3)[None], images.shape[1:3])
+        features = encoder(images, **scene)  # 4 x (B, 1 + h*w, C) or (B, h_i, w_i, C_i)
         for i, f in enumerate(features, start=1):
             self.sow("intermediates", f"hook{i}", f)
         grid = None
@@ -323,7 +335,7 @@ def param_shapes(config: DPTConfig) -> dict[str, tuple[int, ...]]:
 
 
 def forward(config: DPTConfig, params, images, dtype: str = "float32", *, frames: int = 1, prompt=None,
-            outputs: bool = False, views: int = 1, remat: bool = False):
+            outputs: bool = False, views: int = 1, remat: bool = False, cameras=None):
     """Depth of normalized images (B, H, W, 3) -> (B, H, W): the whole model as a pure function.
 
     `prompt`: a prompted model's metric depth prompt (B, h, w, 1), any h and w; None for the others.
@@ -331,13 +343,14 @@ def forward(config: DPTConfig, params, images, dtype: str = "float32", *, frames
     everything else runs in float32, `params` are float32. Float32 products run at full float32
     precision (no TF32/bf16 passes on accelerators: they cost ~1e-3 relative error).
     Temporal models take clips: B = clips * `frames`, each clip's frames consecutive.
-    `outputs=True`: the dict of every output (`DPT`); `views`: pictures per scene (`DPT`).
+    `outputs=True`: the dict of every output (`DPT`); `views`: pictures per scene, `cameras` their known cameras
+    (`DPT`).
     `remat`: the encoder blocks' activations are recomputed when differentiated (training memory; same numbers).
     """
     module = DPT(config, COMPUTE_DTYPES[dtype], remat)
     with jax.default_matmul_precision("highest"):
         return module.apply({"params": params}, images.astype(jnp.float32), frames=frames, prompt=prompt,
-                            outputs=outputs, views=views)
+                            outputs=outputs, views=views, cameras=cameras)
 
 
 #: A temporal model's four temporal modules, in the original's order (its motion_modules.0..3)

@@ -6,14 +6,19 @@ independent fusion chain on the same maps that feeds a ray head. The main head g
 (exp) and its confidence (exp + 1) at the input's size; the ray head the ray map (6 channels:
 direction and origin) and its confidence at 8x the patch grid. The camera decoder turns the
 encoder's camera token (token 0 of the last output) into a pose and fields of view, hence the
-intrinsics at the network input (principal point at the centre).
+intrinsics at the network input (principal point at the centre). The camera encoder does the
+reverse for known cameras: each view's pose and fields of view (`pose_encoding`) through a small
+transformer across the views of a scene, giving the tokens the encoder puts in token 0 from block
+`alt_start` on (`Dinov2Encoder`'s `camera_tokens`).
 
-Everything is NHWC. The module registers itself as the DPT neck layout "dualdpt" (`dpt.NECKS`);
-its parameters are `head/*` (the neck and heads) and `head/camera/*` (the decoder).
+Everything is NHWC. The module registers itself as the DPT neck layout "dualdpt" (`dpt.NECKS`) and
+its camera encoder (`dpt.CAMERA_ENCODERS`); its parameters are `head/*` (the neck and heads),
+`head/camera/*` (the decoder) and `camera_encoder/*`.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -21,8 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import DPTConfig
-from .dpt import NECKS, Fusion, Resample
-from .layers import Conv, Dense, layer_norm
+from .dinov2 import Attention
+from .dpt import CAMERA_ENCODERS, NECKS, Fusion, Resample
+from .layers import Conv, Dense, LayerScaleBlock, gelu, layer_norm
 from .resize import resize_bilinear
 
 #: Depth Anything 3's constants: the ray head's output width (6 ray channels + confidence), the UV
@@ -31,6 +37,8 @@ RAY_CHANNELS = 7
 UV_RATIO = 0.1
 UV_FREQUENCY = 100.0
 NORM_EPS = 1e-5
+#: The camera encoder's transformer (every released config: the original's defaults): blocks, heads, MLP ratio
+CAMERA_ENCODER_DEPTH, CAMERA_ENCODER_HEADS, CAMERA_ENCODER_MLP_RATIO = 4, 16, 4
 
 
 def uv_embedding(height: int, width: int, channels: int, aspect: float) -> np.ndarray:
@@ -173,4 +181,68 @@ class DualDPTHead(nn.Module):
         return out
 
 
+def matrix_to_quaternion(m):
+    """(..., 3, 3) rotations -> (..., 4) quaternions (x, y, z, w), w >= 0, as DA3's mat_to_quat.
+
+    Of the four candidates (one per component taken from the diagonal), the one whose component
+    is largest, each divided by 2 max(that component, 0.1).
+    """
+    m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
+    m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
+    m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
+    squares = jnp.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
+    q_abs = jnp.where(squares > 0, jnp.sqrt(jnp.maximum(squares, 0)), 0.0)  # (..., 4): |r|, |i|, |j|, |k|
+    candidates = jnp.stack([
+        jnp.stack([q_abs[..., 0] ** 2, m21 - m12, m02 - m20, m10 - m01], -1),
+        jnp.stack([m21 - m12, q_abs[..., 1] ** 2, m10 + m01, m02 + m20], -1),
+        jnp.stack([m02 - m20, m10 + m01, q_abs[..., 2] ** 2, m12 + m21], -1),
+        jnp.stack([m10 - m01, m20 + m02, m21 + m12, q_abs[..., 3] ** 2], -1)], -2)  # (..., 4, 4): r, i, j, k
+    candidates = candidates / (2.0 * jnp.maximum(q_abs, 0.1))[..., None]
+    best = jnp.argmax(q_abs, axis=-1)[..., None, None]  # the first largest
+    q = jnp.take_along_axis(candidates, best, axis=-2)[..., 0, :]  # (..., 4): r, i, j, k
+    q = jnp.concatenate([q[..., 1:], q[..., :1]], axis=-1)  # (x, y, z, w)
+    return jnp.where(q[..., 3:] < 0, -q, q)
+
+
+def pose_encoding(extrinsics, intrinsics, image_size):
+    """World-to-camera extrinsics (..., 4, 4) and intrinsics (..., 3, 3) in network pixels -> (..., 9), as DA3's
+    camera encoder takes them: the camera-to-world translation, its rotation as a quaternion (x, y, z, w), then
+    fov_h = 2 atan((H / 2) / fy) and fov_w = 2 atan((W / 2) / fx) (the principal point is not used)."""
+    h, w = image_size
+    rotation = jnp.swapaxes(extrinsics[..., :3, :3], -1, -2)  # (..., 3, 3), camera to world
+    translation = -(rotation @ extrinsics[..., :3, 3:])[..., 0]  # (..., 3): the camera's centre
+    fov_h = 2 * jnp.arctan((h / 2) / intrinsics[..., 1, 1])
+    fov_w = 2 * jnp.arctan((w / 2) / intrinsics[..., 0, 0])
+    return jnp.concatenate([translation, matrix_to_quaternion(rotation), fov_h[..., None], fov_w[..., None]], -1)
+
+
+class CameraEncoder(nn.Module):
+    """Known cameras -> camera tokens (B, C): DA3's CameraEnc, always in float32 (as the original runs it).
+
+    Per view the pose encoding (B, 9) -> Linear (C/2), GELU, Linear (C) -> LayerNorm -> four
+    pre-norm blocks (LayerScale, 16 heads, eps 1e-5) attending across the `views` of each scene
+    (one token per view) -> LayerNorm. C is the encoder's width.
+    """
+
+    config: DPTConfig
+    dtype_mm: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, extrinsics, intrinsics, image_size, views: int = 1):
+        dim = self.config.encoder.embed_dim
+        x = pose_encoding(extrinsics.astype(jnp.float32), intrinsics.astype(jnp.float32), image_size)  # (B, 9)
+        self.sow("intermediates", "pose_encoding", x)
+        x = Dense(dim, name="pose_fc2")(gelu(Dense(dim // 2, name="pose_fc1")(x)))  # (B, C)
+        self.sow("intermediates", "pose_branch", x)
+        x = layer_norm(NORM_EPS, "token_norm")(x)
+        self.sow("intermediates", "normed_tokens", x)
+        x = x.reshape(-1, views, dim)  # (B / S, S, C)
+        attention = functools.partial(Attention, CAMERA_ENCODER_HEADS)
+        for i in range(CAMERA_ENCODER_DEPTH):
+            x = LayerScaleBlock(attention, dim, CAMERA_ENCODER_MLP_RATIO * dim, NORM_EPS, name=f"trunk_{i}")(x)
+            self.sow("intermediates", f"trunk{i}", x)
+        return layer_norm(NORM_EPS, "trunk_norm")(x).reshape(-1, dim)  # (B, C)
+
+
 NECKS["dualdpt"] = DualDPTHead
+CAMERA_ENCODERS["dualdpt"] = CameraEncoder

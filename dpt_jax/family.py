@@ -147,5 +147,6 @@ def vit_encoder_flops(c, height: int, width: int, batch: int, add) -> tuple[int,
     add("encoder.patch_embed", 2 * batch * T * 3 * p * p * C)
     add("encoder.qkv_proj", blocks * (2 * batch * N * C * 3 * C + 2 * batch * N * C * C))
     add("encoder.attention", blocks * 2 * (2 * batch * N * N * C))
-    add("encoder.mlp", blocks * 2 * (2 * batch * N * C * c.mlp_hidden))
+    ffn_layers = 3 if getattr(c, "ffn", "mlp") == "swiglu" else 2  # SwiGLU: w12 (2 x hidden) and w3
+    add("encoder.mlp", blocks * ffn_layers * (2 * batch * N * C * c.mlp_hidden))
     return h, w

@@ -67,6 +67,23 @@ class Mlp(nn.Module):
         return Dense(dim, dtype=self.dtype_mm, name="fc2")(hidden)
 
 
+class SwiGLU(nn.Module):
+    """One Linear to two halves x1, x2 of `hidden` each -> silu(x1) * x2 -> Linear (DINOv2's ViT-g feed-forward)."""
+
+    hidden: int
+    dtype_mm: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        dim = x.shape[-1]
+        x1, x2 = jnp.split(Dense(2 * self.hidden, dtype=self.dtype_mm, name="w12")(x), 2, axis=-1)  # (..., hidden) x 2
+        return Dense(dim, dtype=self.dtype_mm, name="w3")(jax.nn.silu(x1) * x2)
+
+
+#: The feed-forward kinds of a ViT block, by the name a config gives (`Dinov2Config.ffn`)
+FEED_FORWARDS = {"mlp": Mlp, "swiglu": SwiGLU}
+
+
 def rematerialised(block: type, remat: bool, static_argnums: tuple = ()) -> type:
     """`block` (a module class) whose activations are recomputed in the backward pass when `remat` (training
     memory: only each block's input is kept); the same class otherwise. Argument 0 of `static_argnums` is the module."""
@@ -77,7 +94,7 @@ class LayerScaleBlock(nn.Module):
     """x + g1 * attn(LN1(x)), then x + g2 * mlp(LN2(x)): the pre-norm ViT block with layer scale (BEiT, DINOv2).
 
     `attention` makes the block's attention module (called with name "attn"); extra call
-    arguments go to it (BEiT's patch grid).
+    arguments go to it (BEiT's patch grid). `ffn`: the feed-forward kind (FEED_FORWARDS), named "mlp".
     """
 
     attention: Callable[..., nn.Module]
@@ -86,6 +103,7 @@ class LayerScaleBlock(nn.Module):
     layer_norm_eps: float
     dtype_mm: Any = jnp.float32
     gamma_init: float = 1.0
+    ffn: str = "mlp"
 
     @nn.compact
     def __call__(self, x, *attention_args):
@@ -93,7 +111,7 @@ class LayerScaleBlock(nn.Module):
         gamma_1 = self.param("gamma_1", init, (self.embed_dim,))
         gamma_2 = self.param("gamma_2", init, (self.embed_dim,))
         x = x + gamma_1 * self.attention(name="attn")(layer_norm(self.layer_norm_eps, "norm1")(x), *attention_args)
-        mlp = Mlp(self.mlp_hidden, self.dtype_mm, name="mlp")
+        mlp = FEED_FORWARDS[self.ffn](self.mlp_hidden, self.dtype_mm, name="mlp")
         return x + gamma_2 * mlp(layer_norm(self.layer_norm_eps, "norm2")(x))
 
 

@@ -239,6 +239,13 @@ def _run(args, process: int, processes: int) -> int:
     if args.views and (processes > 1 or any(is_video(i.path) for i in found) or len(found) < 2):
         raise ValueError("--views: the pictures of one scene, at least two, in one process (no videos, no "
                          "--distributed)")
+    if getattr(args, "cameras", None) is not None:  # read and checked before any model loads
+        if not args.views:
+            raise ValueError("--cameras gives the known cameras of a scene's views: add --views")
+        from .views import load_cameras
+
+        args.known_cameras = dict(zip((i.name for i in found),
+                                      zip(*load_cameras(args.cameras, [i.name for i in found]))))
     if process == 0:
         for note in unused_options(args, [is_video(i.path) for i in found]):
             status.info(f"note: {note}")
@@ -413,10 +420,17 @@ def _predict_scene(args, model, todo, plan, outdir: Path, status: Status) -> tup
     cameras as JSON beside the first view's outputs and, with -f ply, one merged point cloud there."""
     import json
 
+    import numpy as np
+
     from . import geometry, output, views
     from .atomic import atomic_write
 
-    scene = views.predict_views(model, [src.name for src in todo])
+    known = getattr(args, "known_cameras", None)
+    cameras = {}
+    if known is not None:
+        cameras = {"extrinsics": np.stack([known[src.name][0] for src in todo]),
+                   "intrinsics": np.stack([known[src.name][1] for src in todo])}
+    scene = views.predict_views(model, [src.name for src in todo], **cameras)
     written: list[Path] = []
     first = plan[todo[0].name]
     anchor = next(iter(first.values()))
@@ -426,8 +440,10 @@ def _predict_scene(args, model, todo, plan, outdir: Path, status: Status) -> tup
                          "world_to_camera": e.tolist(), "intrinsics": k.tolist()}
                         for name, e, k in zip(scene.names, scene.extrinsics.astype(float),
                                               scene.intrinsics.astype(float))],
-              "frame": "world_to_camera (3x4) as the model estimates the poses, OpenCV camera axes; intrinsics "
-                       "in pixels of the network's size; depth and translations share one unknown scale"}
+              "frame": ("world_to_camera (3x4) as given (--cameras), OpenCV camera axes; intrinsics the given ones "
+                        "in pixels of the network's size; depth in the scale of the given poses" if known is not None
+                        else "world_to_camera (3x4) as the model estimates the poses, OpenCV camera axes; intrinsics "
+                        "in pixels of the network's size; depth and translations share one unknown scale")}
     try:
         with atomic_write(cameras, ".json", replace=args.overwrite) as f:
             f.write((json.dumps(record, indent=1) + "\n").encode())
@@ -441,8 +457,9 @@ def _predict_scene(args, model, todo, plan, outdir: Path, status: Status) -> tup
                 if i == 0:
                     points, colours, threshold = views.scene_points(scene)
                     comments = [f"dpt-jax point cloud of a scene of {len(todo)} views (see {cameras.name})",
-                                "axes: the first view's camera, x right, y down, z forward (OpenCV); units: the "
-                                "scene's relative depth", f"confidence threshold {threshold:.6g}"]
+                                "axes: the first view's camera, x right, y down, z forward (OpenCV); units: "
+                                + ("those of the given poses" if known is not None else "the scene's relative depth"),
+                                f"confidence threshold {threshold:.6g}"]
                     written.append(geometry.write_ply(path, points, colours, comments, replace=args.overwrite))
                 continue
             written.append(output.write_depth(path, scene.depth[i], fmt, picture=scene.images[i],
@@ -478,7 +495,7 @@ def _check_model_options(args, c) -> None:
         raise ValueError(f"-f sky: {c.name} has no sky output (Depth Anything 3 monocular and metric have)")
     if args.views and c.head != "dualdpt":
         raise ValueError(f"--views: {c.name} sees one picture at a time; a scene needs a Depth Anything 3 any-view "
-                         "model (da3_small, da3_base, da3_large)")
+                         "model (da3_small, da3_base, da3_large, da3_giant)")
     if "ply" in args.format and c.sky_head and not c.is_metric:
         raise ValueError(f"-f ply: {c.name} gives depth of unknown scale; its metric sibling gives metres "
                          "(da3_metric_large)")

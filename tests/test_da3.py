@@ -54,22 +54,23 @@ def normalized(u8):
 _RUNS: dict = {}
 
 
-def compiled(fn, params, images):
+def compiled(fn, *args):
     """jit(fn) compiled for these shapes with XLA's quick CPU code generation: the same operations, half the
     compile time of these small many-layer programs (the numbers are checked against the bounds all the same)."""
-    return jax.jit(fn).lower(params, images).compile(compiler_options={"xla_backend_optimization_level": 0})
+    return jax.jit(fn).lower(*args).compile(compiler_options={"xla_backend_optimization_level": 0})
 
 
-def _stages(config, params, images, key, full_paths: bool) -> dict:
+def _stages(config, params, images, key, full_paths: bool, views: int = 1, cameras=None) -> dict:
     """Outputs and sown intermediates of one compiled program per key (maps as NCHW like the fixtures), named by
-    their last path part, or by the whole "/"-joined path (`full_paths`: two fusion chains sow the same names)."""
+    their last path part, or by the whole "/"-joined path (`full_paths`: two fusion chains sow the same names).
+    `views`, `cameras`: a scene's pictures together, with its known cameras (DPT's arguments)."""
     from flax import traverse_util
 
     if key not in _RUNS:
         module = DPT(config)
-        _RUNS[key] = compiled(lambda p, x: module.apply({"params": p}, x, outputs=True, mutable=["intermediates"]),
-                              params, images)
-    outputs, state = _RUNS[key](params, images)
+        _RUNS[key] = compiled(lambda p, x, c: module.apply({"params": p}, x, outputs=True, views=views, cameras=c,
+                                                           mutable=["intermediates"]), params, images, cameras)
+    outputs, state = _RUNS[key](params, images, cameras)
     out = {f"out.{k}": np.asarray(v) for k, v in outputs.items()}
     for path, value in traverse_util.flatten_dict(state["intermediates"]).items():
         x = np.asarray(value[0])
@@ -150,7 +151,7 @@ def test_without_config_json_the_variant_is_a_choice(tmp_path):
         dpt_jax.load(tmp_path / "model.safetensors", variant="mini_da2")
 
 
-@pytest.mark.parametrize("model_name, what", [("da3-giant", "ViT-g"), ("da3nested-giant-large", "nested")])
+@pytest.mark.parametrize("model_name, what", [("da3nested-giant-large", "nested")])
 def test_unimplemented_releases_are_refused_clearly(model_name, what):
     m = json.loads((DA3 / "manifests_full_size.json").read_text())[model_name]
     state = {key: ShapeOnly(shape) for key, shape in m["keys"]}
@@ -323,7 +324,7 @@ def test_rope_tables_and_positions(any_view):
     assert np.allclose(flat[1], sin[nodiff[:, 0]], atol=1e-6) and np.allclose(flat[3], sin[nodiff[:, 1]], atol=1e-6)
 
 
-@pytest.mark.parametrize("model_name, preset", [("da3-small", "da3_small")])  # base, large: the same code, sizes
+@pytest.mark.parametrize("model_name, preset", [("da3-giant", "da3_giant")])  # small, base, large: the same code
 def test_full_size_any_view_keys(model_name, preset):
     """Every key of the released any-view state dicts is loaded or skipped with a reason; the counts add up."""
     m = json.loads((DA3 / "manifests_full_size.json").read_text())[model_name]
@@ -339,6 +340,12 @@ def test_full_size_any_view_keys(model_name, preset):
                                   "model.head.scratch.output_conv2_aux.0.2.bias"} <= {e.source for e in table}
     unused = sum(math.prod(state[k].shape) for k in skipped if k not in aliases)  # shared: counted once
     assert sum(math.prod(s) for s in param_shapes(config).values()) == m["num_parameters"] - unused
+    assert any(e.source.startswith("model.cam_enc.trunk.3.") for e in table)  # the camera encoder is loaded
+    if preset == "da3_giant":  # SwiGLU's w12 / w3; the Gaussian-splatting head (out of scope) is what is skipped
+        assert {"model.backbone.pretrained.blocks.39.mlp.w12.weight", "model.backbone.pretrained.blocks.39.mlp.w3.bias"
+                } <= {e.source for e in table}
+        assert config.encoder.mlp_hidden == 4096 and config.encoder.ffn == "swiglu"
+        assert {k.split(".")[1] for k in skipped if k not in aliases} == {"head", "gs_head"}
 
 
 def test_cli_writes_metres_and_the_sky_mask(tmp_path, references, capsys):
@@ -374,7 +381,8 @@ def test_releases_and_licences():
             "da3_metric_large": ("depth-anything/DA3METRIC-LARGE", "Apache-2.0"),
             "da3_small": ("depth-anything/DA3-SMALL", "Apache-2.0"),
             "da3_base": ("depth-anything/DA3-BASE", "Apache-2.0"),
-            "da3_large": ("depth-anything/DA3-LARGE-1.1", "CC-BY-NC-4.0 (non-commercial use only)")}
+            "da3_large": ("depth-anything/DA3-LARGE-1.1", "CC-BY-NC-4.0 (non-commercial use only)"),
+            "da3_giant": ("depth-anything/DA3-GIANT-1.1", "CC-BY-NC-4.0 (non-commercial use only)")}
     for name, (repo, licence) in want.items():
         release = hub.lookup(name)
         assert (release.repo, release.file, release.licence) == (repo, "model.safetensors", licence)
@@ -435,3 +443,144 @@ def test_three_views_end_to_end_through_the_cli(tmp_path, references, capsys):
     assert np.array_equal(colours[::97], e2e[p + "glb_colors_every97"])
     assert cli.main(["predict", names[0], "-m", model, "--views", "-o", str(tmp_path / "x")]) == 1  # one picture
     assert "at least two" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# DA3-GIANT's wiring (mini_da3_giant: SwiGLU, an odd alt_start, a hooked local block), three views
+
+
+def reordered(x, ref):
+    """Our (S, ...) views in the original's order inside the encoder after it chose `ref`: [ref, the others]."""
+    return x[[ref] + [i for i in range(len(x)) if i != ref]]
+
+
+def test_giant_every_stage_matches_the_original():
+    """Three views (the reference view chosen by saddle_balanced: view 2): blocks, outputs, head, cameras."""
+    model = dpt_jax.load(DA3 / "mini_da3_giant")
+    ref = np.load(DA3 / "mini_da3_giant.npz")
+    assert model.config.name == "mini_da3_giant" and model.config.encoder.ffn == "swiglu"
+    assert model.config.encoder.mlp_hidden == 88  # (int(128 * 2 / 3) + 7) // 8 * 8, the original's SwiGLUFFNFused
+    case, s = "v3_wide", 3
+    x = normalized(ref[f"input_u8_S{s}_56x84"])
+    ours = _stages(model.config, model.params, x, ("giant", x.shape), full_paths=True, views=s)
+    chosen = int(ours["encoder/reference_view"][0])
+    assert chosen == int(ref[f"{case}__bb.ref_b_idx"][0]) == 2
+    stages = {**ANY_VIEW_STAGES, **{f"encoder/block{i}_raw": f"bb.block{i}" for i in (3, 5, 6, 7)}}
+    compared = 0
+    for mine, theirs in stages.items():
+        key = f"{case}__{theirs}"
+        if key not in ref.files:
+            continue
+        got = ours[mine]
+        if theirs.startswith(("bb.block", "bb.cam_token")):  # the original's reordered views
+            got = reordered(got, chosen)
+        got = got.reshape(ref[key].shape)
+        tol = 1e-5 if theirs.startswith(("out.extrinsics", "out.intrinsics", "cam_dec")) else TOL
+        assert rel_err(got, ref[key]) < tol, (case, theirs, rel_err(got, ref[key]))
+        compared += 1
+    assert compared >= 30
+
+
+def test_giant_three_views_end_to_end():
+    """api.py inference on the three 60x640 pictures: depth, confidence and cameras."""
+    from dpt_jax import views
+
+    e2e, ref = np.load(DA3 / "mini_da3_e2e.npz"), np.load(DA3 / "mini_da3_giant.npz")
+    pictures = [e2e[f"views3.raw_rgb_uint8_{i}"] for i in range(3)]
+    scene = views.predict_views(dpt_jax.load(DA3 / "mini_da3_giant"), pictures)
+    assert rel_err(scene.depth, ref["views3.depth"]) < 1e-4 and rel_err(scene.confidence, ref["views3.conf"]) < 1e-4
+    assert rel_err(scene.extrinsics, ref["views3.extrinsics"]) < 1e-5
+    assert rel_err(scene.intrinsics, ref["views3.intrinsics"]) < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# Known cameras: the camera encoder (mini_da3_anyview), api.py's pose normalisation and alignment
+
+CAMERA_ENCODER_STAGES = {"camera_encoder/pose_encoding": "cam_enc.pose_encoding",
+                         "camera_encoder/pose_branch": "cam_enc.pose_branch",
+                         "camera_encoder/normed_tokens": "cam_enc.token_norm",
+                         **{f"camera_encoder/trunk{i}": f"cam_enc.trunk{i}" for i in range(4)},
+                         "encoder/cam_token": "cam_enc.cam_token"}
+
+
+def test_known_cameras_every_stage_matches_the_original(any_view):
+    """Three 84x56 views with given poses: the encoding, the camera encoder, its tokens in the encoder (no
+    reference view chosen), every block, the head and the cameras."""
+    model, ref = any_view
+    case = "v3_tall_posed"
+    x = normalized(ref["input_u8_S3_84x56"])
+    cameras = (ref[f"{case}__input_extrinsics"][0], ref[f"{case}__input_intrinsics"][0])
+    ours = _stages(model.config, model.params, x, ("posed", x.shape), full_paths=True, views=3, cameras=cameras)
+    assert "encoder/reference_view" not in ours
+    stages = {**ANY_VIEW_STAGES, **CAMERA_ENCODER_STAGES}
+    compared = 0
+    for mine, theirs in stages.items():
+        key = f"{case}__{theirs}"
+        if key not in ref.files or mine not in ours:
+            continue
+        got = ours[mine].reshape(ref[key].shape)
+        tol = 1e-5 if theirs.startswith(("out.extrinsics", "out.intrinsics", "cam_dec", "cam_enc.pose_enc")) else TOL
+        assert rel_err(got, ref[key]) < tol, (case, theirs, rel_err(got, ref[key]))
+        compared += 1
+    assert compared >= 30
+
+
+def test_known_cameras_end_to_end_through_the_cli(tmp_path, references, capsys):
+    """api.py inference(..., extrinsics=, intrinsics=) as `predict --views --cameras FILE`: the depth in the given
+    poses' scale, the given cameras back (intrinsics at the network's size); then align_to_input_scale=False."""
+    from PIL import Image
+
+    from dpt_jax import cli, views
+
+    e2e, p = references["e2e"], "mini_da3_anyview.views3_posed."
+    names = []
+    for i in range(3):
+        Image.fromarray(e2e[f"views3.raw_rgb_uint8_{i}"]).save(tmp_path / f"v{i}.png")
+        names.append(str(tmp_path / f"v{i}.png"))
+    given, k = e2e["views3.input_extrinsics"], e2e["views3.input_intrinsics"]
+    record = {"views": [{"picture": f"v{i}.png", "world_to_camera": given[i][:3].tolist(),  # 3x4 is enough
+                         "intrinsics": k[i].tolist()} for i in range(3)]}
+    (tmp_path / "cams.json").write_text(json.dumps(record))
+    model = str(DA3 / "mini_da3_anyview" / "model.safetensors")
+    assert cli.main(["predict", *names, "-m", model, "--views", "--cameras", str(tmp_path / "cams.json"),
+                     "-f", "npy", "-o", str(tmp_path / "out")]) == 0
+    depth = np.stack([np.load(tmp_path / "out" / f"v{i}-depth.npy") for i in range(3)])
+    assert rel_err(depth, e2e[p + "depth"]) < 1e-4
+    cameras = json.loads((tmp_path / "out" / "v0-cameras.json").read_text())["views"]
+    assert rel_err(np.array([c["world_to_camera"] for c in cameras]), e2e[p + "extrinsics"]) < 1e-6
+    assert rel_err(np.array([c["intrinsics"] for c in cameras]), e2e[p + "intrinsics"]) < 1e-6
+    # the network's scale instead: the given poses mapped into the predicted frame, the depth unscaled
+    m = dpt_jax.load(model)
+    scene = views.predict_views(m, names, extrinsics=given, intrinsics=k, align_to_input_scale=False)
+    q = "mini_da3_anyview.views3_posed_noscale."
+    assert rel_err(scene.extrinsics, e2e[q + "extrinsics"][:, :3]) < 1e-5
+    assert rel_err(scene.depth, e2e[p + "depth"] * e2e[q + "depth_over_posed_depth"]) < 1e-4
+    # the file is checked against the views before any model loads, errors naming it
+    bad = {"wrong count": {"views": record["views"][:2]},
+           "not a rotation": {"views": [dict(v, world_to_camera=(2 * given[0]).tolist()) for v in record["views"]]},
+           "own output": {"views": [dict(v, network_size=[42, 504]) for v in record["views"]]},
+           "other order": {"views": record["views"][::-1]}}
+    for what, data in bad.items():
+        (tmp_path / "bad.json").write_text(json.dumps(data))
+        assert cli.main(["predict", *names, "-m", "nonexistent", "--views", "--cameras", str(tmp_path / "bad.json"),
+                         "-o", str(tmp_path / "x")]) == 1, what
+        assert "bad.json" in capsys.readouterr().err, what
+    np.savez(tmp_path / "c.npz", extrinsics=given, intrinsics=k[:2])
+    with pytest.raises(ValueError, match=r"c\.npz: 2 intrinsics for 3 views"):
+        views.load_cameras(tmp_path / "c.npz", names)
+    assert cli.main(["predict", *names, "-m", model, "--cameras", str(tmp_path / "cams.json")]) == 1
+    assert "add --views" in capsys.readouterr().err
+
+
+def test_pose_alignment_as_the_original():
+    """api.py's Umeyama alignment (evo), plain (3 views) and with RANSAC (12 views, two cameras far off)."""
+    from dpt_jax.views import _aligned_poses, align_poses
+
+    ref = np.load(DA3 / "pose_align.npz")
+    for case in ("n3", "n12"):
+        r, t, s = align_poses(ref[f"{case}.ext_ref"], ref[f"{case}.ext_est"])
+        assert np.allclose(r, ref[f"{case}.r"], atol=1e-5) and np.allclose(t, ref[f"{case}.t"], atol=1e-4)
+        assert math.isclose(s, float(ref[f"{case}.s"]), rel_tol=1e-5)
+        assert rel_err(_aligned_poses(ref[f"{case}.ext_est"], r, t, s), ref[f"{case}.aligned"]) < 1e-5
+    with pytest.raises(ValueError, match="degenerate"):
+        align_poses(ref["n3.ext_ref"][:1], ref["n3.ext_est"][:1])  # one camera centre
