@@ -391,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=_positive, metavar="N", help="Orbax checkpoint every N updates")
     p.add_argument("--checkpoints", metavar="DIR", help="the checkpoint folder (default OUTPUT.ckpt)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--hf-output", metavar="DIR",
+                   help="the Hugging Face transformers folder also written (default: OUTPUT's stem + '-hf' beside "
+                        "it, where transformers has a layout for the model)")
+    p.add_argument("--no-hf", action="store_true", help="write no Hugging Face folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_options(p)
     p.set_defaults(func=cmd_finetune)

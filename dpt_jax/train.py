@@ -300,9 +300,25 @@ def restore_state(manager, trainer: Trainer, params, meta: dict):
 # The whole run
 
 
+def hf_folder(config: DPTConfig, output, hf_output=None):
+    """Where finetune writes the Hugging Face layout of its result (None: nowhere): `hf_output` if given (False:
+    nowhere), else OUTPUT's stem + "-hf" beside it where the family has a layout for the model. A folder that holds
+    anything but an earlier dpt-jax export is refused, before any training."""
+    from .convert import hf
+
+    if hf_output is False or (hf_output is None and config.family.hf_layout_of(config) is None):
+        return None
+    hf.layout_of(config)  # a ValueError naming the model where there is no layout
+    folder = Path(hf_output) if hf_output is not None else Path(output).with_name(Path(output).stem + "-hf")
+    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not hf.is_previous_export(folder))):
+        raise ConfigError(f"{folder}: exists and is not an earlier dpt-jax export; choose another Hugging Face "
+                          "output folder (--hf-output) or none (--no-hf)")
+    return folder
+
+
 def finetune(model, data, output, *, recipe: Recipe | None = None, val_data=None, checkpoint_dir=None,
              resume: bool = False, log=None, variant: str | None = None, progress: bool = True,
-             devices=None, **options) -> dict:
+             devices=None, hf_output=None, **options) -> dict:
     """Fine-tune `model` (anything `dpt_jax.load` takes) on the folder `data` (datasets' "folder" layout:
     images/NAME.*, depth/NAME.npy|png metres, optional mask/NAME.png) and write it to `output` (.safetensors,
     ready for `dpt-jax predict -m`).
@@ -310,7 +326,9 @@ def finetune(model, data, output, *, recipe: Recipe | None = None, val_data=None
     `val_data`: a folder of the same layout, scored every recipe.val_every updates and at the end.
     `checkpoint_dir` (default OUTPUT + ".ckpt"): Orbax checkpoints every recipe.save_every updates and at the end;
     `resume` continues from its latest. `log` (default OUTPUT + ".log.jsonl"): one JSON line per micro-step and
-    per evaluation. Returns {"loss": last loss, "step": updates done, "val": last validation metrics or None}.
+    per evaluation. `hf_output`: the Hugging Face transformers folder also written (hf_folder: by default
+    OUTPUT's stem + "-hf" where the family has a layout; False: none). Returns {"loss": last loss, "step": updates
+    done, "val": last validation metrics or None, "hf": the Hugging Face folder or None}.
     """
     from .checkpoint import load_checkpoint, write_converted
     from .datasets import open_dataset
@@ -321,6 +339,7 @@ def finetune(model, data, output, *, recipe: Recipe | None = None, val_data=None
     log = Path(log or f"{output}.log.jsonl")
     loaded = load_checkpoint(model, variant=variant, progress=progress, **options)
     config = loaded.config
+    hf_output = hf_folder(config, output, hf_output)
     trainer = Trainer(config, recipe, devices)
     samples = open_dataset("folder", data)
     val_samples = open_dataset("folder", val_data) if val_data is not None else []
@@ -334,7 +353,7 @@ def finetune(model, data, output, *, recipe: Recipe | None = None, val_data=None
         state = trainer.init(loaded.params)
     total = recipe.steps * recipe.accumulate
     start = int(jax.device_get(state["step"]))
-    result = {"loss": None, "step": start // recipe.accumulate, "val": None}
+    result = {"loss": None, "step": start // recipe.accumulate, "val": None, "hf": hf_output}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -372,7 +391,12 @@ def finetune(model, data, output, *, recipe: Recipe | None = None, val_data=None
         if bar is not None:
             bar.close()
         manager.close()
-    write_converted(output, config, jax.device_get(state["params"]))
+    params = jax.device_get(state["params"])
+    write_converted(output, config, params)
+    if hf_output is not None:
+        from .convert import hf
+
+        hf.write(hf_output, config, params)
     return result
 
 
@@ -390,9 +414,9 @@ def run(args) -> int:
     recipe = Recipe(**given, remat=args.remat, flip=not args.no_flip)
     result = finetune(args.model, args.data, args.output, recipe=recipe, val_data=args.val_data,
                       checkpoint_dir=args.checkpoints, resume=args.resume, progress=not args.no_progress,
-                      **model_options(args))
+                      hf_output=False if args.no_hf else args.hf_output, **model_options(args))
     print(f"updates:    {result['step']}, last loss {result['loss']:.6g}")
     for k, v in (result["val"] or {}).items():
         print(f"val {k + ':':<11}{v:.4f}")
-    print(f"wrote       {args.output}")
+    print(f"wrote       {args.output}" + (f" and {result['hf']} (Hugging Face layout)" if result["hf"] else ""))
     return 0
