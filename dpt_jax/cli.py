@@ -373,10 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "scale-and-shift-invariant loss for relative ones) on every local device; "
                                    "Orbax checkpoints; the result as a dpt-jax .safetensors. See README, Fine-tune.")
     p.add_argument("model", help="checkpoint path, Hugging Face folder, name or repo id to start from")
-    p.add_argument("--data", required=True, metavar="DIR",
-                   help="images/NAME.jpg|png, depth/NAME.npy|png (metres; PNG: x 256), optional mask/NAME.png")
+    p.add_argument("--data", required=True, metavar="DIR", help="the training data, in the layout --dataset names")
+    p.add_argument("--dataset", choices=list(DATASETS), default="folder",
+                   help="the layout of --data, as eval's --dataset (default folder: images/NAME.jpg|png, "
+                        "depth/NAME.npy|png in metres (PNG: x 256), optional mask/NAME.png)")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the fine-tuned model (.safetensors)")
-    p.add_argument("--val-data", metavar="DIR", help="a folder of the same layout, scored with the depth metrics")
+    p.add_argument("--val-data", metavar="DIR", help="validation data, scored with the depth metrics")
+    p.add_argument("--val-dataset", choices=list(DATASETS), help="the layout of --val-data (default: --dataset's)")
     p.add_argument("--steps", type=_positive, help="optimizer updates (default 1000)")
     p.add_argument("--batch-size", type=_positive, help="pictures per micro-batch, over all devices (default 2)")
     p.add_argument("--accumulate", type=_positive, help="micro-batches per update (default 1)")

@@ -318,12 +318,15 @@ def hf_folder(config: DPTConfig, output, hf_output=None):
 
 def finetune(model, data, output, *, recipe: Recipe | None = None, val_data=None, checkpoint_dir=None,
              resume: bool = False, log=None, variant: str | None = None, progress: bool = True,
-             devices=None, hf_output=None, **options) -> dict:
-    """Fine-tune `model` (anything `dpt_jax.load` takes) on the folder `data` (datasets' "folder" layout:
-    images/NAME.*, depth/NAME.npy|png metres, optional mask/NAME.png) and write it to `output` (.safetensors,
-    ready for `dpt-jax predict -m`).
+             devices=None, hf_output=None, dataset: str = "folder", val_dataset: str | None = None,
+             **options) -> dict:
+    """Fine-tune `model` (anything `dpt_jax.load` takes) on the folder `data` and write it to `output`
+    (.safetensors, ready for `dpt-jax predict -m`).
 
-    `val_data`: a folder of the same layout, scored every recipe.val_every updates and at the end.
+    `dataset`: the layout of `data`, a name of datasets.DATASETS as `dpt-jax eval --dataset` takes it ("folder":
+    images/NAME.*, depth/NAME.npy|png metres, optional mask/NAME.png; "nyuv2", "kitti", "eth3d", "diode",
+    "sintel", "middlebury": those datasets' own files). `val_data`: a folder of `val_dataset`'s layout (default
+    `dataset`'s), scored every recipe.val_every updates and at the end.
     `checkpoint_dir` (default OUTPUT + ".ckpt"): Orbax checkpoints every recipe.save_every updates and at the end;
     `resume` continues from its latest. `log` (default OUTPUT + ".log.jsonl"): one JSON line per micro-step and
     per evaluation. `hf_output`: the Hugging Face transformers folder also written (hf_folder: by default
@@ -341,9 +344,10 @@ def finetune(model, data, output, *, recipe: Recipe | None = None, val_data=None
     config = loaded.config
     hf_output = hf_folder(config, output, hf_output)
     trainer = Trainer(config, recipe, devices)
-    samples = open_dataset("folder", data)
-    val_samples = open_dataset("folder", val_data) if val_data is not None else []
-    meta = {"model": config.to_json(), "recipe": dataclasses.asdict(recipe), "data": len(samples)}
+    samples = open_dataset(dataset, data)
+    val_samples = open_dataset(val_dataset or dataset, val_data) if val_data is not None else []
+    meta = {"model": config.to_json(), "recipe": dataclasses.asdict(recipe), "data": len(samples),
+            "dataset": dataset}
     manager = checkpoints(checkpoint_dir)
     state = restore_state(manager, trainer, loaded.params, meta) if resume else None
     if state is None:
@@ -413,6 +417,7 @@ def run(args) -> int:
     given = {field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag) is not None}
     recipe = Recipe(**given, remat=args.remat, flip=not args.no_flip)
     result = finetune(args.model, args.data, args.output, recipe=recipe, val_data=args.val_data,
+                      dataset=args.dataset, val_dataset=args.val_dataset,
                       checkpoint_dir=args.checkpoints, resume=args.resume, progress=not args.no_progress,
                       hf_output=False if args.no_hf else args.hf_output, **model_options(args))
     print(f"updates:    {result['step']}, last loss {result['loss']:.6g}")

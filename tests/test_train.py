@@ -198,3 +198,22 @@ def test_bad_data_is_named(mini, mini_file, tmp_path):
         train.finetune(mini_file, tmp_path, tmp_path / "o.safetensors", recipe=RECIPE, progress=False)
     with pytest.raises(ConfigError, match="multiple of 14"):
         train.Trainer(mini.config, RECIPE.replace(size=30))
+
+
+def test_eval_dataset_layouts_train_as_eval_names_them(mini_file, folder, tmp_path):
+    """--dataset takes eval's layouts: the same three pictures as DIODE files train exactly as the folder does."""
+    diode = tmp_path / "diode" / "val" / "indoors"
+    diode.mkdir(parents=True)
+    for sample in open_dataset("folder", folder):
+        depth, valid = sample.load_truth()
+        Image.fromarray(sample.picture.load()).save(diode / f"{sample.name}.png")
+        np.save(diode / f"{sample.name}_depth.npy", depth[..., None])  # (H, W, 1) as DIODE's
+        np.save(diode / f"{sample.name}_depth_mask.npy", valid.astype(np.float32))
+    runs = {}
+    for name, data in (("diode", tmp_path / "diode"), ("folder", folder)):
+        out = tmp_path / f"{name}.safetensors"
+        assert main(["finetune", str(mini_file), "--data", str(data), "--dataset", name, "-o", str(out), "--no-hf",
+                     "--val-data", str(folder), "--val-dataset", "folder", "--steps", "4", "--batch-size", "2",
+                     "--size", "28", "--lr", "2e-4", "--seed", "3", "--no-progress"]) == 0
+        runs[name] = _losses(f"{out}.log.jsonl")
+    assert runs["diode"] == runs["folder"] and len(runs["diode"]) == 4
