@@ -388,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=["auto", "silog", "ssi"], help="default: silog (metric), ssi (relative)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="matrix products (default float32)")
     p.add_argument("--remat", action="store_true", help="recompute the encoder blocks in the backward pass")
+    p.add_argument("--shard-params", action="store_true",
+                   help="split the parameters and optimizer state across the devices (FSDP) instead of a copy on each")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
     p.add_argument("--seed", type=int, help="the run's random seed (default 0)")
     p.add_argument("--val-every", type=_positive, metavar="N", help="score --val-data every N updates")
