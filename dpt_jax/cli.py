@@ -378,10 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "scale-and-shift-invariant loss for relative ones) on every local device; "
                                    "Orbax checkpoints; the result as a dpt-jax .safetensors. See README, Fine-tune.")
     p.add_argument("model", help="checkpoint path, Hugging Face folder, name or repo id to start from")
-    p.add_argument("--data", required=True, metavar="DIR",
-                   help="images/NAME.jpg|png, depth/NAME.npy|png (metres; PNG: x 256), optional mask/NAME.png")
+    p.add_argument("--data", required=True, metavar="DIR", help="the training data, in the layout --dataset names")
+    p.add_argument("--dataset", choices=list(DATASETS), default="folder",
+                   help="the layout of --data, as eval's --dataset (default folder: images/NAME.jpg|png, "
+                        "depth/NAME.npy|png in metres (PNG: x 256), optional mask/NAME.png)")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the fine-tuned model (.safetensors)")
-    p.add_argument("--val-data", metavar="DIR", help="a folder of the same layout, scored with the depth metrics")
+    p.add_argument("--val-data", metavar="DIR", help="validation data, scored with the depth metrics")
+    p.add_argument("--val-dataset", choices=list(DATASETS), help="the layout of --val-data (default: --dataset's)")
     p.add_argument("--steps", type=_positive, help="optimizer updates (default 1000)")
     p.add_argument("--batch-size", type=_positive, help="pictures per micro-batch, over all devices (default 2)")
     p.add_argument("--accumulate", type=_positive, help="micro-batches per update (default 1)")
@@ -390,12 +393,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=["auto", "silog", "ssi"], help="default: silog (metric), ssi (relative)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="matrix products (default float32)")
     p.add_argument("--remat", action="store_true", help="recompute the encoder blocks in the backward pass")
+    p.add_argument("--shard-params", action="store_true",
+                   help="split the parameters and optimizer state across the devices (FSDP) instead of a copy on each")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
     p.add_argument("--seed", type=int, help="the run's random seed (default 0)")
     p.add_argument("--val-every", type=_positive, metavar="N", help="score --val-data every N updates")
     p.add_argument("--save-every", type=_positive, metavar="N", help="Orbax checkpoint every N updates")
     p.add_argument("--checkpoints", metavar="DIR", help="the checkpoint folder (default OUTPUT.ckpt)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--hf-output", metavar="DIR",
+                   help="the Hugging Face transformers folder also written (default: OUTPUT's stem + '-hf' beside "
+                        "it, where transformers has a layout for the model)")
+    p.add_argument("--no-hf", action="store_true", help="write no Hugging Face folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_options(p)
     p.set_defaults(func=cmd_finetune)

@@ -123,15 +123,32 @@ def loss_and_grads(config: DPTConfig, recipe: Recipe, params, images, depth, val
     return jax.value_and_grad(batch_loss, argnums=2)(config, recipe, params, images, depth, valid)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=2)
-def train_step(config: DPTConfig, recipe: Recipe, state, images, depth, valid):
-    """One micro-batch: (new state, its loss); the optimizer updates the params every recipe.accumulate calls."""
+def _train_step(config: DPTConfig, recipe: Recipe, state, images, depth, valid, gathered=None, sliced=None):
+    """The train step; `gathered` / `sliced` (sharded parameters): the parameters' shardings for the forward and
+    backward pass (whole on each device: an all-gather) and the gradients' (as the parameters': a reduce-scatter)."""
     import optax
 
-    loss, grads = jax.value_and_grad(batch_loss, argnums=2)(config, recipe, state["params"], images, depth, valid)
+    params = state["params"] if gathered is None else jax.lax.with_sharding_constraint(state["params"], gathered)
+    loss, grads = jax.value_and_grad(batch_loss, argnums=2)(config, recipe, params, images, depth, valid)
+    if sliced is not None:
+        grads = jax.lax.with_sharding_constraint(grads, sliced)
     updates, opt_state = optimizer(recipe).update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, loss
+
+
+#: One micro-batch: (new state, its loss); the optimizer updates the params every recipe.accumulate calls.
+train_step = jax.jit(_train_step, static_argnums=(0, 1), donate_argnums=2)
+
+
+def fsdp_spec(shape, devices: int) -> PartitionSpec:
+    """How a sharded-parameters run splits one array: its largest axis divisible by the device count, over the
+    devices ("batch", the data-parallel axis too); arrays without one (scalars, odd sizes) stay whole."""
+    axes = [i for i, n in enumerate(shape) if n % devices == 0 and n >= devices]
+    if devices == 1 or not axes:
+        return PartitionSpec()
+    axis = max(axes, key=lambda i: shape[i])
+    return PartitionSpec(*([None] * axis + ["batch"]))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
@@ -140,9 +157,11 @@ def _predict(config: DPTConfig, params, dtype: str, images):
 
 
 class Trainer:
-    """One model and recipe over every local device (the batch split across them, the state replicated)."""
+    """One model and recipe over every local device: the batch split across them, the state replicated, or with
+    `shard_params` split across them too (FSDP: each device holds a slice of every large parameter and of its
+    optimizer state; XLA gathers them for the forward and backward pass and reduce-scatters the gradients)."""
 
-    def __init__(self, config: DPTConfig, recipe: Recipe, devices=None):
+    def __init__(self, config: DPTConfig, recipe: Recipe, devices=None, shard_params: bool = False):
         if config.is_temporal:
             raise ConfigError(f"{config.name} is a video model; fine-tuning it on clips (VideoDepthLoss) is not "
                               "built yet")
@@ -151,21 +170,37 @@ class Trainer:
         devices = list(devices or jax.local_devices())
         require(recipe.batch_size % len(devices) == 0,
                 f"batch_size {recipe.batch_size} must be a multiple of the {len(devices)} devices")
-        self.config, self.recipe = config, recipe
-        mesh = Mesh(np.array(devices), ("batch",))
-        self.replicated = NamedSharding(mesh, PartitionSpec())
-        self.batch_sharding = NamedSharding(mesh, PartitionSpec("batch"))
+        self.config, self.recipe, self.shard_params = config, recipe, shard_params
+        self.mesh = Mesh(np.array(devices), ("batch",))
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("batch"))
+        self._sharded_step = None
+
+    def state_shardings(self, state):
+        """The sharding of each leaf of a train state: replicated, or (shard_params) as fsdp_spec splits it."""
+        n = self.mesh.devices.size
+        if not self.shard_params:
+            return jax.tree_util.tree_map(lambda _: self.replicated, state)
+        return jax.tree_util.tree_map(lambda a: NamedSharding(self.mesh, fsdp_spec(np.shape(a), n)), state)
 
     def init(self, params) -> dict:
-        """The train state: float32 params, optimizer state, micro-step count; replicated over the devices."""
+        """The train state: float32 params, optimizer state, micro-step count, placed on the devices."""
         params = cast_params(params)
         state = {"params": params, "opt_state": optimizer(self.recipe).init(params), "step": np.int32(0)}
-        return jax.device_put(state, self.replicated)
+        return jax.device_put(state, self.state_shardings(state))
 
     def step(self, state, batch):
         """One micro-batch (images, depth, valid) -> (new state, its loss); `state` is consumed (donated)."""
         batch = jax.device_put(tuple(np.asarray(b) for b in batch), self.batch_sharding)
-        return train_step(self.config, step_recipe(self.recipe), state, *batch)
+        if not self.shard_params:
+            return train_step(self.config, step_recipe(self.recipe), state, *batch)
+        if self._sharded_step is None:  # the new state keeps the old one's slices
+            shardings = self.state_shardings(state)
+            whole = jax.tree_util.tree_map(lambda _: self.replicated, shardings["params"])
+            step = functools.partial(_train_step, self.config, step_recipe(self.recipe), gathered=whole,
+                                     sliced=shardings["params"])
+            self._sharded_step = jax.jit(step, donate_argnums=0, out_shardings=(shardings, self.replicated))
+        return self._sharded_step(state, *batch)
 
     def predict(self, params, images):
         return _predict(self.config, params, self.recipe.dtype, images)
@@ -300,17 +335,40 @@ def restore_state(manager, trainer: Trainer, params, meta: dict):
 # The whole run
 
 
+def hf_folder(config: DPTConfig, output, hf_output=None):
+    """Where finetune writes the Hugging Face layout of its result (None: nowhere): `hf_output` if given (False:
+    nowhere), else OUTPUT's stem + "-hf" beside it where the family has a layout for the model. A folder that holds
+    anything but an earlier dpt-jax export is refused, before any training."""
+    from .convert import hf
+
+    if hf_output is False or (hf_output is None and config.family.hf_layout_of(config) is None):
+        return None
+    hf.layout_of(config)  # a ValueError naming the model where there is no layout
+    folder = Path(hf_output) if hf_output is not None else Path(output).with_name(Path(output).stem + "-hf")
+    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not hf.is_previous_export(folder))):
+        raise ConfigError(f"{folder}: exists and is not an earlier dpt-jax export; choose another Hugging Face "
+                          "output folder (--hf-output) or none (--no-hf)")
+    return folder
+
+
 def finetune(model, data, output, *, recipe: Recipe | None = None, val_data=None, checkpoint_dir=None,
              resume: bool = False, log=None, variant: str | None = None, progress: bool = True,
-             devices=None, **options) -> dict:
-    """Fine-tune `model` (anything `dpt_jax.load` takes) on the folder `data` (datasets' "folder" layout:
-    images/NAME.*, depth/NAME.npy|png metres, optional mask/NAME.png) and write it to `output` (.safetensors,
-    ready for `dpt-jax predict -m`).
+             devices=None, shard_params: bool = False, hf_output=None, dataset: str = "folder",
+             val_dataset: str | None = None, **options) -> dict:
+    """Fine-tune `model` (anything `dpt_jax.load` takes) on the folder `data` and write it to `output`
+    (.safetensors, ready for `dpt-jax predict -m`).
 
-    `val_data`: a folder of the same layout, scored every recipe.val_every updates and at the end.
+    `devices` (default: every local device) share each batch; `shard_params`: the parameters and optimizer
+    state are split across them too (Trainer). `dataset`: the layout of `data`, a name of datasets.DATASETS as
+    `dpt-jax eval --dataset` takes it ("folder": images/NAME.*, depth/NAME.npy|png metres, optional
+    mask/NAME.png; "nyuv2", "kitti", "eth3d", "diode", "sintel", "middlebury": those datasets' own files).
+    `val_data`: a folder of `val_dataset`'s layout (default `dataset`'s), scored every recipe.val_every updates
+    and at the end.
     `checkpoint_dir` (default OUTPUT + ".ckpt"): Orbax checkpoints every recipe.save_every updates and at the end;
     `resume` continues from its latest. `log` (default OUTPUT + ".log.jsonl"): one JSON line per micro-step and
-    per evaluation. Returns {"loss": last loss, "step": updates done, "val": last validation metrics or None}.
+    per evaluation. `hf_output`: the Hugging Face transformers folder also written (hf_folder: by default
+    OUTPUT's stem + "-hf" where the family has a layout; False: none). Returns {"loss": last loss, "step": updates
+    done, "val": last validation metrics or None, "hf": the Hugging Face folder or None}.
     """
     from .checkpoint import load_checkpoint, write_converted
     from .datasets import open_dataset
@@ -321,10 +379,12 @@ def finetune(model, data, output, *, recipe: Recipe | None = None, val_data=None
     log = Path(log or f"{output}.log.jsonl")
     loaded = load_checkpoint(model, variant=variant, progress=progress, **options)
     config = loaded.config
-    trainer = Trainer(config, recipe, devices)
-    samples = open_dataset("folder", data)
-    val_samples = open_dataset("folder", val_data) if val_data is not None else []
-    meta = {"model": config.to_json(), "recipe": dataclasses.asdict(recipe), "data": len(samples)}
+    hf_output = hf_folder(config, output, hf_output)
+    trainer = Trainer(config, recipe, devices, shard_params)
+    samples = open_dataset(dataset, data)
+    val_samples = open_dataset(val_dataset or dataset, val_data) if val_data is not None else []
+    meta = {"model": config.to_json(), "recipe": dataclasses.asdict(recipe), "data": len(samples),
+            "dataset": dataset}
     manager = checkpoints(checkpoint_dir)
     state = restore_state(manager, trainer, loaded.params, meta) if resume else None
     if state is None:
@@ -334,7 +394,7 @@ def finetune(model, data, output, *, recipe: Recipe | None = None, val_data=None
         state = trainer.init(loaded.params)
     total = recipe.steps * recipe.accumulate
     start = int(jax.device_get(state["step"]))
-    result = {"loss": None, "step": start // recipe.accumulate, "val": None}
+    result = {"loss": None, "step": start // recipe.accumulate, "val": None, "hf": hf_output}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -372,7 +432,12 @@ def finetune(model, data, output, *, recipe: Recipe | None = None, val_data=None
         if bar is not None:
             bar.close()
         manager.close()
-    write_converted(output, config, jax.device_get(state["params"]))
+    params = jax.device_get(state["params"])
+    write_converted(output, config, params)
+    if hf_output is not None:
+        from .convert import hf
+
+        hf.write(hf_output, config, params)
     return result
 
 
@@ -389,10 +454,11 @@ def run(args) -> int:
     given = {field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag) is not None}
     recipe = Recipe(**given, remat=args.remat, flip=not args.no_flip)
     result = finetune(args.model, args.data, args.output, recipe=recipe, val_data=args.val_data,
+                      dataset=args.dataset, val_dataset=args.val_dataset, shard_params=args.shard_params,
                       checkpoint_dir=args.checkpoints, resume=args.resume, progress=not args.no_progress,
-                      **model_options(args))
+                      hf_output=False if args.no_hf else args.hf_output, **model_options(args))
     print(f"updates:    {result['step']}, last loss {result['loss']:.6g}")
     for k, v in (result["val"] or {}).items():
         print(f"val {k + ':':<11}{v:.4f}")
-    print(f"wrote       {args.output}")
+    print(f"wrote       {args.output}" + (f" and {result['hf']} (Hugging Face layout)" if result["hf"] else ""))
     return 0

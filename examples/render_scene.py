@@ -132,13 +132,28 @@ def trace(d):
     return colour, np.where(hit, t * (d @ FWD), np.inf)
 
 
-def main(out_dir=None):
-    out_dir = Path(__file__).resolve().parent if out_dir is None else out_dir
-    # 4 samples a pixel on a rotated grid for smooth edges; the depth is taken at the pixel centres.
+def look(yaw):
+    """Point the camera `yaw` radians to the right of +z, keeping its downward pitch (FWD, UP, RIGHT)."""
+    global FWD, UP, RIGHT
+    c, s = np.cos(yaw), np.sin(yaw)
+    FWD = np.array([s * np.cos(PITCH), np.sin(PITCH), c * np.cos(PITCH)])
+    UP = np.array([-s * np.sin(PITCH), np.cos(PITCH), -c * np.sin(PITCH)])
+    RIGHT = np.array([c, 0.0, -s])
+
+
+def render():
+    """The picture (H, W, 3) uint8 and its exact z depth (H, W) (inf for the sky) from the current camera.
+
+    4 samples a pixel on a rotated grid for smooth edges; the depth is taken at the pixel centres."""
     offsets = [(0.375, 0.125), (0.875, 0.375), (0.125, 0.625), (0.625, 0.875)]
     linear = sum(trace(camera_rays(jx, jy))[0] for jx, jy in offsets) / len(offsets)
     rgb = np.round(np.clip(linear, 0.0, 1.0) ** (1 / 2.2) * 255).astype(np.uint8).reshape(H, W, 3)
-    z = trace(camera_rays(0.5, 0.5))[1].reshape(H, W)
+    return rgb, trace(camera_rays(0.5, 0.5))[1].reshape(H, W)
+
+
+def main(out_dir=None):
+    out_dir = Path(__file__).resolve().parent if out_dir is None else out_dir
+    rgb, z = render()
     inverse_depth = np.where(np.isfinite(z), 1 / z, 0.0)
     Image.fromarray(rgb).save(out_dir / "scene.png", optimize=True)
     Image.fromarray(colorize(inverse_depth)).save(out_dir / "scene_true_inverse_depth.png", optimize=True)

@@ -29,22 +29,11 @@ FRAMES, SHOWN = 7, 3  # frames of the move; the one saved
 scene.W, scene.H = 320, 240  # the ray caster reads its camera from these module attributes
 
 
-def look(yaw):
-    """Point the renderer's camera `yaw` radians to the right of +z, keeping its downward pitch."""
-    c, s = np.cos(yaw), np.sin(yaw)
-    scene.FWD = np.array([s * np.cos(scene.PITCH), np.sin(scene.PITCH), c * np.cos(scene.PITCH)])
-    scene.UP = np.array([-s * np.sin(scene.PITCH), np.cos(scene.PITCH), -c * np.sin(scene.PITCH)])
-    scene.RIGHT = np.array([c, 0.0, -s])
-
-
 def render_frame(t):
     """(h, w, 3) uint8 picture and (h, w) exact inverse depth at time t in [0, 1]."""
     scene.EYE = np.array([0.3 * t, 1.5, 1.2 * t])  # 1.2 m forward, a little to the right
-    look(np.radians(12.0 * t))  # panning right by 12 degrees
-    offsets = [(0.375, 0.125), (0.875, 0.375), (0.125, 0.625), (0.625, 0.875)]  # as render_scene.main
-    linear = sum(scene.trace(scene.camera_rays(jx, jy))[0] for jx, jy in offsets) / len(offsets)
-    rgb = np.round(np.clip(linear, 0.0, 1.0) ** (1 / 2.2) * 255).astype(np.uint8).reshape(scene.H, scene.W, 3)
-    z = scene.trace(scene.camera_rays(0.5, 0.5))[1].reshape(scene.H, scene.W)
+    scene.look(np.radians(12.0 * t))  # panning right by 12 degrees
+    rgb, z = scene.render()
     return rgb, np.where(np.isfinite(z), 1 / z, 0.0).astype(np.float32)
 
 

@@ -70,3 +70,12 @@ def write_motorcycle(folder):
         write_pfm(f, disparity)
     (folder / "calib.txt").write_text(MOTORCYCLE_CALIB)
     return left, disparity
+
+
+def tiny_da2_metric():
+    """The training tests' Depth Anything V2 metric mini (max 20 m): four 16-wide blocks feeding the neck, a 4x4
+    position table, an 8-feature neck. tests/fixtures/train/make_train_step.py builds it with the original code."""
+    from dpt_jax.dinov2 import Dinov2Config, depth_anything
+
+    encoder = Dinov2Config(embed_dim=16, depth=4, num_heads=2, mlp_hidden=32, hooks=(0, 1, 2, 3), native_grid=(4, 4))
+    return depth_anything("tiny_da2_metric", encoder, 8, (4, 8, 8, 8), version=2, max_depth=20.0)

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpt_jax import train
-from dpt_jax.checkpoint import load_checkpoint, write_converted
+from dpt_jax import registry, train
+from dpt_jax.checkpoint import convert_state_dict, load_checkpoint, write_converted
 from dpt_jax.cli import main
+from dpt_jax.convert import hf
 from dpt_jax.datasets import open_dataset
 from dpt_jax.errors import ConfigError, DatasetError
 
@@ -177,11 +178,42 @@ def test_resumed_run_equals_uninterrupted_and_cli_writes_a_loadable_model(mini, 
     for x, y, z in zip(*(jax.tree_util.tree_leaves(c.params) for c in (a, b, mini))):
         np.testing.assert_allclose(y, x, rtol=1e-6, atol=1e-7)
     assert any(not np.array_equal(x, z) for x, z in zip(*(jax.tree_util.tree_leaves(c.params) for c in (a, mini))))
+    # the Hugging Face layout beside each: transformers' names and config.json, read back to the same parameters
+    assert result["hf"] == tmp_path / "a-hf" and (tmp_path / "b-hf" / "config.json").is_file()
+    source = hf.read(result["hf"], registry.FAMILIES.values())
+    assert source.model.hooks == mini.config.encoder.hooks
+    back = convert_state_dict(source.state, mini.config, source.path, shown=source.shown).params
+    for x, y in zip(*(jax.tree_util.tree_leaves(p) for p in (a.params, back)), strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_bad_data_is_named(mini, mini_file, tmp_path):
     (tmp_path / "images").mkdir()
     with pytest.raises(DatasetError, match="depth"):
         train.finetune(mini_file, tmp_path, tmp_path / "o.safetensors", recipe=RECIPE, progress=False)
+    taken = tmp_path / "o-hf"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="o-hf: exists and is not an earlier dpt-jax export"):
+        train.finetune(mini_file, tmp_path, tmp_path / "o.safetensors", recipe=RECIPE, progress=False)
     with pytest.raises(ConfigError, match="multiple of 14"):
         train.Trainer(mini.config, RECIPE.replace(size=30))
+
+
+def test_eval_dataset_layouts_train_as_eval_names_them(mini_file, folder, tmp_path):
+    """--dataset takes eval's layouts: the same three pictures as DIODE files train exactly as the folder does."""
+    diode = tmp_path / "diode" / "val" / "indoors"
+    diode.mkdir(parents=True)
+    for sample in open_dataset("folder", folder):
+        depth, valid = sample.load_truth()
+        Image.fromarray(sample.picture.load()).save(diode / f"{sample.name}.png")
+        np.save(diode / f"{sample.name}_depth.npy", depth[..., None])  # (H, W, 1) as DIODE's
+        np.save(diode / f"{sample.name}_depth_mask.npy", valid.astype(np.float32))
+    runs = {}
+    for name, data in (("diode", tmp_path / "diode"), ("folder", folder)):
+        out = tmp_path / f"{name}.safetensors"
+        assert main(["finetune", str(mini_file), "--data", str(data), "--dataset", name, "-o", str(out), "--no-hf",
+                     "--val-data", str(folder), "--val-dataset", "folder", "--steps", "4", "--batch-size", "2",
+                     "--size", "28", "--lr", "2e-4", "--seed", "3", "--no-progress"]) == 0
+        runs[name] = _losses(f"{out}.log.jsonl")
+    assert runs["diode"] == runs["folder"] and len(runs["diode"]) == 4
