@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import dpt_jax
-from dpt_jax.beit import relative_position_bias
+from dpt_jax.beit import relative_position_bias, relative_position_bias_rows
+from dpt_jax.layers import attend
 from dpt_jax.resize import resize_bilinear
 from helpers import FIXTURES
 
@@ -65,3 +66,18 @@ def test_bad_input_layouts_are_refused(model):
         model.apply(np.zeros((1, 3, 128, 128), np.float32))
     with pytest.raises(ValueError, match="float"):
         model.apply(np.zeros((1, 128, 128, 3), np.uint8))
+
+
+def test_bias_rows_and_blocked_attention_match_the_whole():
+    """BEiT's attention in blocks of image rows (queries of a long sequence) gives the one-piece result."""
+    h, w = 3, 100  # 301 tokens: above 2 QUERY_BLOCK, so blocks of one image row, cls and no rest
+    table = np.random.default_rng(2).normal(size=(7 * 7 + 3, 2)).astype(np.float32)
+    rows = relative_position_bias_rows(table, (4, 4), (h, w))
+    whole = np.asarray(relative_position_bias(table, (4, 4), (h, w)))
+    np.testing.assert_array_equal(np.asarray(rows(0, 1)), whole[:, :1])
+    cut = jax.jit(lambda y: rows(1 + y * w, 2 * w))(1)  # a traced start: image rows 1 and 2
+    np.testing.assert_array_equal(np.asarray(cut), whole[:, 1 + w:])
+    q, k, v = np.random.default_rng(3).normal(size=(3, 1, 2, 1 + h * w, 8)).astype(np.float32)
+    one_piece = attend(q, k, v, whole, blocks=(0, 1 + h * w))
+    np.testing.assert_allclose(attend(q, k, v, rows, blocks=(1, w)), one_piece, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(attend(q, k, v, whole), one_piece, rtol=0, atol=1e-6)  # default blocks of 128 + rest
