@@ -2,7 +2,8 @@
 
 Both are JAX programs compiled by the same XLA, so every difference is the implementation's. Each
 side is built at the preset's architecture with random weights (dpt-jax: `random_params`; KerasHub:
-its own initialisers; the parameter counts are reported side by side) and called through one jitted
+its own initialisers, the model the family names, `EncoderFamily.keras_hub`; the parameter counts
+are reported side by side) and called through one jitted
 function (KerasHub's `stateless_call` under `jax.jit`, what `predict` compiles). The two sides'
 calls alternate, so a change of load on a shared machine hits both alike. Reported per (model,
 batch): compile time, median and min wall-clock latency, median CPU seconds per call (all threads;
@@ -28,23 +29,6 @@ if __name__ == "__main__" and not __package__:  # run as a script: the repositor
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import numpy as np  # noqa: E402
-
-
-def keras_hub_depth_anything(config, size: int):
-    """KerasHub's DepthAnythingBackbone with the architecture of a dpt-jax Depth Anything V2 preset."""
-    import keras_hub
-
-    e = config.encoder
-    encoder = keras_hub.models.DINOV2Backbone(
-        patch_size=e.patch_size, num_layers=e.depth, hidden_dim=e.embed_dim, num_heads=e.num_heads,
-        intermediate_dim=e.mlp_hidden, layer_scale_init_value=1.0, image_shape=(size, size, 3),
-        position_embedding_shape=(e.native_grid[0] * e.patch_size, e.native_grid[1] * e.patch_size),
-        apply_layernorm=True)
-    return keras_hub.models.DepthAnythingBackbone(
-        image_encoder=encoder, reassemble_factors=list(config.reassemble_factors),
-        neck_hidden_dims=list(config.reassembly_features), fusion_hidden_dim=config.fusion_features,
-        head_hidden_dim=config.head_features, head_in_index=-1,
-        feature_keys=[f"stage{i + 1}" for i in e.hooks])
 
 
 def keras_call(model):
@@ -106,7 +90,9 @@ def main(argv=None) -> int:
         config = resolve_config(name)
         params = random_params(config)
         ours = DepthModel(config, params, dtype="float32")
-        theirs = keras_hub_depth_anything(config, args.size)
+        if config.family.keras_hub is None:
+            raise SystemExit(f"KerasHub has no model of the {config.family.title} family")
+        theirs = config.family.keras_hub(config, args.size)
         theirs_call = keras_call(theirs)
         for batch in (int(b) for b in args.batch.split(",")):
             x = np.random.default_rng(batch).standard_normal((batch, args.size, args.size, 3)).astype(np.float32)
