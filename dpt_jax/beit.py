@@ -124,10 +124,13 @@ def relative_position_bias_rows(table: jnp.ndarray, native_grid, grid):
 
 def encoder_peak_bytes(c: BeitConfig, height: int, width: int, batch: int) -> int:
     """A lower bound of the encoder's activation bytes at once (float32): a ViT's MLP layers
-    (family.vit_encoder_peak_bytes), or a block's relative position bias (heads, N, N), which is built
-    whatever the batch."""
-    n = (height // c.patch_size) * (width // c.patch_size) + 1
-    return max(vit_encoder_peak_bytes(c, height, width, batch), 4 * c.num_heads * n * n)
+    (family.vit_encoder_peak_bytes), or what a block's relative position bias is cut from whatever the
+    batch: its (heads, w, (2h-1) w) table (`relative_position_bias_rows`), or the whole (heads, N, N)
+    where the attention runs in one piece."""
+    h, w = height // c.patch_size, width // c.patch_size
+    n = h * w + 1
+    bias = n * n if n <= 2 * QUERY_BLOCK else w * (2 * h - 1) * w
+    return max(vit_encoder_peak_bytes(c, height, width, batch), 4 * c.num_heads * bias)
 
 
 class Attention(nn.Module):
