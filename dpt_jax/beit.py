@@ -18,7 +18,18 @@ import jax.numpy as jnp
 
 from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, Pair, bounded, checked_fields, require
 from .family import vit_encoder_peak_bytes
-from .layers import QKV, QUERY_BLOCK, Conv, Dense, LayerScaleBlock, attend, merge_heads, patch_grid, rematerialised
+from .layers import (
+    ONE_PIECE_MAX,
+    QKV,
+    QUERY_BLOCK,
+    Conv,
+    Dense,
+    LayerScaleBlock,
+    attend,
+    merge_heads,
+    patch_grid,
+    rematerialised,
+)
 from .resize import resize_bilinear
 
 
@@ -129,7 +140,7 @@ def encoder_peak_bytes(c: BeitConfig, height: int, width: int, batch: int) -> in
     where the attention runs in one piece."""
     h, w = height // c.patch_size, width // c.patch_size
     n = h * w + 1
-    bias = n * n if n <= 2 * QUERY_BLOCK else w * (2 * h - 1) * w
+    bias = n * n if n <= ONE_PIECE_MAX else w * (2 * h - 1) * w
     return max(vit_encoder_peak_bytes(c, height, width, batch), 4 * c.num_heads * bias)
 
 
@@ -148,7 +159,7 @@ class Attention(nn.Module):
         q = q * (q.shape[-1] ** -0.5)
         w = grid[1]
         bias = relative_position_bias_rows(table.astype(jnp.float32), c.native_grid, grid)  # (start, size) -> rows
-        blocks = (1, w * max(1, QUERY_BLOCK // w)) if q.shape[-2] > 2 * QUERY_BLOCK else None  # whole image rows
+        blocks = (1, w * max(1, QUERY_BLOCK // w)) if q.shape[-2] > ONE_PIECE_MAX else None  # whole image rows
         out = merge_heads(attend(q, k, v, bias, dtype_mm=self.dtype_mm, blocks=blocks))  # (B, N, C)
         return Dense(x.shape[-1], dtype=self.dtype_mm, name="proj")(out)
 

@@ -70,7 +70,7 @@ def test_bad_input_layouts_are_refused(model):
 
 def test_bias_rows_and_blocked_attention_match_the_whole():
     """BEiT's attention in blocks of image rows (queries of a long sequence) gives the one-piece result."""
-    h, w = 3, 100  # 301 tokens: above 2 QUERY_BLOCK, so blocks of one image row, cls and no rest
+    h, w = 3, 350  # 1051 tokens: above ONE_PIECE_MAX, so blocks of 128 queries and a rest by default
     table = np.random.default_rng(2).normal(size=(7 * 7 + 3, 2)).astype(np.float32)
     rows = relative_position_bias_rows(table, (4, 4), (h, w))
     whole = np.asarray(relative_position_bias(table, (4, 4), (h, w)))
