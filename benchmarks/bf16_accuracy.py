@@ -23,8 +23,6 @@ existing files are never changed). Needs the `bench` extra (torch, transformers)
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,20 +50,6 @@ def read_photos(path) -> dict[str, np.ndarray]:
         if a.dtype != np.uint8 or a.ndim != 3 or a.shape[-1] != 3:
             raise ValueError(f"{path}: {name}{PHOTO_SUFFIX} is {a.dtype} {a.shape}, expected uint8 (h, w, 3)")
     return photos
-
-
-def cpu_features() -> dict:
-    """lscpu's model name and whether the CPU has bfloat16 matrix instructions (AVX512-BF16, AMX)."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        text = ""
-    model = re.search(r"^Model name:\s*(.+)$", text, re.M)
-    flags_line = re.search(r"^Flags:\s*(.+)$", text, re.M)
-    flags = set(flags_line.group(1).split()) if flags_line else set()
-    return {"lscpu_model": model.group(1).strip() if model else None,
-            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags, "amx_tile": "amx_tile" in flags,
-            "avx512f": "avx512f" in flags, "avx2": "avx2" in flags, "flags_read": bool(flags)}
 
 
 def errors(x: np.ndarray, ref: np.ndarray) -> dict:
@@ -246,7 +230,8 @@ def main(argv=None) -> int:
     jax.config.update("jax_default_matmul_precision", "highest")  # float32 means float32 everywhere
     photos = read_photos(args.images)
     threads = args.threads or cpu_cores()
-    info, feats = machine_info(), cpu_features()
+    info = machine_info()
+    feats = info["cpu_features"]
     bf16_units = [k for k in ("avx512_bf16", "amx_bf16") if feats[k]]
     extra = {
         "what": "dpt-jax bfloat16 vs torch.autocast('cpu', bfloat16), both against transformers float32",
@@ -272,7 +257,7 @@ def main(argv=None) -> int:
         table = format_table(rows, checks)
         print(table)
         if not args.no_write:
-            md, js = write_results("bf16-accuracy", rows, {**info, "cpu_features": feats}, args.out, table=table,
+            md, js = write_results("bf16-accuracy", rows, info, args.out, table=table,
                                    extra=extra, stem=stem, append=True)
             print(f"wrote {md} and {js}", file=sys.stderr)
     return 0 if ok else 1

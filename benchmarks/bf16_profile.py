@@ -221,7 +221,6 @@ def main(argv=None) -> int:
 
     import datetime
 
-    from benchmarks.bf16_accuracy import cpu_features
     from benchmarks.measure import machine_info
     from benchmarks.report import result_paths, write_results
     from dpt_jax.timing import parse_model_spec
@@ -236,14 +235,14 @@ def main(argv=None) -> int:
     if args.no_write:
         return 0
     info = machine_info()
-    feats = cpu_features()
+    feats = info["cpu_features"]
     units = [k for k in ("avx512_bf16", "amx_bf16") if feats[k]]
     extra = {"model": f"{config.name} @ {size[0]}x{size[1]}, batch {args.batch}, random weights (timing.random_params)",
              "lscpu": f"{feats['lscpu_model']}; bfloat16 matrix instructions: "
                       f"{', '.join(units) if units else 'none (no avx512_bf16, no amx_bf16)'}",
              }
     stem = result_paths(args.out, f"bf16-profile-{info['machine']}-{datetime.date.today().isoformat()}", False)[0].stem
-    md, js = write_results("bf16-profile", rows, {**info, "cpu_features": feats}, args.out, table=table, extra=extra,
+    md, js = write_results("bf16-profile", rows, info, args.out, table=table, extra=extra,
                            stem=stem)
     print(f"wrote {md} and {js}", file=sys.stderr)
     return 0

@@ -17,6 +17,7 @@ import platform
 import re
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from typing import Optional
@@ -147,9 +148,26 @@ def machine_info() -> dict:
         "torch": _version("torch"),
         "transformers": _version("transformers"),
         "total_memory_gb": _total_memory_gb(),
+        "cpu_features": cpu_features(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,  # 1, 5, 15 min, at the start
     }
     info["machine"] = machine_slug(info)
     return info
+
+
+def cpu_features() -> dict:
+    """lscpu's model name and whether the CPU has bfloat16 matrix instructions (AVX512-BF16, AMX)."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        text = ""
+    model = re.search(r"^Model name:\s*(.+)$", text, re.M)
+    flags_line = re.search(r"^Flags:\s*(.+)$", text, re.M)
+    flags = set(flags_line.group(1).split()) if flags_line else set()
+    return {"lscpu_model": model.group(1).strip() if model else None,
+            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags, "amx_tile": "amx_tile" in flags,
+            "avx512f": "avx512f" in flags, "avx2": "avx2" in flags, "flags_read": bool(flags),
+            "vector_flags": sorted(f for f in flags if re.match(r"(avx|fma|amx|sse4|f16c)", f))}
 
 
 def _total_memory_gb() -> Optional[float]:

@@ -653,6 +653,25 @@ HF_REPOS = {
     "dad_vits": "xingyang1/Distill-Any-Depth-Small-hf", "dad_vitl": "xingyang1/Distill-Any-Depth-Large-hf",
 }
 
+def keras_hub_model(config: DPTConfig, size: int):
+    """KerasHub's DepthAnythingBackbone (Keras 3) with the architecture of a Depth Anything V1/V2 config, random
+    weights, input size x size (its DINOv2 takes square images only); KerasHub has no prompt, temporal or DA3 model."""
+    import keras_hub
+
+    if config.prompt or config.is_temporal or _is_da3(config):
+        raise ValueError(f"KerasHub has no counterpart of {config.name}")
+    e = config.encoder
+    encoder = keras_hub.models.DINOV2Backbone(
+        patch_size=e.patch_size, num_layers=e.depth, hidden_dim=e.embed_dim, num_heads=e.num_heads,
+        intermediate_dim=e.mlp_hidden, layer_scale_init_value=1.0, image_shape=(size, size, 3),
+        position_embedding_shape=(e.native_grid[0] * e.patch_size, e.native_grid[1] * e.patch_size),
+        apply_layernorm=True)  # the hooked outputs through the final norm, as Depth Anything
+    return keras_hub.models.DepthAnythingBackbone(
+        image_encoder=encoder, reassemble_factors=list(config.reassemble_factors),
+        neck_hidden_dims=list(config.reassembly_features), fusion_hidden_dim=config.fusion_features,
+        head_hidden_dim=config.head_features, head_in_index=-1, feature_keys=[f"stage{i + 1}" for i in e.hooks])
+
+
 FAMILY = EncoderFamily(
     name="dinov2",
     title="Depth Anything (DINOv2)",
@@ -687,4 +706,5 @@ FAMILY = EncoderFamily(
                       unused_prefixes=("neck.fusion_stage.layers.0.residual_layer1.",
                                        "backbone.embeddings.mask_token")),),
     hf_repos=HF_REPOS,
+    keras_hub=keras_hub_model,
 )

@@ -13,12 +13,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .config import MAX_SIDE, MAX_WIDTH, DPTConfig, Pair, bounded, checked_fields, require
 from .family import vit_encoder_peak_bytes
-from .layers import QKV, Conv, Dense, LayerScaleBlock, attend, merge_heads, patch_grid, rematerialised
+from .layers import (
+    ONE_PIECE_MAX,
+    QKV,
+    QUERY_BLOCK,
+    Conv,
+    Dense,
+    LayerScaleBlock,
+    attend,
+    merge_heads,
+    patch_grid,
+    rematerialised,
+)
 from .resize import resize_bilinear
 
 
@@ -42,46 +53,95 @@ class BeitConfig:
                 "hooks must be increasing block indices below depth")
 
 
-@functools.lru_cache(maxsize=None)
-def relative_position_index(h: int, w: int) -> np.ndarray:
-    """(1 + h*w, 1 + h*w) rows of the bias table for every (query, key) token pair; token 0 is cls.
+def sliding_rows(z: jnp.ndarray, rows: int, k: int) -> jnp.ndarray:
+    """(..., (2 rows - 1) k) -> (..., rows, rows k): row i is z[..., (rows - 1 - i) k : (2 rows - 1 - i) k].
 
-    Patch pair (i, j): (y_i - y_j + h - 1) * (2w - 1) + (x_i - x_j + w - 1).
-    The three rows after the (2h-1)(2w-1) offsets serve cls->patch, patch->cls and cls->cls.
+    Tiling and reshaping only, no gather and no index table: in z tiled end to end, a row
+    stride of one period less k steps back one k-chunk per row, so row i of the strided view
+    starts (rows - 1 - i) chunks into a period. XLA fuses it into the consumer's loop.
     """
-    ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    ys, xs = ys.reshape(-1), xs.reshape(-1)
-    offsets = (ys[:, None] - ys[None, :] + h - 1) * (2 * w - 1) + (xs[:, None] - xs[None, :] + w - 1)
-    n = (2 * h - 1) * (2 * w - 1)
-    index = np.empty((h * w + 1, h * w + 1), np.int32)
-    index[1:, 1:] = offsets
-    index[0, :] = n  # cls -> patch
-    index[:, 0] = n + 1  # patch -> cls
-    index[0, 0] = n + 2  # cls -> cls
-    return index
+    period = (2 * rows - 1) * k
+    stride = period - k if rows > 1 else k  # = -k modulo the period, and at least rows k long
+    start = (rows - 1) * k
+    tiles = -(-(start + rows * stride) // period)
+    tiled = jnp.tile(z, (1,) * (z.ndim - 1) + (tiles,))  # (..., tiles * period)
+    view = tiled[..., start:start + rows * stride].reshape(*z.shape[:-1], rows, stride)
+    return view[..., :rows * k]  # (..., rows, rows k)
 
 
-def relative_position_bias(table: jnp.ndarray, native_grid, grid) -> jnp.ndarray:
-    """The (heads, 1 + h*w, 1 + h*w) attention bias for patch grid `grid` from a table made for `native_grid`.
+def _offsets_by_x(table: jnp.ndarray, native_grid, grid) -> jnp.ndarray:
+    """(heads, w, (2h-1) w): [xi, e w + xj] is the bias of patch offset (h-1-e, xi-xj), from the resized offsets.
 
-    At another grid the (2Gh-1, 2Gw-1) block of offsets is resized to (2h-1, 2w-1) with PyTorch's
-    bilinear, align_corners=False and no antialiasing (also when shrinking); the three cls rows stay.
+    At another grid than `native_grid` the (2Gh-1, 2Gw-1) block of offsets is resized to (2h-1, 2w-1)
+    with PyTorch's bilinear, align_corners=False and no antialiasing (also when shrinking).
     """
     (gh, gw), (h, w) = native_grid, grid
     heads = table.shape[-1]
     offsets = table[:-3].reshape(2 * gh - 1, 2 * gw - 1, heads)
     offsets = resize_bilinear(offsets, (2 * h - 1, 2 * w - 1), align_corners=False, axes=(0, 1))
-    table = jnp.concatenate([offsets.reshape(-1, heads), table[-3:]], axis=0)  # ((2h-1)(2w-1) + 3, heads)
-    # Gathering from the transposed table gives (heads, N, N) directly: no (N, N, heads) copy to transpose.
-    return jnp.take(table.T, jnp.asarray(relative_position_index(h, w)), axis=1)  # (heads, N, N)
+    flipped = jnp.moveaxis(offsets, -1, 0)[:, ::-1, ::-1]  # (heads, 2h-1, 2w-1): [e, f] = offset (h-1-e, w-1-f)
+    in_x = sliding_rows(flipped, w, 1)  # (heads, 2h-1, w, w): [e, xi, xj] = offset (h-1-e, xi-xj)
+    return jnp.moveaxis(in_x, 2, 1).reshape(heads, w, (2 * h - 1) * w)  # (heads, xi, (e, xj))
+
+
+def relative_position_bias(table: jnp.ndarray, native_grid, grid) -> jnp.ndarray:
+    """The (heads, 1 + h*w, 1 + h*w) attention bias for patch grid `grid` from a table made for `native_grid`.
+
+    Token 0 is cls; patch pair (i, j) reads the table's row (y_i - y_j + h - 1) (2w - 1) + (x_i - x_j + w - 1),
+    and the three rows after the (2h-1)(2w-1) offsets serve cls->patch, patch->cls and cls->cls; the
+    offsets are resized to the grid first (`_offsets_by_x`).
+
+    The patch block is Toeplitz in x within Toeplitz in y, so it is built by `sliding_rows`, once per
+    axis, rather than gathered through an (N, N) index: nothing of size N^2 is a compile-time constant
+    (XLA would fold it: minutes at 384x3072) and no gather runs per element.
+    """
+    h, w = grid
+    in_x = _offsets_by_x(table, native_grid, grid)
+    patches = jnp.moveaxis(sliding_rows(in_x, h, w), 2, 1)  # (heads, yi, xi, (yj, xj)): offset (yi-yj, xi-xj)
+    n = h * w
+    patches = jnp.pad(patches.reshape(-1, n, n), ((0, 0), (1, 0), (1, 0)))  # (heads, N, N)
+    row = jax.lax.broadcasted_iota(jnp.int32, (1, n + 1, n + 1), 1)
+    col = jax.lax.broadcasted_iota(jnp.int32, (1, n + 1, n + 1), 2)
+    to_patch, to_cls, cls_cls = (table[i, :, None, None] for i in (-3, -2, -1))  # (heads, 1, 1) each
+    return jnp.where(row == 0, jnp.where(col == 0, cls_cls, to_patch), jnp.where(col == 0, to_cls, patches))
+
+
+def relative_position_bias_rows(table: jnp.ndarray, native_grid, grid):
+    """`relative_position_bias` a few query rows at a time, for `layers.attend`: (start, size) -> (heads, size, N).
+
+    The whole bias (start 0, size N), the cls query's row (0, 1), or whole image rows of patch queries
+    (start 1 + y w, size a multiple of w; start may be traced), each cut from one (heads, w, (2h-1) w)
+    table: row y's queries see the contiguous slice from (h-1-y) w on.
+    """
+    h, w = grid
+    n = 1 + h * w
+    in_x = _offsets_by_x(table, native_grid, grid)
+    heads = in_x.shape[0]
+    to_patch, to_cls, cls_cls = (table[i, :, None, None] for i in (-3, -2, -1))  # (heads, 1, 1) each
+
+    def rows(start, size):
+        if size == n:
+            return relative_position_bias(table, native_grid, grid)
+        if isinstance(start, int) and start == 0 and size == 1:
+            return jnp.concatenate([cls_cls, jnp.broadcast_to(to_patch, (heads, 1, n - 1))], axis=2)  # (heads, 1, N)
+        first = (start - 1) // w  # the first image row
+        parts = [jax.lax.dynamic_slice_in_dim(in_x, (h - 1 - first - r) * w, h * w, axis=2)
+                 for r in range(size // w)]  # (heads, w, h*w) each
+        patches = jnp.concatenate(parts, axis=1)  # (heads, size, h*w)
+        return jnp.concatenate([jnp.broadcast_to(to_cls, (heads, size, 1)), patches], axis=2)  # (heads, size, N)
+
+    return rows
 
 
 def encoder_peak_bytes(c: BeitConfig, height: int, width: int, batch: int) -> int:
     """A lower bound of the encoder's activation bytes at once (float32): a ViT's MLP layers
-    (family.vit_encoder_peak_bytes), or a block's relative position bias (heads, N, N), which is gathered
-    from its table whatever the batch."""
-    n = (height // c.patch_size) * (width // c.patch_size) + 1
-    return max(vit_encoder_peak_bytes(c, height, width, batch), 4 * c.num_heads * n * n)
+    (family.vit_encoder_peak_bytes), or what a block's relative position bias is cut from whatever the
+    batch: its (heads, w, (2h-1) w) table (`relative_position_bias_rows`), or the whole (heads, N, N)
+    where the attention runs in one piece."""
+    h, w = height // c.patch_size, width // c.patch_size
+    n = h * w + 1
+    bias = n * n if n <= ONE_PIECE_MAX else w * (2 * h - 1) * w
+    return max(vit_encoder_peak_bytes(c, height, width, batch), 4 * c.num_heads * bias)
 
 
 class Attention(nn.Module):
@@ -97,8 +157,10 @@ class Attention(nn.Module):
         )
         q, k, v = QKV(c.num_heads, self.dtype_mm, name="qkv")(x)  # (B, heads, N, hd)
         q = q * (q.shape[-1] ** -0.5)
-        bias = relative_position_bias(table, c.native_grid, grid).astype(jnp.float32)  # (heads, N, N)
-        out = merge_heads(attend(q, k, v, bias, dtype_mm=self.dtype_mm))  # (B, N, C)
+        w = grid[1]
+        bias = relative_position_bias_rows(table.astype(jnp.float32), c.native_grid, grid)  # (start, size) -> rows
+        blocks = (1, w * max(1, QUERY_BLOCK // w)) if q.shape[-2] > ONE_PIECE_MAX else None  # whole image rows
+        out = merge_heads(attend(q, k, v, bias, dtype_mm=self.dtype_mm, blocks=blocks))  # (B, N, C)
         return Dense(x.shape[-1], dtype=self.dtype_mm, name="proj")(out)
 
 

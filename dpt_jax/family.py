@@ -101,6 +101,9 @@ class EncoderFamily:
     #: further transformers layouts of the family's models (another model_type), read and written like `hf`
     hf_more: tuple[HFLayout, ...] = ()
     hf_repos: Mapping[str, str] = field(default_factory=dict)  # preset name -> Hub repo in transformers' layout
+    #: (config, size) -> KerasHub's model of the same architecture at size x size, random weights, for the
+    #: side-by-side benchmark (benchmarks/keras_hub_side.py); None where KerasHub has none
+    keras_hub: Callable[..., Any] | None = None
     #: fields version-1 converted files did not store, with the values the family implied then
     v1_fields: Mapping[str, Any] = field(default_factory=dict)
     #: a file's state dict under the names its key table uses, where a released file wraps them
