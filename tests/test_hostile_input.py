@@ -276,7 +276,7 @@ def test_predict_takes_batches_generators_and_several_outputs():
         got = model.predict(given)
         assert isinstance(got, list) and all(np.array_equal(a, b) for a, b in zip(got, expected))
     depth, picture = model.predict(pictures[0], output=("array", "pil"))
-    np.testing.assert_array_equal(depth, expected[0])
+    np.testing.assert_array_equal(depth, model.predict(pictures[0]))  # batch 1 both (batch 2 may round differently)
     assert picture.mode == "I;16" and picture.size == (48, 40)
     with pytest.raises(ValueError, match="output must be"):
         model.predict(pictures[0], output=("array", "jpeg"))

@@ -83,7 +83,7 @@ def test_registry_holds_the_depth_anything_releases():
 
     entries = {n: e for n, e in hub.REGISTRY.items() if PRESETS[n].family.name == "dinov2"}
     # Depth Anything V1, V2; Video Depth Anything; PromptDA; Distill-Any-Depth; Depth Anything 3 (test_da3.py)
-    assert len(entries) == 12 + 6 + 3 + 4 + 5
+    assert len(entries) == 12 + 6 + 3 + 4 + 6
     assert len(RELEASE_FILES) == 18  # PromptDA's, Distill-Any-Depth's and DA3's files share one name each
     for file, name in RELEASE_FILES.items():
         entry = entries[name]
