@@ -41,26 +41,6 @@ def keras_call(model):
     return lambda x: fn(trainable, frozen, x)
 
 
-def compile_and_time(sides: dict, x, repeats: int) -> dict:
-    """{side: (compile_s, wall seconds, cpu seconds)}: first calls, then `repeats` calls alternating sides."""
-    import jax
-
-    out = {}
-    for name, call in sides.items():
-        t = time.perf_counter()
-        jax.block_until_ready(call(x))
-        out[name] = (time.perf_counter() - t, [], [])
-    for name, call in sides.items():  # one untimed warm-up each
-        jax.block_until_ready(call(x))
-    for _ in range(repeats):
-        for name, call in sides.items():
-            t, c = time.perf_counter(), time.process_time()
-            jax.block_until_ready(call(x))
-            out[name][1].append(time.perf_counter() - t)
-            out[name][2].append(time.process_time() - c)
-    return out
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="da2_vits,da2_vitb")
@@ -76,7 +56,7 @@ def main(argv=None) -> int:
     import keras
 
     from benchmarks.flops import flop_count
-    from benchmarks.measure import _version, machine_info
+    from benchmarks.measure import _version, alternating_calls, machine_info
     from benchmarks.report import write_results
     from dpt_jax.checkpoint import count_params
     from dpt_jax.model import DepthModel
@@ -99,7 +79,8 @@ def main(argv=None) -> int:
             x = jax.device_put(x)
             flops = flop_count(config, args.size, args.size, batch).total
             load_before = os.getloadavg()
-            timed = compile_and_time({"dpt-jax": ours.apply, "keras-hub": theirs_call}, x, args.repeats)
+            timed = alternating_calls({"dpt-jax": lambda: ours.apply(x), "keras-hub": lambda: theirs_call(x)},
+                                      args.repeats)
             row = {"model": name, "height": args.size, "width": args.size, "batch": batch, "dtype": "float32",
                    "gflop_per_call": flops / 1e9, "load_before": list(load_before), "load_after": list(os.getloadavg())}
             for side, (compile_s, wall, cpu) in timed.items():

@@ -196,6 +196,29 @@ def machine_label(info: dict) -> str:
     return label
 
 
+def alternating_calls(sides: dict, repeats: int) -> dict:
+    """{side: (first call s, wall seconds, CPU seconds)} of zero-argument calls: each side's first call (the
+    compile), one untimed warm-up each, then `repeats` rounds calling every side in turn, so a change of load
+    on a shared machine hits all sides alike. Results are waited for (`jax.block_until_ready`; other
+    frameworks' calls return when done)."""
+    import jax
+
+    out = {}
+    for name, call in sides.items():
+        t = time.perf_counter()
+        jax.block_until_ready(call())
+        out[name] = (time.perf_counter() - t, [], [])
+    for call in sides.values():
+        jax.block_until_ready(call())
+    for _ in range(repeats):
+        for name, call in sides.items():
+            t, c = time.perf_counter(), time.process_time()
+            jax.block_until_ready(call())
+            out[name][1].append(time.perf_counter() - t)
+            out[name][2].append(time.process_time() - c)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Matmul peak
 

@@ -9,6 +9,7 @@ its network in float32 by passing float32 there (SwinV2's position-bias MLP).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -20,9 +21,18 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 
+#: dot_general with a float32 result whatever the operands: bfloat16 products are summed and returned in
+#: float32 (no rounding to bfloat16 between the matmul and its bias), and XLA's CPU backend runs a bfloat16 x
+#: bfloat16 -> float32 dot on the CPU's bfloat16 matrix units (AMX, AVX512-BF16), where a bfloat16 -> bfloat16 dot
+#: is widened to float32 first (5x slower on a CPU with AMX: benchmarks/results/bf16-amx-*.md).
+dot_float32 = functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
+
+
 class Dense(nn.Dense):
     """nn.Dense whose matmul runs in its `dtype` (the model's dtype_mm: operands cast to it) and
     hands back float32, so the residual stream, norms and softmax stay float32."""
+
+    dot_general: Callable = dot_float32
 
     def __call__(self, x):
         return super().__call__(x).astype(jnp.float32)
@@ -39,11 +49,11 @@ def conv_or_dot(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dil
                and (padding in ("VALID", "SAME") or all(tuple(p) == (0, 0) for p in padding))
                and set(lhs_dilation or (1,)) <= {1} and set(rhs_dilation or (1,)) <= {1})
     if trivial:
-        return jax.lax.dot_general(lhs, rhs.reshape(rhs.shape[-2:]), (((lhs.ndim - 1,), (0,)), ((), ())),
-                                   precision=precision)
+        return dot_float32(lhs, rhs.reshape(rhs.shape[-2:]), (((lhs.ndim - 1,), (0,)), ((), ())), precision=precision)
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                                        feature_group_count=feature_group_count, precision=precision)
+                                        feature_group_count=feature_group_count, precision=precision,
+                                        preferred_element_type=jnp.float32)
 
 
 class Conv(nn.Conv):

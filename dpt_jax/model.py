@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from . import pipeline
 from .checkpoint import count_params, load_checkpoint, write_converted
 from .config import DPTConfig
-from .dpt import SKY_MASK_FROM, cast_params, forward, forward_stream
+from .dpt import SKY_MASK_FROM, call_params, cast_params, forward, forward_stream
 from .errors import ImageError
 from .layers import COMPUTE_DTYPES
 
@@ -60,6 +60,7 @@ class DepthModel:
         self._mesh = Mesh(np.array(devices), ("batch",))
         self._batch_sharding = NamedSharding(self._mesh, PartitionSpec("batch"))
         self.params = jax.device_put(cast_params(self.params), NamedSharding(self._mesh, PartitionSpec()))
+        self._call_params = call_params(self.config, self.params, self.dtype)  # what the programs read
         self._apply = _program(self.config, self.dtype, out_shardings=self._batch_sharding)
         self._apply_clip = _program(self.config, self.dtype, "clip")
         self._apply_stream = _program(self.config, self.dtype, "stream")
@@ -102,7 +103,8 @@ class DepthModel:
         if prompt is not None:
             prompt = jax.device_put(prompt, self._batch_sharding)
         images = jax.device_put(images, self._batch_sharding)
-        depth = program(self.params, images) if program is not None else self._apply(self.params, images, prompt)
+        params = self._call_params
+        depth = program(params, images) if program is not None else self._apply(params, images, prompt)
         return depth[:n] if pad else depth
 
     def sky_score(self) -> "SkyScore":
@@ -116,7 +118,7 @@ class DepthModel:
         if images.shape[0] % frames:
             raise ValueError(f"apply_clip takes whole clips of {frames} frames; got {images.shape[0]} images")
         self.config.check_input_size(*images.shape[1:3])
-        return self._apply_clip(self.params, images, frames)
+        return self._apply_clip(self._call_params, images, frames)
 
     def apply_stream(self, image, context=None):
         """A temporal model on one normalized frame (1, H, W, 3) of a stream: (depth (1, H, W), its states); see
