@@ -403,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-params", action="store_true",
                    help="split the parameters and optimizer state across the devices (FSDP) instead of a copy on each")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="train all but the encoder (as Video Depth Anything's paper trains its temporal head)")
     p.add_argument("--seed", type=int, help="the run's random seed (default 0)")
     p.add_argument("--val-every", type=_positive, metavar="N", help="score --val-data every N updates")
     p.add_argument("--save-every", type=_positive, metavar="N", help="Orbax checkpoint every N updates")

@@ -71,6 +71,7 @@ class Recipe:
     max_depth: float = bounded(0.0, 1e6, default=0.0)  # metres; 0: the model's max_depth (relative: no cap)
     dtype: str = choice("float32", "bfloat16", default="float32")  # matrix products; master weights float32
     remat: bool = False  # recompute the encoder blocks' activations in the backward pass
+    freeze_encoder: bool = False  # the encoder is not trained (Video Depth Anything's paper trains the head alone)
     seed: int = bounded(0, 2**31 - 1, default=0)
     val_every: int = bounded(0, 10**8, default=0)  # evaluate the validation data every N updates (0: at the end)
     save_every: int = bounded(0, 10**8, default=0)  # Orbax checkpoint every N updates (0: only at the end)
@@ -112,7 +113,8 @@ def lr_schedule(base: float, steps: int, power: float):
 
 
 def optimizer(recipe: Recipe):
-    """AdamW per parameter group: the tree's top-level "encoder" at recipe.lr, the rest at lr * head_lr_factor."""
+    """AdamW per parameter group: the tree's top-level "encoder" at recipe.lr (or, freeze_encoder, not updated),
+    the rest at lr * head_lr_factor."""
     import optax
 
     def adamw(base):
@@ -123,8 +125,8 @@ def optimizer(recipe: Recipe):
         return {k: jax.tree_util.tree_map(lambda _: "encoder" if k == "encoder" else "rest", v)
                 for k, v in params.items()}
 
-    tx = optax.multi_transform({"encoder": adamw(recipe.lr), "rest": adamw(recipe.lr * recipe.head_lr_factor)},
-                               labels)
+    encoder = optax.set_to_zero() if recipe.freeze_encoder else adamw(recipe.lr)
+    tx = optax.multi_transform({"encoder": encoder, "rest": adamw(recipe.lr * recipe.head_lr_factor)}, labels)
     return optax.MultiSteps(tx, every_k_schedule=recipe.accumulate) if recipe.accumulate > 1 else tx
 
 
@@ -611,7 +613,7 @@ def run(args) -> int:
     from .options import model_options
 
     given = {field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag) is not None}
-    recipe = Recipe(**given, remat=args.remat, flip=not args.no_flip)
+    recipe = Recipe(**given, remat=args.remat, flip=not args.no_flip, freeze_encoder=args.freeze_encoder)
     result = finetune(args.model, args.data, args.output, recipe=recipe, val_data=args.val_data,
                       dataset=args.dataset, val_dataset=args.val_dataset, shard_params=args.shard_params,
                       checkpoint_dir=args.checkpoints, resume=args.resume, progress=not args.no_progress,
