@@ -5,7 +5,11 @@ of five frames in the folder layout (images/CLIP/N.png, depth/CLIP/N.npy), clips
 - micro-batches: one crop and one flip for all frames of a clip, the frames in order;
 - the train step's gradient (read from Adam's first moment) is jax.grad of losses.video_depth_loss on the model's
   forward over the clips, assembled here independently;
-- `dpt-jax finetune` on the folder, checkpoints and a resume that equals the uninterrupted run."""
+- `dpt-jax finetune` on the folder, checkpoints and a resume that equals the uninterrupted run.
+
+Crops are 56: at 28 the deepest temporal module sees a 1x1 map, where its GroupNorm (one channel a group) divides
+rounding noise by sqrt(1e-6) and the encoder's gradients differ by 10 % between two compilations of the same
+program; at 56 (2x2) two compilations agree within 1e-4."""
 
 import json
 import shutil
