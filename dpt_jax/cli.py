@@ -375,27 +375,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="fine-tune a model on pictures with depth (the original recipe), resumable",
                        description="Depth Anything V2's training recipe (AdamW, encoder lr and 10x for the rest, "
                                    "polynomial decay, flips, 518 crops; SiLog for metric models, the trimmed "
-                                   "scale-and-shift-invariant loss for relative ones) on every local device; "
-                                   "Orbax checkpoints; the result as a dpt-jax .safetensors. See README, Fine-tune.")
+                                   "scale-and-shift-invariant loss for relative ones, Video Depth Anything's "
+                                   "VideoDepthLoss on clips for video models) on every local device or, with "
+                                   "--distributed, every device of several hosts; Orbax checkpoints; the result as "
+                                   "a dpt-jax .safetensors. See README, Fine-tune.")
     p.add_argument("model", help="checkpoint path, Hugging Face folder, name or repo id to start from")
     p.add_argument("--data", required=True, metavar="DIR", help="the training data, in the layout --dataset names")
     p.add_argument("--dataset", choices=list(DATASETS), default="folder",
                    help="the layout of --data, as eval's --dataset (default folder: images/NAME.jpg|png, "
-                        "depth/NAME.npy|png in metres (PNG: x 256), optional mask/NAME.png)")
+                        "depth/NAME.npy|png in metres (PNG: x 256), optional mask/NAME.png; video models: "
+                        "images/CLIP/FRAME.png etc., a folder of frames per clip)")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the fine-tuned model (.safetensors)")
     p.add_argument("--val-data", metavar="DIR", help="validation data, scored with the depth metrics")
     p.add_argument("--val-dataset", choices=list(DATASETS), help="the layout of --val-data (default: --dataset's)")
     p.add_argument("--steps", type=_positive, help="optimizer updates (default 1000)")
-    p.add_argument("--batch-size", type=_positive, help="pictures per micro-batch, over all devices (default 2)")
+    p.add_argument("--batch-size", type=_positive,
+                   help="pictures (video models: clips) per micro-batch, over all devices (default 2)")
+    p.add_argument("--frames", type=_positive,
+                   help="video models: frames per training clip (default: the model's window, 32)")
     p.add_argument("--accumulate", type=_positive, help="micro-batches per update (default 1)")
     p.add_argument("--lr", type=float, help="the encoder's learning rate; the rest learns 10x (default 5e-6)")
     p.add_argument("--size", type=_positive, help="the square training crop (default 518)")
-    p.add_argument("--loss", choices=["auto", "silog", "ssi"], help="default: silog (metric), ssi (relative)")
+    p.add_argument("--loss", choices=["auto", "silog", "ssi", "video"],
+                   help="default: silog (metric), ssi (relative), video (VideoDepthLoss; video models)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="matrix products (default float32)")
     p.add_argument("--remat", action="store_true", help="recompute the encoder blocks in the backward pass")
     p.add_argument("--shard-params", action="store_true",
                    help="split the parameters and optimizer state across the devices (FSDP) instead of a copy on each")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="train all but the encoder (as Video Depth Anything's paper trains its temporal head)")
     p.add_argument("--seed", type=int, help="the run's random seed (default 0)")
     p.add_argument("--val-every", type=_positive, metavar="N", help="score --val-data every N updates")
     p.add_argument("--save-every", type=_positive, metavar="N", help="Orbax checkpoint every N updates")
@@ -406,6 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "it, where transformers has a layout for the model)")
     p.add_argument("--no-hf", action="store_true", help="write no Hugging Face folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="one process per host (jax.distributed: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+                        "JAX_PROCESS_ID, or a cluster JAX detects): each batch split over every device of every "
+                        "process, process 0 writing the outputs; --checkpoints on a shared file system; on by "
+                        "itself when one of those variables is set")
     add_model_options(p)
     p.set_defaults(func=cmd_finetune)
 

@@ -59,17 +59,21 @@ def _check_writable(outdir: Path) -> None:
         raise ValueError(f"output folder {outdir}: cannot write there ({e.strerror or e})") from None
 
 
+#: the variables that make a run distributed (start_distributed)
+DISTRIBUTED_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
 def start_distributed(requested: bool) -> tuple[int, int]:
-    """(this process's index, the number of processes) of a `predict` run on many hosts.
+    """(this process's index, the number of processes) of a run on many hosts (`predict`, `eval`, `finetune`).
 
     With --distributed, or when JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES or JAX_PROCESS_ID is
     set, `jax.distributed.initialize()` joins the processes (the variables are passed on; on
-    clusters JAX detects, such as Slurm, Open MPI and TPU pods, none are needed). Each process
-    then runs its share on its own local devices: no arrays cross hosts, so a failing process
-    cannot leave the others waiting in a collective. Otherwise (0, 1), and JAX is not touched.
+    clusters JAX detects, such as Slurm, Open MPI and TPU pods, none are needed). `predict` then
+    runs each process's share on its own local devices: no arrays cross hosts, so a failing
+    process cannot leave the others waiting in a collective (`finetune` shares its arrays across
+    the processes: train.py). Otherwise (0, 1), and JAX is not touched.
     """
-    names = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
-    if not requested and not any(os.environ.get(n) for n in names):
+    if not requested and not any(os.environ.get(n) for n in DISTRIBUTED_VARIABLES):
         return 0, 1
     import jax
 

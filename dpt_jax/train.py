@@ -12,15 +12,27 @@ bicubic as cv2.INTER_CUBIC, depth and mask nearest) then cropped at random to si
 with SiLog on valid pixels within [min_depth, max_depth]; relative models (inverse depth) with the trimmed
 scale-and-shift-invariant loss on 1 / depth (losses.py). Every random choice comes from (seed, micro-step), so a
 resumed run draws exactly what an uninterrupted one would.
+
+Temporal models (Video Depth Anything) learn on clips of consecutive frames (`clips`) with Video Depth Anything's
+VideoDepthLoss (losses.video_depth_loss): one crop place and one flip for every frame of a clip. The original
+publishes the loss (loss/loss.py) but no training script; the rest of the recipe is the one above.
+
+`finetune(..., distributed=True)` runs one process per host (predict_files.start_distributed): a mesh over every
+device of every process, each process preparing only its own rows of every micro-batch; XLA all-reduces the
+gradients through the shardings, and every process computes the same updates (the same result as one process with
+the same devices). Only process 0 writes the log and the outputs; every process takes part in the Orbax checkpoints,
+which must be on a file system they share.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +64,14 @@ class Recipe:
     power: float = bounded(0.0, 100.0, default=0.9)  # polynomial decay of the learning rate over the run
     size: int = bounded(1, 4096, default=518)  # training crop (square); a multiple of the model's input multiple
     flip: bool = True
-    loss: str = choice("auto", "silog", "ssi", default="auto")  # auto: silog for metric models, ssi for relative
+    # auto: silog for metric models, ssi for relative ones, video (VideoDepthLoss) for temporal ones
+    loss: str = choice("auto", "silog", "ssi", "video", default="auto")
+    frames: int = bounded(0, 1024, default=0)  # temporal models: frames per clip (0: the model's window, 32)
     min_depth: float = bounded(0.0, 1e6, default=1e-3)  # metres: the valid ground truth
     max_depth: float = bounded(0.0, 1e6, default=0.0)  # metres; 0: the model's max_depth (relative: no cap)
     dtype: str = choice("float32", "bfloat16", default="float32")  # matrix products; master weights float32
     remat: bool = False  # recompute the encoder blocks' activations in the backward pass
+    freeze_encoder: bool = False  # the encoder is not trained (Video Depth Anything's paper trains the head alone)
     seed: int = bounded(0, 2**31 - 1, default=0)
     val_every: int = bounded(0, 10**8, default=0)  # evaluate the validation data every N updates (0: at the end)
     save_every: int = bounded(0, 10**8, default=0)  # Orbax checkpoint every N updates (0: only at the end)
@@ -69,8 +84,24 @@ class Recipe:
 
 
 def loss_kind(config: DPTConfig, recipe: Recipe) -> str:
-    """"silog" (metres) or "ssi" (relative inverse depth), as the recipe says or the model's output implies."""
-    return recipe.loss if recipe.loss != "auto" else ("silog" if config.is_metric else "ssi")
+    """"silog" (metres), "ssi" (relative inverse depth) or "video" (clips), as the recipe says or the model implies."""
+    if recipe.loss != "auto":
+        if recipe.loss == "video" and not config.is_temporal:
+            raise ConfigError(f"the video loss trains temporal models on clips; {config.name} takes single pictures")
+        return recipe.loss
+    return "video" if config.is_temporal else ("silog" if config.is_metric else "ssi")
+
+
+def clip_frames(config: DPTConfig, recipe: Recipe) -> int:
+    """Frames per training sample: 1 for picture models; a temporal model's recipe.frames (default: its window)."""
+    if not config.is_temporal:
+        if recipe.frames > 1:
+            raise ConfigError(f"frames {recipe.frames}: {config.name} is not a video model; it takes single pictures")
+        return 1
+    frames = recipe.frames or config.temporal_frames
+    require(frames <= config.temporal_frames,
+            f"frames {frames}: {config.name} attends across at most {config.temporal_frames} frames")
+    return frames
 
 
 def lr_schedule(base: float, steps: int, power: float):
@@ -82,7 +113,8 @@ def lr_schedule(base: float, steps: int, power: float):
 
 
 def optimizer(recipe: Recipe):
-    """AdamW per parameter group: the tree's top-level "encoder" at recipe.lr, the rest at lr * head_lr_factor."""
+    """AdamW per parameter group: the tree's top-level "encoder" at recipe.lr (or, freeze_encoder, not updated),
+    the rest at lr * head_lr_factor."""
     import optax
 
     def adamw(base):
@@ -93,22 +125,32 @@ def optimizer(recipe: Recipe):
         return {k: jax.tree_util.tree_map(lambda _: "encoder" if k == "encoder" else "rest", v)
                 for k, v in params.items()}
 
-    tx = optax.multi_transform({"encoder": adamw(recipe.lr), "rest": adamw(recipe.lr * recipe.head_lr_factor)},
-                               labels)
+    encoder = optax.set_to_zero() if recipe.freeze_encoder else adamw(recipe.lr)
+    tx = optax.multi_transform({"encoder": encoder, "rest": adamw(recipe.lr * recipe.head_lr_factor)}, labels)
     return optax.MultiSteps(tx, every_k_schedule=recipe.accumulate) if recipe.accumulate > 1 else tx
 
 
 def batch_loss(config: DPTConfig, recipe: Recipe, params, images, depth, valid):
-    """The recipe's loss of the model on a batch: images (B, S, S, 3) normalised, depth (B, S, S) metres, valid."""
-    pred = forward(config, params, images, recipe.dtype, remat=recipe.remat)  # (B, S, S)
-    if loss_kind(config, recipe) == "silog":
+    """The recipe's loss of the model on a batch: images (B*T, S, S, 3) normalised, depth (B*T, S, S) metres,
+    valid; T = clip_frames (1 for picture models), each clip's frames consecutive.
+
+    "video": VideoDepthLoss on (B, T, S, S), the model's output against the target in the output's own terms
+    (relative models: disparity 1 / depth on the valid pixels, as "ssi" always; metric video models: metres)."""
+    frames = clip_frames(config, recipe)
+    pred = forward(config, params, images, recipe.dtype, frames=frames, remat=recipe.remat)  # (B*T, S, S)
+    kind = loss_kind(config, recipe)
+    if kind == "silog":
         cap = recipe.max_depth or config.max_depth or float("inf")
         return losses.silog_loss(pred, depth, losses.metric_valid(depth, valid, recipe.min_depth, cap))
     valid = valid & (depth > recipe.min_depth)
     if recipe.max_depth:
         valid = valid & (depth <= recipe.max_depth)
-    inverse = jnp.where(valid, 1.0 / jnp.where(valid, depth, 1.0), 0.0)  # (B, S, S) the target's disparity
-    return losses.trimmed_ssi_loss(pred, inverse, valid)
+    metres = kind == "video" and config.is_metric
+    target = jnp.where(valid, depth if metres else 1.0 / jnp.where(valid, depth, 1.0), 0.0)  # (B*T, S, S)
+    if kind == "video":
+        clip = (-1, frames) + pred.shape[1:]
+        return losses.video_depth_loss(pred.reshape(clip), target.reshape(clip), valid.reshape(clip))[0]
+    return losses.trimmed_ssi_loss(pred, target, valid)
 
 
 def step_recipe(recipe: Recipe) -> Recipe:
@@ -151,23 +193,26 @@ def fsdp_spec(shape, devices: int) -> PartitionSpec:
     return PartitionSpec(*([None] * axis + ["batch"]))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2))
-def _predict(config: DPTConfig, params, dtype: str, images):
-    return forward(config, params, images, dtype)
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _predict(config: DPTConfig, params, dtype: str, frames: int, images):
+    return forward(config, params, images, dtype, frames=frames)
 
 
 class Trainer:
     """One model and recipe over every local device: the batch split across them, the state replicated, or with
     `shard_params` split across them too (FSDP: each device holds a slice of every large parameter and of its
-    optimizer state; XLA gathers them for the forward and backward pass and reduce-scatters the gradients)."""
+    optimizer state; XLA gathers them for the forward and backward pass and reduce-scatters the gradients).
+
+    `devices` may be every device of a multi-process run (jax.devices()): each process then hands `step` only its
+    own rows of each micro-batch (`local_rows`), and the arrays are assembled across the processes."""
 
     def __init__(self, config: DPTConfig, recipe: Recipe, devices=None, shard_params: bool = False):
-        if config.is_temporal:
-            raise ConfigError(f"{config.name} is a video model; fine-tuning it on clips (VideoDepthLoss) is not "
-                              "built yet")
         require(recipe.size % config.input_multiple == 0,
                 f"size {recipe.size} must be a multiple of {config.input_multiple} for {config.name}")
-        devices = list(devices or jax.local_devices())
+        self.frames = clip_frames(config, recipe)
+        loss_kind(config, recipe)  # a video loss for a picture model is refused here
+        # each process's devices consecutive: its rows of a batch are one block
+        devices = sorted(devices or jax.local_devices(), key=lambda d: (d.process_index, d.id))
         require(recipe.batch_size % len(devices) == 0,
                 f"batch_size {recipe.batch_size} must be a multiple of the {len(devices)} devices")
         self.config, self.recipe, self.shard_params = config, recipe, shard_params
@@ -175,6 +220,15 @@ class Trainer:
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("batch"))
         self._sharded_step = None
+
+    @property
+    def local_rows(self) -> range:
+        """The samples (pictures or clips) of each micro-batch this process's devices hold: all of them in a
+        one-process run."""
+        held = sorted(i.start or 0 for i, *_ in self.batch_sharding.addressable_devices_indices_map(
+            (self.recipe.batch_size,)).values())
+        share = self.recipe.batch_size // self.mesh.devices.size
+        return range(held[0], held[-1] + share)
 
     def state_shardings(self, state):
         """The sharding of each leaf of a train state: replicated, or (shard_params) as fsdp_spec splits it."""
@@ -190,8 +244,14 @@ class Trainer:
         return jax.device_put(state, self.state_shardings(state))
 
     def step(self, state, batch):
-        """One micro-batch (images, depth, valid) -> (new state, its loss); `state` is consumed (donated)."""
-        batch = jax.device_put(tuple(np.asarray(b) for b in batch), self.batch_sharding)
+        """One micro-batch (images, depth, valid) -> (new state, its loss); `state` is consumed (donated).
+        `batch`: this process's rows (local_rows) of it; B*T rows for clips of T frames."""
+        rows = len(self.local_rows) * self.frames
+        batch = tuple(np.asarray(b) for b in batch)
+        if batch[0].shape[0] != rows:
+            raise ValueError(f"this process holds {rows} rows of each micro-batch; got {batch[0].shape[0]}")
+        batch = tuple(jax.make_array_from_process_local_data(
+            self.batch_sharding, b, (self.recipe.batch_size * self.frames,) + b.shape[1:]) for b in batch)
         if not self.shard_params:
             return train_step(self.config, step_recipe(self.recipe), state, *batch)
         if self._sharded_step is None:  # the new state keeps the old one's slices
@@ -203,7 +263,23 @@ class Trainer:
         return self._sharded_step(state, *batch)
 
     def predict(self, params, images):
-        return _predict(self.config, params, self.recipe.dtype, images)
+        """Depth of normalised images (n * frames, H, W, 3), a temporal model's clips of self.frames in a row."""
+        return _predict(self.config, params, self.recipe.dtype, self.frames, images)
+
+
+def host_copy(tree):
+    """NumPy copies of a tree of (possibly multi-process) arrays: every process gets the whole of each. An array
+    split across processes is gathered, a collective: every process must call this at the same point."""
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return np.asarray(jax.device_get(x))
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree_util.tree_map(one, tree)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,36 +305,84 @@ def _cubic(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return x
 
 
-def prepare(config: DPTConfig, sample, size: int, rng: np.random.Generator):
-    """One training sample: (image (S, S, 3) normalised, depth (S, S) metres, valid (S, S)), resized to cover
-    size x size and cropped at a random place, as the original's Resize + Crop."""
+def resized_size(config: DPTConfig, shape: tuple[int, int], size: int) -> tuple[int, int]:
+    """(h, w) a picture of `shape` is resized to before the crop: covering size x size, aspect kept, sides
+    multiples of the patch (the original's Resize, lower bound)."""
     from .preprocess import processed_size
 
+    return processed_size(*shape, target=size, keep_aspect_ratio=True, multiple_of=config.resize_multiple,
+                          rule="lower_bound")
+
+
+def prepare(config: DPTConfig, sample, size: int, corner: tuple[int, int]):
+    """One training picture: (image (S, S, 3) normalised, depth (S, S) metres, valid (S, S)), resized to cover
+    size x size (resized_size of its header's size) and cropped at `corner` (top, left), as the original's
+    Resize + Crop."""
     picture = sample.picture.load()
     image = picture.astype(np.float32) / (255.0 if picture.dtype == np.uint8 else 1.0)  # (h, w, 3)
+    if image.shape[:2] != tuple(sample.picture.size):
+        raise DatasetError(sample.picture.name, f"decoded as {image.shape[:2]}; its header says {sample.picture.size}")
     depth, valid = sample.load_truth()
     if depth.shape != image.shape[:2]:
         raise DatasetError(sample.name, f"depth map {depth.shape} and picture {image.shape[:2]} differ in size")
-    h, w = processed_size(*image.shape[:2], target=size, keep_aspect_ratio=True,
-                          multiple_of=config.resize_multiple, rule="lower_bound")
+    h, w = resized_size(config, image.shape[:2], size)
     image = _cubic(image, (h, w))
     image = (image - np.float32(config.input_mean)) / np.float32(config.input_std)
     depth, valid = _nearest(depth, (h, w)), _nearest(valid, (h, w))
-    top, left = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+    top, left = corner
     crop = np.s_[top:top + size, left:left + size]
     return image[crop].astype(np.float32), depth[crop].astype(np.float32), valid[crop]
 
 
-def micro_batch(config: DPTConfig, recipe: Recipe, samples, position: int):
-    """Micro-batch number `position`: the next batch_size samples of a per-epoch shuffle of `samples`, prepared
-    and (with probability 0.5, the whole batch) flipped left-right."""
+def _frame_order(name: str):
+    """Sort key of frame names: digit runs as numbers (frame_9 before frame_10)."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t]
+
+
+def clips(samples, frames: int, stride: int = 1) -> list[tuple]:
+    """Clips of `frames` consecutive frames: the samples grouped by their video (Sample.sequence, else the folder
+    their name is in, e.g. images/CLIP/0001.png -> CLIP), each video's frames in name order (numbers by value),
+    one clip starting every `stride` frames. Every video must hold at least `frames` frames of one size."""
+    videos: dict[str, list] = {}
+    for s in samples:
+        key = s.sequence if s.sequence is not None else str(Path(s.name).parent)
+        videos.setdefault(key, []).append(s)
+    out = []
+    for key in sorted(videos, key=_frame_order):
+        video = sorted(videos[key], key=lambda s: _frame_order(s.name))
+        where = "." if key == "." else key
+        if len(video) < frames:
+            raise DatasetError(where, f"{len(video)} frames; clips of {frames} frames need at least that many "
+                                      "(--frames sets a shorter clip)")
+        odd = next((s for s in video if tuple(s.picture.size) != tuple(video[0].picture.size)), None)
+        if odd is not None:
+            raise DatasetError(odd.picture.name, f"{odd.picture.size[1]}x{odd.picture.size[0]}; the video's first "
+                                                 f"frame is {video[0].picture.size[1]}x{video[0].picture.size[0]}")
+        out += [tuple(video[i:i + frames]) for i in range(0, len(video) - frames + 1, stride)]
+    return out
+
+
+def micro_batch(config: DPTConfig, recipe: Recipe, samples, position: int, rows: range | None = None):
+    """Micro-batch number `position`: the next batch_size samples of a per-epoch shuffle of `samples` (pictures,
+    or clips: tuples of frames), each resized and cropped at a random place (one for all frames of a clip), and
+    (with probability 0.5, the whole batch) flipped left-right. `rows`: only those samples of the batch are read
+    and prepared (a process's share; Trainer.local_rows); the random draws are the whole batch's all the same.
+    -> images (n*T, S, S, 3), depth (n*T, S, S), valid (n*T, S, S), each clip's T frames in a row."""
     rng = np.random.default_rng([recipe.seed, position])
     picked = []
     for i in range(position * recipe.batch_size, (position + 1) * recipe.batch_size):
         epoch, k = divmod(i, len(samples))
-        picked.append(samples[np.random.default_rng([recipe.seed, epoch, 1]).permutation(len(samples))[k]])
-    images, depth, valid = (np.stack(a) for a in zip(*(prepare(config, s, recipe.size, rng) for s in picked)))
-    if recipe.flip and rng.random() < 0.5:
+        unit = samples[np.random.default_rng([recipe.seed, epoch, 1]).permutation(len(samples))[k]]
+        picked.append(unit if isinstance(unit, tuple) else (unit,))
+    corners = []
+    for unit in picked:  # drawn from the headers' sizes: no process reads pictures outside its rows
+        h, w = resized_size(config, tuple(unit[0].picture.size), recipe.size)
+        corners.append((rng.integers(0, h - recipe.size + 1), rng.integers(0, w - recipe.size + 1)))
+    flip = recipe.flip and rng.random() < 0.5
+    rows = range(len(picked)) if rows is None else rows
+    prepared = [prepare(config, frame, recipe.size, corners[r]) for r in rows for frame in picked[r]]
+    images, depth, valid = (np.stack(a) for a in zip(*prepared))
+    if flip:
         images, depth, valid = images[:, :, ::-1], depth[:, :, ::-1], valid[:, :, ::-1]
     return np.ascontiguousarray(images), np.ascontiguousarray(depth), np.ascontiguousarray(valid)
 
@@ -279,23 +403,27 @@ def batches_ahead(make, start: int, stop: int, ahead: int = 2):
 
 def evaluate(trainer: Trainer, params, samples, size: int) -> dict[str, float]:
     """metrics.depth_metrics of the model on `samples` (each at the network size for `size`, the prediction
-    resized back as the model's config says); relative models' disparity aligned by least squares first."""
+    resized back as the model's config says); relative models' disparity aligned by least squares first, per
+    picture. A temporal model sees its videos as clips of trainer.frames one after another (`clips`, stride the
+    clip length: frames after a video's last whole clip are not scored)."""
     from . import metrics
     from .preprocess import network_size, to_network, to_picture
 
     config, recipe = trainer.config, trainer.recipe
     cap = recipe.max_depth or config.max_depth or float("inf")
     terms = []
-    for sample in samples:
-        picture = sample.picture.load()
-        depth, valid = sample.load_truth()
-        shape = picture.shape[:2]
-        images = to_network(config, picture[None], network_size(config, shape, target=size))
-        pred = np.asarray(to_picture(config, trainer.predict(params, images), shape))[0]  # (h, w)
-        valid = valid & (depth >= recipe.min_depth) & (depth <= cap)
-        if not config.is_metric and valid.any():
-            pred = metrics.align_disparity(pred, depth, valid)[0]
-        terms.append(metrics.image_terms(pred, depth, valid))
+    units = clips(samples, trainer.frames, trainer.frames) if config.is_temporal else [(s,) for s in samples]
+    for unit in units:
+        pictures = np.stack([s.picture.load() for s in unit])  # (T, h, w, 3)
+        shape = pictures.shape[1:3]
+        images = to_network(config, pictures, network_size(config, shape, target=size))
+        preds = np.asarray(to_picture(config, trainer.predict(params, images), shape))  # (T, h, w)
+        for sample, pred in zip(unit, preds):
+            depth, valid = sample.load_truth()
+            valid = valid & (depth >= recipe.min_depth) & (depth <= cap)
+            if not config.is_metric and valid.any():
+                pred = metrics.align_disparity(pred, depth, valid)[0]
+            terms.append(metrics.image_terms(pred, depth, valid))
     return metrics.combine({k: np.concatenate([t[k] for t in terms]) for k in terms[0]})  # as depth_metrics
 
 
@@ -310,7 +438,7 @@ def checkpoints(folder):
 def save_state(manager, state, meta: dict) -> None:
     import orbax.checkpoint as ocp
 
-    step = int(jax.device_get(state["step"]))
+    step = int(host_copy(state["step"]))
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                meta=ocp.args.JsonSave(meta)), force=True)
     manager.wait_until_finished()
@@ -351,15 +479,32 @@ def hf_folder(config: DPTConfig, output, hf_output=None):
     return folder
 
 
+def cpu_collectives() -> None:
+    """Before jax.distributed.initialize: CPU devices of several processes exchange gradients through Gloo. Recent
+    JAX (0.10) does so by default; older versions default to "none" (no collectives across CPU processes), and
+    there this sets jax_cpu_collectives_implementation to "gloo": a process-wide JAX setting, changed only on
+    finetune's distributed start path (a choice of "mpi" is kept)."""
+    name = "jax_cpu_collectives_implementation"
+    if name in jax.config.values and jax.config.values[name] in (None, "none"):
+        jax.config.update(name, "gloo")
+
+
 def finetune(model, data, output, *, recipe: Recipe | None = None, val_data=None, checkpoint_dir=None,
              resume: bool = False, log=None, variant: str | None = None, progress: bool = True,
              devices=None, shard_params: bool = False, hf_output=None, dataset: str = "folder",
-             val_dataset: str | None = None, **options) -> dict:
+             val_dataset: str | None = None, distributed: bool = False, **options) -> dict:
     """Fine-tune `model` (anything `dpt_jax.load` takes) on the folder `data` and write it to `output`
     (.safetensors, ready for `dpt-jax predict -m`).
 
     `devices` (default: every local device) share each batch; `shard_params`: the parameters and optimizer
-    state are split across them too (Trainer). `dataset`: the layout of `data`, a name of datasets.DATASETS as
+    state are split across them too (Trainer). `distributed`: one process per host, joined by
+    start_distributed (as `dpt-jax predict --distributed`: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+    JAX_PROCESS_ID, or a cluster JAX detects; also when those variables are set), every device of every process
+    sharing each batch; call it before anything else uses JAX. Only process 0 writes the log and the outputs;
+    the checkpoint folder must be one all processes share.
+    Temporal models (Video Depth Anything) train on clips of recipe.frames consecutive frames (`clips`: in the
+    folder layout images/CLIP/FRAME.png with depth/CLIP/FRAME.npy|png; a flat images/ is one video) with
+    VideoDepthLoss; recipe.batch_size counts clips. `dataset`: the layout of `data`, a name of datasets.DATASETS as
     `dpt-jax eval --dataset` takes it ("folder": images/NAME.*, depth/NAME.npy|png metres, optional
     mask/NAME.png; "nyuv2", "kitti", "eth3d", "diode", "sintel", "middlebury": those datasets' own files).
     `val_data`: a folder of `val_dataset`'s layout (default `dataset`'s), scored every recipe.val_every updates
@@ -372,7 +517,14 @@ def finetune(model, data, output, *, recipe: Recipe | None = None, val_data=None
     """
     from .checkpoint import load_checkpoint, write_converted
     from .datasets import open_dataset
+    from .predict_files import DISTRIBUTED_VARIABLES, start_distributed
 
+    if distributed or any(os.environ.get(n) for n in DISTRIBUTED_VARIABLES):
+        cpu_collectives()
+    process, processes = start_distributed(distributed)
+    if processes > 1 and devices is None:
+        devices = jax.devices()
+    progress = progress and process == 0
     recipe = recipe or Recipe()
     output = Path(output)
     checkpoint_dir = Path(checkpoint_dir or f"{output}.ckpt")
@@ -382,6 +534,8 @@ def finetune(model, data, output, *, recipe: Recipe | None = None, val_data=None
     hf_output = hf_folder(config, output, hf_output)
     trainer = Trainer(config, recipe, devices, shard_params)
     samples = open_dataset(dataset, data)
+    if config.is_temporal:
+        samples = clips(samples, trainer.frames)
     val_samples = open_dataset(val_dataset or dataset, val_data) if val_data is not None else []
     meta = {"model": config.to_json(), "recipe": dataclasses.asdict(recipe), "data": len(samples),
             "dataset": dataset}
@@ -393,7 +547,7 @@ def finetune(model, data, output, *, recipe: Recipe | None = None, val_data=None
                               "continue it, or choose another folder")
         state = trainer.init(loaded.params)
     total = recipe.steps * recipe.accumulate
-    start = int(jax.device_get(state["step"]))
+    start = int(host_copy(state["step"]))
     result = {"loss": None, "step": start // recipe.accumulate, "val": None, "hf": hf_output}
     bar = None
     if progress:
@@ -402,12 +556,14 @@ def finetune(model, data, output, *, recipe: Recipe | None = None, val_data=None
         bar = tqdm(total=total, initial=start, unit="step", desc="finetune")
     t0 = time.perf_counter()
     try:
-        with open(log, "a") as log_file:
+        with open(log, "a") if process == 0 else contextlib.nullcontext() as log_file:
             def record(entry):
-                log_file.write(json.dumps(entry) + "\n")
-                log_file.flush()
+                if log_file is not None:
+                    log_file.write(json.dumps(entry) + "\n")
+                    log_file.flush()
 
-            make = lambda p: micro_batch(config, recipe, samples, p)  # noqa: E731
+            rows = trainer.local_rows
+            make = lambda p: micro_batch(config, recipe, samples, p, rows)  # noqa: E731
             for position, batch in enumerate(batches_ahead(make, start, total), start=start):
                 state, loss = trainer.step(state, batch)
                 loss = float(loss)
@@ -418,21 +574,26 @@ def finetune(model, data, output, *, recipe: Recipe | None = None, val_data=None
                 record({"step": position + 1, "update": update, "loss": loss, "lr": lr})
                 result.update(loss=loss, step=update)
                 if bar is not None:
-                    rate = (position + 1 - start) * recipe.batch_size / max(time.perf_counter() - t0, 1e-9)
+                    rate = (position + 1 - start) * recipe.batch_size * trainer.frames / max(
+                        time.perf_counter() - t0, 1e-9)
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
                     bar.update(1)
                 at_update = (position + 1) % recipe.accumulate == 0
                 last = position + 1 == total
                 if val_samples and at_update and (last or (recipe.val_every and update % recipe.val_every == 0)):
-                    result["val"] = evaluate(trainer, state["params"], val_samples, recipe.size)
-                    record({"update": update, "val": result["val"]})
+                    params = state["params"] if processes == 1 else host_copy(state["params"])
+                    if process == 0:  # the others go on and wait for it in the next step's all-reduce
+                        result["val"] = evaluate(trainer, params, val_samples, recipe.size)
+                        record({"update": update, "val": result["val"]})
                 if at_update and (last or (recipe.save_every and update % recipe.save_every == 0)):
                     save_state(manager, state, meta)
     finally:
         if bar is not None:
             bar.close()
         manager.close()
-    params = jax.device_get(state["params"])
+    params = host_copy(state["params"])
+    if process != 0:
+        return result
     write_converted(output, config, params)
     if hf_output is not None:
         from .convert import hf
@@ -444,7 +605,7 @@ def finetune(model, data, output, *, recipe: Recipe | None = None, val_data=None
 #: `dpt-jax finetune` flags -> Recipe fields (a flag left out keeps the recipe's default)
 _FLAGS = {"steps": "steps", "batch_size": "batch_size", "accumulate": "accumulate", "lr": "lr", "size": "size",
           "loss": "loss", "dtype": "dtype", "seed": "seed", "val_every": "val_every",
-          "save_every": "save_every"}
+          "save_every": "save_every", "frames": "frames"}
 
 
 def run(args) -> int:
@@ -452,11 +613,14 @@ def run(args) -> int:
     from .options import model_options
 
     given = {field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag) is not None}
-    recipe = Recipe(**given, remat=args.remat, flip=not args.no_flip)
+    recipe = Recipe(**given, remat=args.remat, flip=not args.no_flip, freeze_encoder=args.freeze_encoder)
     result = finetune(args.model, args.data, args.output, recipe=recipe, val_data=args.val_data,
                       dataset=args.dataset, val_dataset=args.val_dataset, shard_params=args.shard_params,
                       checkpoint_dir=args.checkpoints, resume=args.resume, progress=not args.no_progress,
-                      hf_output=False if args.no_hf else args.hf_output, **model_options(args))
+                      hf_output=False if args.no_hf else args.hf_output, distributed=args.distributed,
+                      **model_options(args))
+    if jax.process_index() != 0:
+        return 0
     print(f"updates:    {result['step']}, last loss {result['loss']:.6g}")
     for k, v in (result["val"] or {}).items():
         print(f"val {k + ':':<11}{v:.4f}")

@@ -79,3 +79,21 @@ def tiny_da2_metric():
 
     encoder = Dinov2Config(embed_dim=16, depth=4, num_heads=2, mlp_hidden=32, hooks=(0, 1, 2, 3), native_grid=(4, 4))
     return depth_anything("tiny_da2_metric", encoder, 8, (4, 8, 8, 8), version=2, max_depth=20.0)
+
+
+def tiny_vda():
+    """A Video Depth Anything (relative) as small as the temporal modules allow: tiny_da2_metric's encoder, the
+    neck's temporal maps 32 wide (multiples of their GroupNorm's 32 groups)."""
+    from dpt_jax.dinov2 import Dinov2Config, video_depth_anything
+
+    encoder = Dinov2Config(embed_dim=16, depth=4, num_heads=2, mlp_hidden=32, hooks=(0, 1, 2, 3), native_grid=(4, 4))
+    return video_depth_anything("tiny_vda", encoder, 32, (4, 8, 32, 32))
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 free now (a coordinator's, for tests that start several JAX processes)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

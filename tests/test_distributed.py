@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -11,13 +10,7 @@ import numpy as np
 from PIL import Image
 
 from dpt_jax import cli, predict_files
-from helpers import FIXTURES
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import FIXTURES, free_port
 
 
 def test_shares_are_disjoint_and_cover_every_picture():

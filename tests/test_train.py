@@ -73,6 +73,19 @@ def test_learning_rates_as_the_original():
     np.testing.assert_allclose([float(schedule(n)) for n in range(11)], want, rtol=1e-6)
 
 
+def test_a_frozen_encoder_is_not_updated():
+    import optax
+
+    params = {"encoder": {"w": np.ones(3, np.float32)}, "head": {"w": np.ones(3, np.float32)}}
+    grads = jax.tree_util.tree_map(lambda a: np.full_like(a, 0.5), params)
+    for frozen in (False, True):
+        tx = train.optimizer(RECIPE.replace(freeze_encoder=frozen))
+        updates, _ = tx.update(grads, tx.init(params), params)
+        new = optax.apply_updates(params, updates)
+        assert np.array_equal(new["encoder"]["w"], params["encoder"]["w"]) == frozen
+        assert not np.array_equal(new["head"]["w"], params["head"]["w"])
+
+
 def _split(batch):
     return [tuple(a[i:i + 1] for a in batch) for i in range(2)]
 
