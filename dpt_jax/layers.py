@@ -10,6 +10,7 @@ its network in float32 by passing float32 there (SwinV2's position-bias MLP).
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -193,6 +194,14 @@ def attend(q, k, v, bias, *, dtype_mm=jnp.float32, float32_logits: bool = False,
         if n <= ONE_PIECE_MAX:
             return _attend(q, k, v, rows(0, n), dtype_mm, float32_logits)
         blocks = (0, QUERY_BLOCK)
+    lead = q.shape[:-3]
+    if math.prod(lead) > 1 and (callable(bias) or jnp.ndim(bias) <= 3):  # one batch element at a time:
+        # a block's logits (..., heads, size, N) stay in the cache only for one element (a 32-frame clip: 30x)
+        def element(qkv):
+            return attend(*qkv, bias, dtype_mm=dtype_mm, float32_logits=float32_logits, blocks=blocks)
+
+        out = jax.lax.map(element, tuple(x.reshape(-1, *x.shape[-3:]) for x in (q, k, v)))  # (B', heads, N, hd)
+        return out.reshape(*lead, *out.shape[-3:])
     first, size = blocks
     count = (n - first) // size
     end = first + count * size
