@@ -91,23 +91,15 @@ def relative_position_bias(table: jnp.ndarray, native_grid, grid) -> jnp.ndarray
     and the three rows after the (2h-1)(2w-1) offsets serve cls->patch, patch->cls and cls->cls; the
     offsets are resized to the grid first (`_offsets_by_x`).
 
-    The patch block is Toeplitz in x within Toeplitz in y: `sliding_rows` builds the x part, and each
-    image row of queries copies one contiguous slice of it (a loop of h copies), rather than a gather
-    through an (N, N) index: nothing of size N^2 is a compile-time constant (XLA would fold it: minutes
-    at 384x3072) and no index is computed per element (the tiled form of the y part fused into a loop
-    that cost 5x the copies).
+    The patch block is Toeplitz in x within Toeplitz in y, so it is built by `sliding_rows`, once per
+    axis, rather than gathered through an (N, N) index: nothing of size N^2 is a compile-time constant
+    (XLA would fold it: minutes at 384x3072) and no gather runs per element.
     """
     h, w = grid
-    in_x = _offsets_by_x(table, native_grid, grid)  # (heads, xi, (e, xj))
+    in_x = _offsets_by_x(table, native_grid, grid)
+    patches = jnp.moveaxis(sliding_rows(in_x, h, w), 2, 1)  # (heads, yi, xi, (yj, xj)): offset (yi-yj, xi-xj)
     n = h * w
-
-    def image_row(carry, yi):  # query image row yi sees the contiguous slice of in_x from (h-1-yi) w on
-        patches, source = carry  # in_x rides in the carry: ONNX export lowers loop bodies without captured arrays
-        block = jax.lax.dynamic_slice_in_dim(source, (h - 1 - yi) * w, n, axis=2)  # (heads, w, N-1)
-        return (jax.lax.dynamic_update_slice(patches, block, (0, 1 + yi * w, 1)), source), None
-
-    empty = jnp.zeros((in_x.shape[0], n + 1, n + 1), in_x.dtype)
-    patches = jax.lax.scan(image_row, (empty, in_x), jnp.arange(h))[0][0]  # (heads, N, N), patch block filled
+    patches = jnp.pad(patches.reshape(-1, n, n), ((0, 0), (1, 0), (1, 0)))  # (heads, N, N)
     row = jax.lax.broadcasted_iota(jnp.int32, (1, n + 1, n + 1), 1)
     col = jax.lax.broadcasted_iota(jnp.int32, (1, n + 1, n + 1), 2)
     to_patch, to_cls, cls_cls = (table[i, :, None, None] for i in (-3, -2, -1))  # (heads, 1, 1) each

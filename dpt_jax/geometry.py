@@ -23,6 +23,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .errors import AlignError
+from .npy import read_npy
 
 # ------------------------------------------------------------------------------------------------
 # Cameras
@@ -300,23 +301,12 @@ def load_known_depths(path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndar
 
 
 def _read_npy(f, name, shape, what="the depth array", kinds="fiu"):
-    """A .npy array from an open binary file, its header checked against `shape` before the data is read."""
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        declared, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version in ((2, 0), (3, 0)):
-        declared, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    else:
-        raise AlignError(name, f"unsupported .npy version {version}")
-    if tuple(declared) != tuple(shape):
-        raise AlignError(name, f"{what} has shape {tuple(declared)}; the picture is {tuple(shape)} (h, w)")
-    if dtype.kind not in kinds or dtype.hasobject:
-        raise AlignError(name, f"{what} has type {dtype}; expected numbers")
-    data = f.read(int(np.prod(shape)) * dtype.itemsize + 1)
-    if len(data) != int(np.prod(shape)) * dtype.itemsize:
-        declared = np.prod(shape) * dtype.itemsize
-        raise AlignError(name, f"{what} holds {len(data)} bytes, not the {declared} its header declares")
-    return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
+    """A .npy array of the picture's `shape` (h, w) from an open binary file (`npy.read_npy`)."""
+    def same_shape(declared):
+        if declared != tuple(shape):
+            raise AlignError(name, f"{what} has shape {declared}; the picture is {tuple(shape)} (h, w)")
+
+    return read_npy(f, lambda message: AlignError(name, message), same_shape, what, kinds)
 
 
 def _read_npz(path, name, shape):

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PromptError
+from .npy import read_npy
 
 MAX_PIXELS = 1 << 24  # as the original's torch.quantile limit
 MAX_ASPECT_CHANGE = 1.2  # width/height ratios of prompt and picture within this factor of each other
@@ -78,21 +79,9 @@ def _read_png(path: Path, name: str) -> np.ndarray:
 
 
 def _read_npy(f, name: str) -> np.ndarray:
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version in ((2, 0), (3, 0)):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    else:
-        raise PromptError(name, f"unsupported .npy version {version}")
-    shape = _check_size(name, tuple(shape))
-    if dtype.kind not in "fiu" or dtype.hasobject:
-        raise PromptError(name, f"the depth prompt has type {dtype}; expected numbers (metres)")
-    n = int(np.prod(shape)) * dtype.itemsize
-    data = f.read(n + 1)
-    if len(data) != n:
-        raise PromptError(name, f"the depth prompt holds {len(data)} bytes, not the {n} its header declares")
-    return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
+    """A depth prompt in metres from an open .npy file (`npy.read_npy`), its size checked first."""
+    return read_npy(f, lambda message: PromptError(name, message), lambda shape: _check_size(name, shape),
+                    "the depth prompt")
 
 
 def _check_size(name: str, shape: tuple) -> tuple:
