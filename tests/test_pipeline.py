@@ -222,6 +222,26 @@ def test_bfloat16_error_against_float32():
     assert 1e-4 < mean_error < 0.01 and max_error < 0.05
 
 
+def test_weights_read_only_in_bfloat16_are_converted_once_to_the_same_numbers():
+    """A bfloat16 model hands its program the weights the program only ever converts to bfloat16 already
+    converted (dpt.call_params): the depth equals the program's on the float32 weights bit for bit, and the
+    weights the program also reads in float32 (SwinV2's position-bias MLP, norms) stay float32."""
+    from flax import traverse_util
+
+    from dpt_jax.dpt import call_params
+
+    swin = dpt_jax.load(FIXTURES / "mini_swin2.safetensors", pretrained_window_sizes=(0, 0, 0, 0))
+    flat = traverse_util.flatten_dict(call_params(swin.config, swin.params, "bfloat16"), sep="/")
+    block = "encoder/layers_0/blocks_0"
+    assert flat[f"{block}/mlp/fc1/kernel"].dtype == jnp.bfloat16
+    assert flat[f"{block}/attn/cpb_mlp/fc1/kernel"].dtype == jnp.float32  # read by a float32 Dense
+    assert flat[f"{block}/norm1/scale"].dtype == jnp.float32
+    model = dpt_jax.DepthModel(swin.config, swin.params, dtype="bfloat16")
+    x = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype(np.float32)
+    program = jax.jit(lambda p, i: dpt_jax.forward(model.config, p, i, "bfloat16"))
+    np.testing.assert_array_equal(np.asarray(model.apply(x)), np.asarray(program(model.params, x)))
+
+
 def test_outputs_get_ordinary_file_permissions(tmp_path):
     from dpt_jax.output import write_depth
 
