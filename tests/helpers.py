@@ -97,3 +97,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_together(runs, timeout: float, cwd=None) -> tuple[list, list[tuple[str, str]]]:
+    """Starts every (command, environment) of `runs` at once (the processes of one distributed run) and waits for
+    all: (the processes, their (stdout, stderr)); any still running after `timeout` seconds is killed."""
+    import subprocess
+
+    procs = [subprocess.Popen(c, cwd=cwd, env=e, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for c, e in runs]
+    try:
+        outs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return procs, outs
+

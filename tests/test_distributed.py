@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import numpy as np
 from PIL import Image
 
 from dpt_jax import cli, predict_files
-from helpers import FIXTURES, free_port
+from helpers import FIXTURES, free_port, run_together
 
 
 def test_shares_are_disjoint_and_cover_every_picture():
@@ -35,15 +34,8 @@ def test_two_processes_do_every_picture_once_without_name_collisions(tmp_path):
     command = [sys.executable, "-m", "dpt_jax", "predict", *(str(tmp_path / p) for p in ("in", "other/a/x.png",
                "other/b/x.png")), "-m", str(FIXTURES / "mini_beit.safetensors"), "-o", str(tmp_path / "out"),
                "-f", "npy", "--distributed"]
-    procs = [subprocess.Popen(command, cwd=FIXTURES.parent.parent, env={**env, "JAX_PROCESS_ID": str(p)}, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for p in range(2)]
-    try:
-        outs = [p.communicate(timeout=240) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    runs = [(command, {**env, "JAX_PROCESS_ID": str(p)}) for p in range(2)]
+    procs, outs = run_together(runs, 240, cwd=FIXTURES.parent.parent)
     errs = [err for _, err in outs]
     assert [p.returncode for p in procs] == [1, 0], errs  # process 0 had the broken picture
     written = sorted(os.listdir(tmp_path / "out"))

@@ -10,7 +10,7 @@ from PIL import Image
 
 import dpt_jax
 from dpt_jax import cli, datasets, evaluate, hub, metrics
-from helpers import FIXTURES, write_motorcycle
+from helpers import FIXTURES, free_port, run_together, write_motorcycle
 
 MINI = str(FIXTURES / "mini_beit.safetensors")
 
@@ -147,8 +147,6 @@ def test_shares_cover_every_picture_and_keep_videos_whole():
 
 def test_two_processes_score_their_shares_and_process_0_reports_all(tmp_path):
     import os
-    import socket
-    import subprocess
     import sys
 
     _folder_dataset(tmp_path / "data", n=5, size=(6, 8))
@@ -157,23 +155,13 @@ def test_two_processes_score_their_shares_and_process_0_reports_all(tmp_path):
     for i in range(5):
         gt = np.load(tmp_path / "data" / "depth" / f"p{i}.npy")
         np.save(tmp_path / "pred" / f"p{i}.npy", (gt * rng.uniform(0.7, 1.4, gt.shape)).astype(np.float32))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+    env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}", "JAX_NUM_PROCESSES": "2",
            "JAX_PLATFORMS": "cpu"}
     options = ["--dataset", "folder", "--data", str(tmp_path / "data"), "--predictions", str(tmp_path / "pred"),
                "--kind", "depth", "--no-progress"]
     command = [sys.executable, "-m", "dpt_jax", "eval", *options, "-o", str(tmp_path / "all.json"), "--distributed"]
-    procs = [subprocess.Popen(command, cwd=FIXTURES.parent.parent, env={**env, "JAX_PROCESS_ID": str(p)}, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for p in range(2)]
-    try:
-        outs = [p.communicate(timeout=120) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    runs = [(command, {**env, "JAX_PROCESS_ID": str(p)}) for p in range(2)]
+    procs, outs = run_together(runs, 120, cwd=FIXTURES.parent.parent)
     assert [p.returncode for p in procs] == [0, 0], outs
     assert "process 0 writes the report" in outs[1][0]
     report = json.loads((tmp_path / "all.json").read_text())

@@ -5,7 +5,6 @@ parameters equal those of one process with two devices. (One device against seve
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from PIL import Image
 from dpt_jax import predict_files
 from dpt_jax.checkpoint import load_checkpoint, write_converted
 from dpt_jax.timing import random_params
-from helpers import free_port, tiny_da2_metric
+from helpers import free_port, run_together, tiny_da2_metric
 
 FLAGS = ["--steps", "3", "--batch-size", "2", "--size", "28", "--lr", "2e-4", "--seed", "5", "--save-every", "2",
          "--no-progress", "--no-hf"]
@@ -62,14 +61,7 @@ def test_two_processes_train_as_one(tmp_path):
             # the same run in one process with two devices
             (finetune("one.safetensors", "--shard-params"),
              {**env, "XLA_FLAGS": env["XLA_FLAGS"].replace("count=1", "count=2")})]
-    procs = [subprocess.Popen(c, env=e, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c, e in runs]
-    try:
-        outs = [p.communicate(timeout=240) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    procs, outs = run_together(runs, 240)
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-3000:] for _, err in outs]
     assert "updates:    3" in outs[0][0] and "updates" not in outs[1][0]  # process 0 reports, process 1 does not
     got, want = _log(tmp_path / "d.safetensors.log.jsonl"), _log(tmp_path / "one.safetensors.log.jsonl")
