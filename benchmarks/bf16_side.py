@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -57,7 +56,7 @@ def main(argv=None) -> int:
     import jax
     import torch
 
-    from benchmarks.measure import alternating_calls, machine_info
+    from benchmarks.measure import alternating_calls, machine_info, side_fields
     from benchmarks.report import write_results
     from benchmarks.torch_side import hf_model
     from dpt_jax.model import DepthModel
@@ -83,11 +82,7 @@ def main(argv=None) -> int:
             SIDES[2]: torch_call(theirs, xt, False), SIDES[3]: torch_call(theirs, xt, True)}, args.repeats)
         row = {"model": name, "height": height, "width": width, "batch": 1, "load_before": list(load_before),
                "load_after": list(os.getloadavg()), "bf16_units": units}
-        for side, (first_s, wall, cpu) in timed.items():
-            key = side.replace("-", "_").replace(" ", "_")
-            row.update({f"{key}_first_s": first_s, f"{key}_median_ms": 1e3 * statistics.median(wall),
-                        f"{key}_min_ms": 1e3 * min(wall), f"{key}_cpu_s": statistics.median(cpu),
-                        f"{key}_latencies_s": wall})
+        row.update(side_fields(timed))
         row["ratio"] = row["dpt_jax_bfloat16_median_ms"] / row["torch_autocast_bfloat16_median_ms"]
         rows.append(row)
         print(f"{name}: " + ", ".join(f"{s} {row[s.replace('-', '_').replace(' ', '_') + '_median_ms']:.0f} ms"

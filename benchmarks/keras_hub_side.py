@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -56,7 +55,7 @@ def main(argv=None) -> int:
     import keras
 
     from benchmarks.flops import flop_count
-    from benchmarks.measure import _version, alternating_calls, machine_info
+    from benchmarks.measure import _version, alternating_calls, machine_info, side_fields
     from benchmarks.report import write_results
     from dpt_jax.checkpoint import count_params
     from dpt_jax.model import DepthModel
@@ -83,11 +82,9 @@ def main(argv=None) -> int:
                                       args.repeats)
             row = {"model": name, "height": args.size, "width": args.size, "batch": batch, "dtype": "float32",
                    "gflop_per_call": flops / 1e9, "load_before": list(load_before), "load_after": list(os.getloadavg())}
-            for side, (compile_s, wall, cpu) in timed.items():
-                key = side.replace("-", "_")
-                row.update({f"{key}_compile_s": compile_s, f"{key}_median_ms": 1e3 * statistics.median(wall),
-                            f"{key}_min_ms": 1e3 * min(wall), f"{key}_cpu_s": statistics.median(cpu),
-                            f"{key}_gflops": flops / 1e9 / statistics.median(wall), f"{key}_latencies_s": wall})
+            row.update(side_fields(timed))
+            for key in ("dpt_jax", "keras_hub"):
+                row[f"{key}_gflops"] = flops / 1e9 / (row[f"{key}_median_ms"] / 1e3)
             row["dpt_jax_params"] = count_params(params)
             row["keras_hub_params"] = int(theirs.count_params())
             row["dpt_jax_over_keras_hub"] = row["dpt_jax_median_ms"] / row["keras_hub_median_ms"]

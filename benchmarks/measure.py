@@ -219,6 +219,18 @@ def alternating_calls(sides: dict, repeats: int) -> dict:
     return out
 
 
+def side_fields(timed: dict) -> dict:
+    """`alternating_calls`' result as flat row fields: per side (its name in snake case) the first call's
+    seconds, the median and min milliseconds, the median CPU seconds per call and every latency."""
+    out = {}
+    for side, (first_s, wall, cpu) in timed.items():
+        key = re.sub(r"[^a-z0-9]+", "_", side.lower()).strip("_")
+        out.update({f"{key}_first_s": first_s, f"{key}_median_ms": 1e3 * statistics.median(wall),
+                    f"{key}_min_ms": 1e3 * min(wall), f"{key}_cpu_s": statistics.median(cpu),
+                    f"{key}_latencies_s": wall})
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Matmul peak
 
