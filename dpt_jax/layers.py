@@ -25,7 +25,7 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 #: dot_general with a float32 result whatever the operands: bfloat16 products are summed and returned in
 #: float32 (no rounding to bfloat16 between the matmul and its bias), and XLA's CPU backend runs a bfloat16 x
 #: bfloat16 -> float32 dot on the CPU's bfloat16 matrix units (AMX, AVX512-BF16), where a bfloat16 -> bfloat16 dot
-#: is widened to float32 first (5x slower on a CPU with AMX: benchmarks/results/bf16-amx-*.md).
+#: is widened to float32 first (5x slower on a CPU with AMX; benchmarks/results/bf16-side-*).
 dot_float32 = functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
 
 
@@ -196,7 +196,8 @@ def attend(q, k, v, bias, *, dtype_mm=jnp.float32, float32_logits: bool = False,
         blocks = (0, QUERY_BLOCK)
     lead = q.shape[:-3]
     if math.prod(lead) > 1 and (callable(bias) or jnp.ndim(bias) <= 3):  # one batch element at a time:
-        # a block's logits (..., heads, size, N) stay in the cache only for one element (a 32-frame clip: 30x)
+        # a block's logits (..., heads, size, N) stay in the cache only for one element (a 32-frame clip at
+        # 518x518: 45 -> 21 s)
         def element(qkv):
             return attend(*qkv, bias, dtype_mm=dtype_mm, float32_logits=float32_logits, blocks=blocks)
 
