@@ -89,21 +89,9 @@ def relative_position_bias(table: jnp.ndarray, native_grid, grid) -> jnp.ndarray
 
     Token 0 is cls; patch pair (i, j) reads the table's row (y_i - y_j + h - 1) (2w - 1) + (x_i - x_j + w - 1),
     and the three rows after the (2h-1)(2w-1) offsets serve cls->patch, patch->cls and cls->cls; the
-    offsets are resized to the grid first (`_offsets_by_x`).
-
-    The patch block is Toeplitz in x within Toeplitz in y, so it is built by `sliding_rows`, once per
-    axis, rather than gathered through an (N, N) index: nothing of size N^2 is a compile-time constant
-    (XLA would fold it: minutes at 384x3072) and no gather runs per element.
+    offsets are resized to the grid first (`_offsets_by_x`). All rows of `relative_position_bias_rows`.
     """
-    h, w = grid
-    in_x = _offsets_by_x(table, native_grid, grid)
-    patches = jnp.moveaxis(sliding_rows(in_x, h, w), 2, 1)  # (heads, yi, xi, (yj, xj)): offset (yi-yj, xi-xj)
-    n = h * w
-    patches = jnp.pad(patches.reshape(-1, n, n), ((0, 0), (1, 0), (1, 0)))  # (heads, N, N)
-    row = jax.lax.broadcasted_iota(jnp.int32, (1, n + 1, n + 1), 1)
-    col = jax.lax.broadcasted_iota(jnp.int32, (1, n + 1, n + 1), 2)
-    to_patch, to_cls, cls_cls = (table[i, :, None, None] for i in (-3, -2, -1))  # (heads, 1, 1) each
-    return jnp.where(row == 0, jnp.where(col == 0, cls_cls, to_patch), jnp.where(col == 0, to_cls, patches))
+    return relative_position_bias_rows(table, native_grid, grid)(0, 1 + grid[0] * grid[1])
 
 
 def relative_position_bias_rows(table: jnp.ndarray, native_grid, grid):
@@ -112,16 +100,24 @@ def relative_position_bias_rows(table: jnp.ndarray, native_grid, grid):
     The whole bias (start 0, size N), the cls query's row (0, 1), or whole image rows of patch queries
     (start 1 + y w, size a multiple of w; start may be traced), each cut from one (heads, w, (2h-1) w)
     table: row y's queries see the contiguous slice from (h-1-y) w on.
+
+    The patch block is Toeplitz in x within Toeplitz in y, so the whole of it is built by `sliding_rows`, once
+    per axis, rather than gathered through an (N, N) index: nothing of size N^2 is a compile-time constant
+    (XLA would fold it: minutes at 384x3072) and no gather runs per element.
     """
     h, w = grid
     n = 1 + h * w
-    in_x = _offsets_by_x(table, native_grid, grid)
+    in_x = _offsets_by_x(table, native_grid, grid)  # (heads, xi, (e, xj))
     heads = in_x.shape[0]
     to_patch, to_cls, cls_cls = (table[i, :, None, None] for i in (-3, -2, -1))  # (heads, 1, 1) each
 
     def rows(start, size):
         if size == n:
-            return relative_position_bias(table, native_grid, grid)
+            patches = jnp.moveaxis(sliding_rows(in_x, h, w), 2, 1)  # (heads, yi, xi, (yj, xj)): offset (yi-yj, xi-xj)
+            patches = jnp.pad(patches.reshape(-1, n - 1, n - 1), ((0, 0), (1, 0), (1, 0)))  # (heads, N, N)
+            row = jax.lax.broadcasted_iota(jnp.int32, (1, n, n), 1)
+            col = jax.lax.broadcasted_iota(jnp.int32, (1, n, n), 2)
+            return jnp.where(row == 0, jnp.where(col == 0, cls_cls, to_patch), jnp.where(col == 0, to_cls, patches))
         if isinstance(start, int) and start == 0 and size == 1:
             return jnp.concatenate([cls_cls, jnp.broadcast_to(to_patch, (heads, 1, n - 1))], axis=2)  # (heads, 1, N)
         first = (start - 1) // w  # the first image row
