@@ -291,8 +291,8 @@ def umeyama(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float
 def align_poses(predicted: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """(r, t, s) mapping the given cameras' centres onto the predicted ones (world-to-camera 3x4 / 4x4 each), as
     api.py calls utils/pose_align.align_poses_umeyama: plain from three views, RANSAC from RANSAC_VIEWS on."""
-    ref = _inverse_rigid(_homogeneous_all(predicted))[:, :3, 3].T  # (3, S) predicted centres
-    est = _inverse_rigid(_homogeneous_all(given))[:, :3, 3].T
+    ref = _inverse_rigid(_homogeneous(predicted))[:, :3, 3].T  # (3, S) predicted centres
+    est = _inverse_rigid(_homogeneous(given))[:, :3, 3].T
     if ref.shape[1] < RANSAC_VIEWS:
         return umeyama(est, ref)
     r0, t0, s0 = umeyama(est, ref)  # pre-alignment: its inlier threshold
@@ -320,16 +320,10 @@ def align_poses(predicted: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, n
 
 def _aligned_poses(given: np.ndarray, r: np.ndarray, t: np.ndarray, s: float) -> np.ndarray:
     """The given world-to-camera poses after the similarity: camera-to-world [r R | s r c + t], inverted."""
-    c2w = _inverse_rigid(_homogeneous_all(given))
+    c2w = _inverse_rigid(_homogeneous(given))
     c2w[:, :3, :3] = r @ c2w[:, :3, :3]
     c2w[:, :3, 3] = (s * c2w[:, :3, 3]) @ r.T + t
     return _inverse_rigid(c2w)
-
-
-def _homogeneous_all(e: np.ndarray) -> np.ndarray:
-    out = np.broadcast_to(np.eye(4), (len(e), 4, 4)).copy()
-    out[:, :e.shape[1]] = np.asarray(e, np.float64)
-    return out
 
 
 def confidence_threshold(confidence: np.ndarray) -> float:
@@ -372,6 +366,8 @@ def world_points(scene: Scene) -> np.ndarray:
 
 
 def _homogeneous(e: np.ndarray) -> np.ndarray:
-    out = np.eye(4)
-    out[:3] = e.astype(np.float64)
+    """(..., 3 or 4, 4) poses -> (..., 4, 4) float64, the last row [0 0 0 1]."""
+    e = np.asarray(e, np.float64)
+    out = np.broadcast_to(np.eye(4), e.shape[:-2] + (4, 4)).copy()
+    out[..., :e.shape[-2], :] = e
     return out
