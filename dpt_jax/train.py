@@ -362,6 +362,12 @@ def clips(samples, frames: int, stride: int = 1) -> list[tuple]:
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
+    """The shuffle of `count` samples in one epoch (drawn once per epoch, not once per sample)."""
+    return np.random.default_rng([seed, epoch, 1]).permutation(count)
+
+
 def micro_batch(config: DPTConfig, recipe: Recipe, samples, position: int, rows: range | None = None):
     """Micro-batch number `position`: the next batch_size samples of a per-epoch shuffle of `samples` (pictures,
     or clips: tuples of frames), each resized and cropped at a random place (one for all frames of a clip), and
@@ -372,7 +378,7 @@ def micro_batch(config: DPTConfig, recipe: Recipe, samples, position: int, rows:
     picked = []
     for i in range(position * recipe.batch_size, (position + 1) * recipe.batch_size):
         epoch, k = divmod(i, len(samples))
-        unit = samples[np.random.default_rng([recipe.seed, epoch, 1]).permutation(len(samples))[k]]
+        unit = samples[_epoch_order(recipe.seed, epoch, len(samples))[k]]
         picked.append(unit if isinstance(unit, tuple) else (unit,))
     corners = []
     for unit in picked:  # drawn from the headers' sizes: no process reads pictures outside its rows
